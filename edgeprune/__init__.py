@@ -1,0 +1,15 @@
+"""edgeprune: make a PyTorch model meet a latency budget on a named edge device, and prove it there.
+
+The public API mirrors the CLI verbs; heavy imports happen on first use so `import edgeprune` stays instant.
+"""
+
+__version__ = "0.1.0"
+__all__ = ["profile", "load_table"]
+
+
+def __getattr__(name):
+    if name in __all__:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'edgeprune' has no attribute {name!r}")

@@ -1,0 +1,45 @@
+"""The Python API: a few verbs that mirror the CLI and return records instead of printing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .latency.build import ProfileOptions, ProfileResult, Reporter
+from .latency.table import LatencyTable
+
+
+def profile(model: str, device: str, out: str | Path | None = None, *, host: str | None = None,
+            weights: str | None = None, model_args: dict | None = None, input_shape: tuple | None = None,
+            seq_len: int | None = None, threads: int = 1, backend: str | None = None, provider: str | None = None,
+            precision: str = "fp32", density: str = "coarse", variants: int = 20, seed: int = 0,
+            cache: str | Path | None = None, reporter: Reporter | None = None, force: bool = False,
+            **ssh_options) -> ProfileResult:
+    """Measure a latency table for `model` on `device` (this machine, or `host` over SSH); save it to `out`."""
+    from .atomic import check_writable
+    from .devices import resolve_device
+    from .latency.build import profile_model
+    from .latency.cache import MeasurementCache
+    from .models import load_model
+    from .targets import open_target
+
+    if out is not None:
+        check_writable(out, force)
+    loaded = load_model(model, weights=weights, model_args=model_args, input_shape=input_shape, seq_len=seq_len)
+    options = ProfileOptions(threads=threads, precision=precision, backend=backend, provider=provider,
+                             density=density, variants=variants, seed=seed)
+    measurements = MeasurementCache(cache)
+    try:
+        with open_target(host, **ssh_options) as target:
+            facts = target.run_profilers(["info"])
+            spec = resolve_device(device, host=host, facts=facts)
+            result = profile_model(loaded, spec, facts, target, options, measurements, reporter)
+    finally:
+        measurements.close()
+    if out is not None:
+        result.table.save(out)
+    return result
+
+
+def load_table(path: str | Path) -> LatencyTable:
+    """Read a latency table, verifying its format version and content id."""
+    return LatencyTable.load(path)

@@ -1,0 +1,303 @@
+"""Find a model's blocks in its ONNX graph, each with a signature the device side can synthesise.
+
+The graph the runtime executes is the ground truth for what costs time, so blocks are read from the
+exported ONNX (BatchNorm already folded) rather than from torch modules. A block is one compute node plus
+what the runtime fuses into it: Conv (+ residual Add) (+ activation), Gemm / MatMul (+ bias) (+ activation).
+Width-following ops (pools, element-wise Add/Mul, unfused activations) are blocks too, with c_in == c_out.
+Shape and layout ops are free; anything else is `uncovered`: its cost reaches the table only through the
+dense calibration, and the table names it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+LAYOUT_OPS = {
+    "Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Shape", "Constant", "Gather", "Cast",
+    "ConstantOfShape", "Slice", "Range", "Expand", "Concat_shape", "Dropout",
+}
+UNARY_ACTS = {"Relu": "relu", "HardSwish": "hardswish", "HardSigmoid": "hardsigmoid", "Sigmoid": "sigmoid",
+              "Tanh": "tanh"}
+
+
+@dataclass(frozen=True)
+class Block:
+    """One measurable unit of the graph at its current widths."""
+
+    name: str
+    kind: str
+    signature: dict = field(hash=False)
+    c_in: int = 0
+    c_out: int = 0
+    in_fixed: bool = False  # c_in cannot change under pruning (it is the graph input's width)
+    out_fixed: bool = False  # c_out cannot change (it is a graph output's width)
+    macs: int = 0
+    nodes: tuple = ()
+
+    @property
+    def sig_key(self) -> str:
+        return signature_key(self.signature)
+
+    @property
+    def tied(self) -> bool:
+        """c_in and c_out are one width (depthwise conv, pools, element-wise ops)."""
+        return self.kind in ("eltwise", "pool") or self.signature.get("groups") == "depthwise"
+
+
+@dataclass
+class GraphBlocks:
+    """What `extract_blocks` found: measurable blocks, free layout ops and uncovered ops by type."""
+
+    blocks: list
+    layout_ops: Counter
+    uncovered: Counter
+
+    @property
+    def macs(self) -> int:
+        return sum(b.macs for b in self.blocks)
+
+
+def signature_key(signature: dict) -> str:
+    """A short stable key: the kind, then a hash of the canonical JSON of the fixed attributes."""
+    text = json.dumps(signature, sort_keys=True, separators=(",", ":"))
+    return f"{signature['kind']}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def cell_key(sig_key: str, c_in: int, c_out: int) -> str:
+    return f"{sig_key}@{c_in}x{c_out}"
+
+
+def layer_name(node_name: str, fallback: str) -> str:
+    """`/layer1/layer1.0/conv1/Conv` -> `layer1.0.conv1` (the torch module path the exporter recorded)."""
+    parts = [p for p in node_name.split("/") if p][:-1]
+    path, last = "", ""
+    for part in parts:
+        if path and part.startswith(path + "."):
+            path = part
+        elif last and part.startswith(last + "."):
+            path = path[: len(path) - len(last)] + part
+        elif part != path:
+            path = f"{path}.{part}" if path else part
+        last = part.rsplit(".", 1)[-1] if path == part else part
+    return path or fallback
+
+
+class _Graph:
+    def __init__(self, model):
+        import onnx
+
+        inferred = onnx.shape_inference.infer_shapes(model)
+        g = inferred.graph
+        self.nodes = list(g.node)
+        self.inits = {i.name: i for i in g.initializer}
+        self.consts = set(self.inits)
+        for node in self.nodes:
+            if node.op_type == "Constant":
+                self.consts.update(node.output)
+        self.shapes = {}
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            dims = vi.type.tensor_type.shape.dim
+            self.shapes[vi.name] = [d.dim_value if d.dim_value > 0 else None for d in dims]
+        for name, init in self.inits.items():
+            self.shapes[name] = list(init.dims)
+        self.graph_inputs = {i.name for i in g.input} - self.consts
+        self.graph_outputs = {o.name for o in g.output}
+        self.consumers = {}
+        for node in self.nodes:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+
+    def only_consumer(self, tensor):
+        users = self.consumers.get(tensor, [])
+        if len(users) == 1 and tensor not in self.graph_outputs:
+            return users[0]
+        return None
+
+    def const_value(self, name):
+        from onnx import numpy_helper
+
+        if name in self.inits:
+            return numpy_helper.to_array(self.inits[name])
+        for node in self.nodes:
+            if node.op_type == "Constant" and name in node.output:
+                return numpy_helper.to_array(node.attribute[0].t)
+        return None
+
+    def attr(self, node, name, default=None):
+        from onnx import helper
+
+        for a in node.attribute:
+            if a.name == name:
+                return helper.get_attribute_value(a)
+        return default
+
+
+def _activation_after(graph, tensor, covered):
+    """If the only consumer of `tensor` is an activation the runtime fuses, return (act, nodes, out)."""
+    node = graph.only_consumer(tensor)
+    if node is None or node.name in covered:
+        return None, [], tensor
+    if node.op_type in UNARY_ACTS:
+        return UNARY_ACTS[node.op_type], [node], node.output[0]
+    if node.op_type == "Clip":
+        lo = graph.const_value(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        hi = graph.const_value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if lo is not None and hi is not None and float(lo) == 0.0 and float(hi) == 6.0:
+            return "relu6", [node], node.output[0]
+    if node.op_type == "Sigmoid":
+        return None, [], tensor
+    users = graph.consumers.get(tensor, [])
+    if len(users) == 2 and tensor not in graph.graph_outputs:
+        sig = next((u for u in users if u.op_type == "Sigmoid"), None)
+        mul = next((u for u in users if u.op_type == "Mul"), None)
+        if sig is not None and mul is not None and sig.output[0] in mul.input:
+            return "silu", [sig, mul], mul.output[0]
+    return None, [], tensor
+
+
+def _conv_block(graph, node, index, covered):
+    w_shape = graph.shapes.get(node.input[1])
+    x_shape = graph.shapes.get(node.input[0])
+    if not w_shape or not x_shape or len(x_shape) != 4 or None in x_shape[1:]:
+        return None
+    c_out, cin_per_group, kh, kw = w_shape
+    c_in = x_shape[1]
+    group = int(graph.attr(node, "group", 1))
+    nodes = [node]
+    out = node.output[0]
+    residual = False
+    add = graph.only_consumer(out)
+    if add is not None and add.op_type == "Add" and add.name not in covered:
+        other = [i for i in add.input if i != out]
+        if len(other) == 1 and other[0] not in graph.consts and graph.shapes.get(other[0]) == graph.shapes.get(out):
+            residual = True
+            nodes.append(add)
+            out = add.output[0]
+    act, act_nodes, out = _activation_after(graph, out, covered)
+    nodes += act_nodes
+    if group == 1:
+        groups = 1
+    elif group == c_in and cin_per_group == 1 and c_out == c_in:
+        groups = "depthwise"
+    else:
+        groups = group
+    y_shape = graph.shapes.get(node.output[0]) or [1, c_out, 1, 1]
+    signature = {
+        "kind": "conv", "kernel": [kh, kw], "stride": list(graph.attr(node, "strides", [1, 1])),
+        "pads": list(graph.attr(node, "pads", [0, 0, 0, 0])), "dilation": list(graph.attr(node, "dilations", [1, 1])),
+        "groups": groups, "hw": list(x_shape[2:]), "act": act, "residual": residual,
+    }
+    macs = int(np.prod(y_shape)) * cin_per_group * kh * kw
+    return Block(layer_name(node.name, f"conv{index}"), "conv", signature, c_in, c_out,
+                 in_fixed=node.input[0] in graph.graph_inputs, out_fixed=out in graph.graph_outputs,
+                 macs=macs, nodes=tuple(n.name for n in nodes))
+
+
+def _gemm_block(graph, node, index, covered):
+    x_shape = graph.shapes.get(node.input[0])
+    w_shape = graph.shapes.get(node.input[1])
+    if not x_shape or not w_shape or None in x_shape or node.input[1] not in graph.consts:
+        return None
+    nodes = [node]
+    out = node.output[0]
+    if node.op_type == "Gemm":
+        trans_b = int(graph.attr(node, "transB", 0))
+        c_out, c_in = (w_shape if trans_b else w_shape[::-1])
+        rows = x_shape[0]
+        signature = {"kind": "gemm", "rank": 2, "rows": rows, "bias": len(node.input) > 2}
+    else:
+        c_in, c_out = w_shape
+        rows = int(np.prod(x_shape[:-1]))
+        bias = False
+        add = graph.only_consumer(out)
+        if add is not None and add.op_type == "Add" and add.name not in covered and any(i in graph.consts for i in add.input):
+            bias = True
+            nodes.append(add)
+            out = add.output[0]
+        signature = {"kind": "gemm", "rank": 3, "rows": rows, "bias": bias}
+    act, act_nodes, out = _activation_after(graph, out, covered)
+    nodes += act_nodes
+    signature["act"] = act
+    return Block(layer_name(node.name, f"gemm{index}"), "gemm", signature, c_in, c_out,
+                 in_fixed=node.input[0] in graph.graph_inputs, out_fixed=out in graph.graph_outputs,
+                 macs=rows * c_in * c_out, nodes=tuple(n.name for n in nodes))
+
+
+def _pool_block(graph, node, index):
+    x_shape = graph.shapes.get(node.input[0])
+    if not x_shape or len(x_shape) != 4 or None in x_shape[1:]:
+        return None
+    signature = {"kind": "pool", "op": node.op_type, "hw": list(x_shape[2:])}
+    if node.op_type != "GlobalAveragePool":
+        signature.update(kernel=list(graph.attr(node, "kernel_shape")), stride=list(graph.attr(node, "strides", [1, 1])),
+                         pads=list(graph.attr(node, "pads", [0, 0, 0, 0])), ceil_mode=int(graph.attr(node, "ceil_mode", 0)))
+        if node.op_type == "AveragePool":
+            signature["count_include_pad"] = int(graph.attr(node, "count_include_pad", 0))
+    c = x_shape[1]
+    return Block(layer_name(node.name, f"pool{index}"), "pool", signature, c, c,
+                 in_fixed=node.input[0] in graph.graph_inputs, out_fixed=node.output[0] in graph.graph_outputs,
+                 nodes=(node.name,))
+
+
+def _eltwise_block(graph, node, index):
+    x_shape = graph.shapes.get(node.input[0])
+    if not x_shape or len(x_shape) != 4 or None in x_shape[1:]:
+        return None
+    if node.op_type in ("Add", "Mul"):
+        if any(i in graph.consts for i in node.input):
+            return None
+        shapes = [graph.shapes.get(i) for i in node.input]
+        big = max(shapes, key=lambda s: int(np.prod([d or 1 for d in s])) if s else 0)
+        if big is None or len(big) != 4:
+            return None
+        x_shape = big
+        broadcast = any(s != big for s in shapes)
+        signature = {"kind": "eltwise", "op": node.op_type, "hw": list(big[2:]), "broadcast": broadcast}
+    else:
+        signature = {"kind": "eltwise", "op": UNARY_ACTS[node.op_type], "hw": list(x_shape[2:])}
+    c = x_shape[1]
+    return Block(layer_name(node.name, f"{node.op_type.lower()}{index}"), "eltwise", signature, c, c,
+                 in_fixed=any(i in graph.graph_inputs for i in node.input),
+                 out_fixed=node.output[0] in graph.graph_outputs, nodes=(node.name,))
+
+
+def extract_blocks(model) -> GraphBlocks:
+    """Blocks of an ONNX ModelProto, in graph order, with unique layer names."""
+    graph = _Graph(model)
+    covered = set()
+    blocks, layout, uncovered = [], Counter(), Counter()
+    for index, node in enumerate(graph.nodes):
+        if node.name in covered and node.name:
+            continue
+        block = None
+        if node.op_type == "Conv":
+            block = _conv_block(graph, node, index, covered)
+        elif node.op_type == "Gemm" or (node.op_type == "MatMul" and node.input[1] in graph.consts):
+            block = _gemm_block(graph, node, index, covered)
+        elif node.op_type in ("MaxPool", "AveragePool", "GlobalAveragePool"):
+            block = _pool_block(graph, node, index)
+        elif node.op_type in ("Add", "Mul") or node.op_type in UNARY_ACTS:
+            block = _eltwise_block(graph, node, index)
+        if block is not None:
+            blocks.append(block)
+            covered.update(block.nodes)
+        elif node.op_type in LAYOUT_OPS:
+            layout[node.op_type] += 1
+        elif node.op_type in ("Add", "Mul", "Div", "Sub") and any(i in graph.consts for i in node.input):
+            layout[node.op_type + " (constant)"] += 1
+        else:
+            uncovered[node.op_type] += 1
+    seen = Counter()
+    unique = []
+    for block in blocks:
+        seen[block.name] += 1
+        if seen[block.name] > 1:
+            block = Block(f"{block.name}#{seen[block.name]}", block.kind, block.signature, block.c_in, block.c_out,
+                          block.in_fixed, block.out_fixed, block.macs, block.nodes)
+        unique.append(block)
+    return GraphBlocks(unique, layout, uncovered)

@@ -1,0 +1,351 @@
+"""`edgeprune profile` as a library call: blocks -> grid plan -> device measurements -> table -> fidelity.
+
+The host decides what to measure; the target (this machine or an SSH device) runs `profilers/` to measure it.
+Every measurement is cached in SQLite as soon as its batch returns. The table's cells are frozen before any
+whole model is timed; the dense model calibrates Σ cells, and seeded held-out variants measure fidelity.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgeprune.errors import DeviceError
+
+from .blocks import GraphBlocks, extract_blocks
+from .cache import MeasurementCache, fingerprint_key
+from .fidelity import choose_calibration, error_figures, noise_ceiling
+from .grid import plan_signature
+from .table import LatencyTable, cell_record
+
+PLAN_VERSION = 1
+LOW_FIDELITY = 0.80
+
+
+@dataclass
+class ProfileOptions:
+    """Everything that changes what is measured (recorded in the table)."""
+
+    threads: int = 1
+    precision: str = "fp32"
+    backend: str | None = None
+    provider: str | None = None
+    density: str = "coarse"
+    variants: int = 20
+    calibration_variants: int = 3
+    model_rounds: int = 2
+    seed: int = 0
+    keep_range: tuple = (0.3, 1.0)
+    batch_cells: int = 200
+    estimator: dict = field(default_factory=lambda: {"passes": 3, "runs": 20, "warmup_runs": 50, "warmup_s": 2.0,
+                                                     "pass_s": 0.02, "max_spread": 0.10, "extra_passes": 2})
+
+
+@dataclass
+class ProfileResult:
+    """The table plus what the CLI prints about how it was made."""
+
+    table: LatencyTable
+    cached_cells: int
+    measured_cells: int
+    warnings: list
+
+
+class Reporter:
+    """Progress and messages; the CLI passes one that draws rich progress bars."""
+
+    def stage(self, name: str, total: int | None = None) -> Callable[[dict], None]:
+        return lambda event: None
+
+    def done(self, name: str) -> None:
+        pass
+
+
+def fingerprint(device, facts: dict, runtime: dict) -> dict:
+    """What makes two measurements comparable: device model, clocks setup, runtime, precision, threads."""
+    return {
+        "device": device.name,
+        "device_model": facts.get("device_tree_model") or facts.get("cpu_model"),
+        "machine": facts.get("machine"),
+        "cpu_count": facts.get("cpu_count"),
+        "power_mode": facts.get("power_mode") or facts.get("nvpmodel"),
+        "governor": facts.get("cpufreq_governor"),
+        "runtime": runtime["backend"], "runtime_version": runtime.get("version"),
+        "provider": runtime.get("provider"), "precision": runtime["precision"], "threads": runtime["threads"],
+        "python": facts.get("python_version"), "os": facts.get("system") or facts.get("platform"),
+    }
+
+
+def runtime_version(facts: dict, backend: str) -> str | None:
+    if backend == "onnxruntime":
+        return facts.get("onnxruntime_version") or (facts.get("onnxruntime") or {}).get("version") \
+            if isinstance(facts.get("onnxruntime"), dict) else facts.get("onnxruntime_version")
+    return facts.get("tensorrt_version")
+
+
+def dense_onnx(loaded, workdir: Path) -> tuple:
+    """(ModelProto, path) of the model as the runtime will run it."""
+    import onnx
+
+    if loaded.onnx_path is not None:
+        return onnx.load(str(loaded.onnx_path)), Path(loaded.onnx_path)
+    from edgeprune.exporters.onnx import export_onnx
+
+    path = workdir / "dense.onnx"
+    proto, _ = export_onnx(export_module(loaded), loaded.example_inputs(), path)
+    return proto, path
+
+
+def export_module(loaded):
+    """The module to export: Hugging Face models return their logits only (no cache objects)."""
+    module = loaded.module
+    if getattr(module, "config", None) is not None and hasattr(module.config, "model_type"):
+        import torch
+
+        class LogitsOnly(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, input_ids):
+                return self.inner(input_ids=input_ids, use_cache=False).logits
+
+        return LogitsOnly(module).eval()
+    return module
+
+
+class Measurer:
+    """Sends plans to the target in batches and caches every result under the fingerprint."""
+
+    def __init__(self, target, cache: MeasurementCache, fp: dict, runtime: dict, estimator: dict, workdir: Path):
+        self.target, self.cache, self.fp, self.runtime = target, cache, fp, runtime
+        self.fp_key = fingerprint_key(fp)
+        self.estimator = estimator
+        self.workdir = workdir
+        self.jobs = 0
+        self.drift = []
+
+    def _run(self, plan: dict, files: dict, on_progress) -> dict:
+        self.jobs += 1
+        name = f"plan{self.jobs}.json"
+        path = self.workdir / name
+        path.write_text(json.dumps(plan))
+        files = dict(files, **{name: path})
+        reply = self.target.run_profilers(["run", name, "--out", f"result{self.jobs}.json"], files=files,
+                                          on_progress=on_progress)
+        if "result_file" in reply:
+            local = self.workdir / f"result{self.jobs}.json"
+            self.target.fetch(reply["result_file"], local)
+            reply = json.loads(local.read_text())
+        errors = reply.get("errors") or {}
+        for key, record in errors.items():
+            err = record.get("error", {})
+            raise DeviceError(f"device could not measure {key}: {err.get('message')}", err.get("hint", ""))
+        return reply
+
+    def cells(self, cells: list, reference: dict | None, batch: int, on_progress) -> tuple:
+        """{cell key: stats} for every cell, measuring only those the cache lacks. Returns (stats, cached)."""
+        keys = [c["key"] for c in cells]
+        have = self.cache.get_many(self.fp_key, "cell", keys)
+        todo = [c for c in cells if c["key"] not in have]
+        done = len(have)
+        on_progress({"progress": done, "total": len(cells), "stage": "cells"})
+        for start in range(0, len(todo), batch):
+            chunk = todo[start:start + batch]
+            plan = {"format_version": PLAN_VERSION, "kind": "plan", "runtime": self.runtime,
+                    "estimator": self.estimator, "reference": reference, "cells": chunk, "group_size": 24}
+
+            def relay(event, offset=done):
+                if event.get("stage") == "cells":
+                    on_progress({"progress": offset + event["progress"], "total": len(cells), "stage": "cells"})
+
+            reply = self._run(plan, {}, relay)
+            self.drift.extend(reply.get("drift", []))
+            self.cache.put_many(self.fp_key, "cell", reply["cells"], body=self.fp)
+            have.update(reply["cells"])
+            done += len(chunk)
+        return have, len(cells) - len(todo)
+
+    def models(self, models: dict, rounds: int, on_progress) -> dict:
+        """{model key: [estimate per round]} for ONNX files {key: path}; cached by file hash."""
+        have = self.cache.get_many(self.fp_key, "model", list(models))
+        todo = {k: p for k, p in models.items() if k not in have}
+        if todo:
+            entries = [{"key": k, "file": f"m_{k[:16]}.onnx"} for k in todo]
+            files = {f"m_{k[:16]}.onnx": p for k, p in todo.items()}
+            plan = {"format_version": PLAN_VERSION, "kind": "plan", "runtime": self.runtime,
+                    "estimator": self.estimator, "models": entries, "model_rounds": rounds}
+            reply = self._run(plan, files, on_progress)
+            got = {k: {"rounds": [s["estimate_ms"] for s in v], "stats": v[0]} for k, v in reply["models"].items()}
+            self.cache.put_many(self.fp_key, "model", got, body=self.fp)
+            have.update(got)
+        return have
+
+
+def plan_cells(graph: GraphBlocks, step: int, density: str) -> tuple:
+    """(signatures for the table, cells to measure, reference cell)."""
+    by_sig = defaultdict(list)
+    for block in graph.blocks:
+        by_sig[block.sig_key].append(block)
+    signatures, cells = {}, []
+    for sig_key, blocks in by_sig.items():
+        grid = plan_signature(blocks[0].signature, blocks, step, density)
+        signatures[sig_key] = grid.to_dict()
+        for c_in, c_out in grid.cells:
+            cells.append({"key": f"{sig_key}@{c_in}x{c_out}", "kind": blocks[0].kind, "sig_key": sig_key,
+                          "signature": blocks[0].signature, "c_in": c_in, "c_out": c_out})
+    by_macs = sorted(graph.blocks, key=lambda b: b.macs)
+    ref_block = by_macs[len(by_macs) // 2]  # a mid-size cell: cheap to re-time, still sensitive to drift
+    reference = {"key": "reference", "signature": ref_block.signature, "c_in": ref_block.c_in,
+                 "c_out": ref_block.c_out}
+    return signatures, cells, reference
+
+
+def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, cache: MeasurementCache,
+                  reporter: Reporter | None = None, step: int | None = None) -> ProfileResult:
+    """Measure a latency table for `loaded` on `device` through `target`, then its fidelity."""
+    import onnx
+
+    reporter = reporter or Reporter()
+    warnings = list(loaded.notes)
+    runtime_spec = device.runtime(backend=options.backend, provider=options.provider, precision=options.precision,
+                                  facts=facts)
+    runtime = {"backend": runtime_spec.backend, "provider": runtime_spec.provider, "precision": options.precision,
+               "threads": options.threads}
+    runtime["version"] = runtime_version(facts, runtime["backend"])
+    step = step or device.alignment_for(facts)
+    fp = fingerprint(device, facts, runtime)
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="edgeprune-profile-") as tmp:
+        workdir = Path(tmp)
+        proto, dense_path = dense_onnx(loaded, workdir)
+        graph = extract_blocks(proto)
+        if not graph.blocks:
+            raise DeviceError(f"{loaded.spec} has no block this profiler can measure",
+                              "the model needs Conv, Gemm or MatMul layers")
+        if graph.uncovered:
+            names = ", ".join(f"{op}×{n}" for op, n in sorted(graph.uncovered.items()))
+            warnings.append(f"ops covered only by the dense calibration (not synthesised per width): {names}")
+        measurer = Measurer(target, cache, fp, runtime, options.estimator, workdir)
+        signatures, cells, reference = plan_cells(graph, step, options.density)
+        t0 = time.time()
+        stats, cached = measurer.cells(cells, reference, options.batch_cells, reporter.stage("cells", len(cells)))
+        reporter.done("cells")
+        table_s = time.time() - t0
+        table_cells = {}
+        for cell in cells:
+            key, record = cell_record(cell["kind"], cell["sig_key"], cell["c_in"], cell["c_out"], stats[cell["key"]])
+            table_cells[key] = record
+        layers = {b.name: {"kind": b.kind, "c_in": b.c_in, "c_out": b.c_out, "signature": b.sig_key,
+                           "cell": f"{b.sig_key}@{b.c_in}x{b.c_out}", "in_fixed": b.in_fixed,
+                           "out_fixed": b.out_fixed, "macs": b.macs} for b in graph.blocks}
+        table = LatencyTable(
+            fingerprint=fp, runtime=runtime,
+            model={"spec": loaded.spec, "sha256": loaded.source_sha256, "input_shape": list(loaded.input_shape),
+                   "family": loaded.family, "macs": graph.macs, "graph_sha256": _sha(proto)},
+            estimator=dict(options.estimator, name="median_of_pass_min"), step=step, signatures=signatures,
+            cells=table_cells, layers=layers, uncovered=dict(graph.uncovered), layout_ops=dict(graph.layout_ops),
+            notes=warnings)
+        # The table is frozen here: nothing below adds or changes a cell.
+        t1 = time.time()
+        fidelity_models, variant_info = _variant_models(loaded, options, step, workdir, dense_path, warnings,
+                                                        reporter)
+        export_s = time.time() - t1
+        t2 = time.time()
+        measured = measurer.models(fidelity_models, options.model_rounds, reporter.stage("models"))
+        reporter.done("models")
+        models_s = time.time() - t2
+        _calibrate_and_score(table, graph, measured, variant_info, options)
+        table.profile = {"wall_s": time.time() - started, "table_s": table_s, "variants_export_s": export_s,
+                         "models_s": models_s, "cells": len(cells), "cached_cells": cached,
+                         "measured_cells": len(cells) - cached, "device_jobs": measurer.jobs,
+                         "regrouped": sum(d["attempts"] > 1 for d in measurer.drift),
+                         "max_drift": max((d["drift"] for d in measurer.drift), default=0.0),
+                         "host": platform.node()}
+    if table.fidelity.get("within_10") is not None and table.fidelity["within_10"] < LOW_FIDELITY:
+        warnings.append(f"low-fidelity table: only {table.fidelity['within_10']:.0%} of held-out variants within "
+                        "±10 %; the pruner will measure candidates directly")
+    return ProfileResult(table, cached, len(cells) - cached, warnings)
+
+
+def _sha(proto) -> str:
+    import hashlib
+
+    return hashlib.sha256(proto.SerializeToString()).hexdigest()
+
+
+def _variant_models(loaded, options: ProfileOptions, step: int, workdir: Path, dense_path: Path,
+                    warnings: list, reporter: Reporter) -> tuple:
+    """Export calibration and held-out variants; returns ({key: onnx path}, per-variant records)."""
+    import hashlib
+
+    from edgeprune.exporters.onnx import export_onnx
+
+    models = {}
+    dense_key = hashlib.sha256(dense_path.read_bytes()).hexdigest()
+    models[dense_key] = dense_path
+    info = {"dense": dense_key, "calibration": [], "heldout": []}
+    if not loaded.slimmable or options.variants + options.calibration_variants == 0:
+        return models, info
+    from edgeprune.prune.variants import make_variant
+
+    example = loaded.example_inputs()
+    module = export_module(loaded)
+    total = options.calibration_variants + options.variants
+    progress = reporter.stage("variants", total)
+    for i in range(total):
+        role = "calibration" if i < options.calibration_variants else "heldout"
+        seed = options.seed * 100003 + i + (7919 if role == "calibration" else 0)
+        variant = make_variant(module, example, seed, aligned=(i % 2 == 0), step=step,
+                               keep_range=options.keep_range, index=i)
+        path = workdir / f"variant{i}.onnx"
+        proto, _ = export_onnx(variant.module, example, path)
+        key = hashlib.sha256(path.read_bytes()).hexdigest()
+        models[key] = path
+        info[role].append({"key": key, "aligned": variant.aligned, "blocks": extract_blocks(proto).blocks,
+                           "seed": seed})
+        progress({"progress": i + 1, "total": total, "stage": "variants"})
+    reporter.done("variants")
+    return models, info
+
+
+def _calibrate_and_score(table: LatencyTable, graph: GraphBlocks, measured: dict, info: dict,
+                         options: ProfileOptions) -> None:
+    dense = measured[info["dense"]]
+    dense_ms = dense["rounds"][0]
+    raw_dense, _ = table.raw_ms(graph.blocks)
+    calib_raw = [table.raw_ms(v["blocks"])[0] for v in info["calibration"]]
+    calib_meas = [measured[v["key"]]["rounds"][0] for v in info["calibration"]]
+    table.calibration = choose_calibration(raw_dense, dense_ms, calib_raw, calib_meas)
+    heldout = info["heldout"]
+    if not heldout:
+        table.fidelity = {"n_variants": 0, "status": "not measured: no slimmable source"}
+        return
+    predicted, macs_pred, meas, exact, rounds, per_variant = [], [], [], [], [], []
+    for v in heldout:
+        raw, hit = table.raw_ms(v["blocks"])
+        p = table.calibrate(raw)
+        m = measured[v["key"]]["rounds"][0]
+        macs = sum(b.macs for b in v["blocks"])
+        q = dense_ms * macs / graph.macs
+        predicted.append(p)
+        macs_pred.append(q)
+        meas.append(m)
+        exact.append(hit)
+        rounds.append(measured[v["key"]]["rounds"])
+        per_variant.append({"aligned": v["aligned"], "seed": v["seed"], "measured_ms": m, "predicted_ms": p,
+                            "macs_predicted_ms": q, "exact_cell_share": hit})
+    table.fidelity = dict(error_figures(predicted, meas), n_variants=len(heldout), seed=options.seed,
+                          exact_cell_share=sum(exact) / len(exact), noise_ceiling=noise_ceiling(rounds),
+                          macs=error_figures(macs_pred, meas),
+                          aligned=error_figures([p for p, v in zip(predicted, heldout) if v["aligned"]],
+                                                [m for m, v in zip(meas, heldout) if v["aligned"]]),
+                          arbitrary=error_figures([p for p, v in zip(predicted, heldout) if not v["aligned"]],
+                                                  [m for m, v in zip(meas, heldout) if not v["aligned"]]),
+                          variants=per_variant)

@@ -1,0 +1,106 @@
+"""Which (c_in, c_out) cells to measure for each block signature.
+
+Per width axis two point sets are measured: widths on the device's alignment step ("aligned") and widths off
+it ("off"), because runtimes take different kernels off the step (ORT's CPU EP leaves the blocked NCHWc layout
+when channels are not a multiple of 8/16), and off-step widths are slower than the next aligned width up.
+Points are spread over the whole range, since a block's latency is close to bilinear in (c_in, c_out) within one
+regime, and include every current width exactly. The interpolation rule that reads them lives in predict.py.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+DENSITY = {
+    "coarse": {"aligned": (1 / 3, 2 / 3), "off": (0.5, 1.0)},
+    "normal": {"aligned": (0.25, 0.5, 0.75), "off": (0.4, 0.7, 1.0)},
+    "fine": {"aligned": (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875), "off": (0.25, 0.5, 0.75, 1.0)},
+}
+
+
+@dataclass
+class Axis:
+    """Measured widths on one axis, split by regime. A fixed axis (graph input/output width) has one point."""
+
+    aligned: list
+    off: list
+    fixed: bool = False
+
+    def points(self) -> list:
+        return sorted(set(self.aligned) | set(self.off))
+
+    def to_dict(self) -> dict:
+        return {"aligned": self.aligned, "off": self.off, "fixed": self.fixed}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Axis":
+        return cls(list(data["aligned"]), list(data["off"]), bool(data.get("fixed", False)))
+
+
+def is_aligned(width: int, step: int) -> bool:
+    return width % step == 0
+
+
+def axis_for(current: set, step: int, fixed: bool, density: str = "normal") -> Axis:
+    """Measured points for an axis whose widths today are `current` (max is the largest prunable width)."""
+    if fixed:
+        widths = sorted(current)
+        return Axis([w for w in widths if is_aligned(w, step)], [w for w in widths if not is_aligned(w, step)],
+                    fixed=True)
+    top = max(current)
+    fractions = DENSITY[density]
+    aligned = {w for w in current if is_aligned(w, step)}
+    off = {w for w in current if not is_aligned(w, step)}
+    top_aligned = (top // step) * step
+    if top_aligned >= step:
+        aligned.update({step, top_aligned})
+        aligned.update(max(step, round(f * top / step) * step) for f in fractions["aligned"])
+    if top > step:
+        for f in fractions["off"]:
+            base = max(step, math.ceil(f * top / step) * step)
+            w = min(base - step // 2 + 1, top)
+            if not is_aligned(w, step):
+                off.add(w)
+        off.add(step // 2 + 1)  # lowest regime point, so no off-step width is extrapolated below the grid
+    aligned = {w for w in aligned if w <= top}
+    return Axis(sorted(aligned), sorted(off))
+
+
+@dataclass
+class SignatureGrid:
+    """The cells to measure for one signature: every in-point × out-point within matching regimes."""
+
+    signature: dict
+    c_in: Axis
+    c_out: Axis
+    tied: bool
+    cells: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"signature": self.signature, "c_in": self.c_in.to_dict(), "c_out": self.c_out.to_dict(),
+                "tied": self.tied}
+
+
+def _valid(signature: dict, c_in: int, c_out: int) -> bool:
+    groups = signature.get("groups", 1)
+    if isinstance(groups, int) and groups > 1:
+        return c_in % groups == 0 and c_out % groups == 0
+    return True
+
+
+def plan_signature(signature: dict, blocks: list, step: int, density: str = "normal") -> SignatureGrid:
+    """Grid for the blocks sharing `signature` (widths from all of them)."""
+    tied = blocks[0].tied
+    groups = signature.get("groups", 1)
+    unit = groups if isinstance(groups, int) and groups > 1 else 1
+    eff_step = step * unit // math.gcd(step, unit)
+    in_axis = axis_for({b.c_in for b in blocks}, eff_step, all(b.in_fixed for b in blocks), density)
+    out_axis = axis_for({b.c_out for b in blocks}, eff_step, all(b.out_fixed for b in blocks), density)
+    if tied:
+        fixed = in_axis.fixed or out_axis.fixed
+        merged = axis_for({b.c_in for b in blocks}, eff_step, fixed, density)
+        cells = [(w, w) for w in merged.points()]
+        return SignatureGrid(signature, merged, merged, True, cells)
+    cells = [(i, o) for i in in_axis.points() for o in out_axis.points() if _valid(signature, i, o)]
+    return SignatureGrid(signature, in_axis, out_axis, False, cells)

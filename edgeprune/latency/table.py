@@ -1,0 +1,140 @@
+"""The latency table file: what was measured, where, how, and how well it predicts (DESIGN.md format)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeprune.atomic import write_json
+from edgeprune.errors import BadInputError
+
+from .blocks import Block, cell_key
+from .grid import Axis
+from .predict import interpolate
+
+FORMAT_VERSION = 1
+
+
+def content_id(data: dict) -> str:
+    """sha256 of the canonical JSON of everything but the id itself."""
+    body = {k: v for k, v in data.items() if k != "id"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass
+class LatencyTable:
+    """Measured cells per block signature, the model's layers, calibration and fidelity."""
+
+    fingerprint: dict
+    runtime: dict  # backend, version, provider, precision, threads
+    model: dict  # spec, sha256, input shape, family
+    estimator: dict
+    step: int
+    signatures: dict  # sig key -> {signature, c_in axis, c_out axis, tied}
+    cells: dict  # cell key -> {kind, signature key, c_in, c_out, estimate_ms, min_ms, median_ms, p90_ms, mad_ms, n}
+    layers: dict  # layer name -> {kind, c_in, c_out, cell, in_fixed, out_fixed, macs}
+    calibration: dict = field(default_factory=dict)
+    fidelity: dict = field(default_factory=dict)
+    uncovered: dict = field(default_factory=dict)
+    layout_ops: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+    profile: dict = field(default_factory=dict)  # wall times, cache hits, drift
+
+    def to_dict(self) -> dict:
+        data = {
+            "format_version": FORMAT_VERSION, "kind": "latency_table", "fingerprint": self.fingerprint,
+            "runtime": self.runtime, "model": self.model, "estimator": self.estimator, "step": self.step,
+            "interpolation": "regime-bilinear (see edgeprune/latency/predict.py)",
+            "signatures": self.signatures, "cells": self.cells, "layers": self.layers,
+            "calibration": self.calibration, "fidelity": self.fidelity, "uncovered": self.uncovered,
+            "layout_ops": self.layout_ops, "notes": self.notes, "profile": self.profile,
+        }
+        data["id"] = content_id(data)
+        return data
+
+    @property
+    def id(self) -> str:
+        return self.to_dict()["id"]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LatencyTable":
+        return cls(data["fingerprint"], data["runtime"], data["model"], data["estimator"], data["step"],
+                   data["signatures"], data["cells"], data["layers"], data.get("calibration", {}),
+                   data.get("fidelity", {}), data.get("uncovered", {}), data.get("layout_ops", {}),
+                   data.get("notes", []), data.get("profile", {}))
+
+    def save(self, path: str | Path) -> str:
+        data = self.to_dict()
+        write_json(path, data)
+        return data["id"]
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LatencyTable":
+        path = Path(path)
+        if not path.is_file():
+            raise BadInputError(f"latency table {path} does not exist", "create one with edgeprune profile")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise BadInputError(f"latency table {path} is not valid JSON ({err})", "re-run edgeprune profile") from None
+        if not isinstance(data, dict) or data.get("kind") != "latency_table":
+            raise BadInputError(f"{path} is not an edgeprune latency table", "give the file edgeprune profile wrote")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise BadInputError(f"latency table {path} has format_version {data.get('format_version')}, "
+                                f"this edgeprune reads {FORMAT_VERSION}", "re-run edgeprune profile")
+        if data.get("id") != content_id(data):
+            raise BadInputError(f"latency table {path} was modified after it was written (id mismatch)",
+                                "re-run edgeprune profile instead of editing the table")
+        try:
+            return cls.from_dict(data)
+        except KeyError as err:
+            raise BadInputError(f"latency table {path} lacks field {err}", "re-run edgeprune profile") from None
+
+    # -- prediction ---------------------------------------------------------------------------------
+    def _values(self, sig_key: str) -> dict:
+        cache = self.__dict__.setdefault("_value_cache", {})
+        if sig_key not in cache:
+            cache[sig_key] = {(c["c_in"], c["c_out"]): c["estimate_ms"] for c in self.cells.values()
+                              if c["signature"] == sig_key}
+        return cache[sig_key]
+
+    def block_ms(self, block: Block) -> tuple:
+        """(raw ms before calibration, exact) for one block at its widths."""
+        sig_key = block.sig_key
+        if sig_key not in self.signatures:
+            raise BadInputError(f"latency table has no block like {block.name} ({block.kind} {sig_key})",
+                                "profile this model (or one with the same block shapes) first")
+        entry = self.signatures[sig_key]
+        return interpolate(self._values(sig_key), Axis.from_dict(entry["c_in"]), Axis.from_dict(entry["c_out"]),
+                           entry["tied"], block.c_in, block.c_out, self.step, where=sig_key)
+
+    def raw_ms(self, blocks: list) -> tuple:
+        """(Σ cells in ms, share of blocks that hit a measured cell exactly)."""
+        total, exact = 0.0, 0
+        for block in blocks:
+            ms, hit = self.block_ms(block)
+            total += ms
+            exact += hit
+        return total, (exact / len(blocks) if blocks else 1.0)
+
+    def calibrate(self, raw: float) -> float:
+        """Apply the table's calibration to a Σ-cells figure."""
+        cal = self.calibration
+        if not cal:
+            return raw
+        if cal["kind"] == "ratio":
+            return raw * cal["value"]
+        return raw + cal["value"]
+
+    def predict_ms(self, blocks: list) -> float:
+        """Predicted end-to-end latency of a graph's blocks, in the table's estimator."""
+        return self.calibrate(self.raw_ms(blocks)[0])
+
+
+def cell_record(block_kind: str, sig_key: str, c_in: int, c_out: int, stats: dict) -> tuple:
+    key = cell_key(sig_key, c_in, c_out)
+    record = {"kind": block_kind, "signature": sig_key, "c_in": c_in, "c_out": c_out}
+    record.update({k: stats[k] for k in ("estimate_ms", "min_ms", "median_ms", "p90_ms", "mad_ms", "n")})
+    return key, record

@@ -1,0 +1,244 @@
+"""Model loading for every command: the `--model SPEC` vocabulary of DESIGN.md in one place.
+
+`torchvision:NAME`, `timm:NAME`, a Hugging Face model directory, an ONNX file, or a TorchScript file.
+Named architectures get the user's weights through `--weights` (safetensors, or a state_dict loaded with
+`weights_only=True`); without them they are randomly initialised, never downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BadInputError
+
+DEFAULT_IMAGE_SHAPE = (1, 3, 224, 224)
+DEFAULT_SEQ_LEN = 128
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to profile: a torch module when slimmable, else only its ONNX graph."""
+
+    spec: str
+    module: object | None  # torch.nn.Module, None for ONNX files
+    onnx_path: Path | None  # set for ONNX inputs
+    input_shape: tuple
+    family: str  # "vision" or "language"
+    slimmable: bool
+    source_sha256: str
+    notes: list = field(default_factory=list)
+    seq_len: int | None = None
+
+    def example_inputs(self) -> tuple:
+        """Inputs for export and parity: a seeded image batch, or token ids for language models."""
+        import torch
+
+        gen = torch.Generator().manual_seed(0)
+        if self.family == "language":
+            vocab = getattr(getattr(self.module, "config", None), "vocab_size", 1000)
+            return (torch.randint(0, vocab, self.input_shape, generator=gen),)
+        return (torch.randn(self.input_shape, generator=gen),)
+
+
+def parse_shape(text: str | None) -> tuple | None:
+    """`1x3x224x224` -> (1, 3, 224, 224)."""
+    if text is None:
+        return None
+    try:
+        dims = tuple(int(d) for d in text.lower().split("x"))
+    except ValueError:
+        raise BadInputError(f"cannot read input shape '{text}'", "write it like 1x3x224x224") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise BadInputError(f"input shape '{text}' has a non-positive dimension", "write it like 1x3x224x224")
+    return dims
+
+
+def parse_model_args(pairs: tuple | list) -> dict:
+    """`key=value` pairs -> kwargs, values read as JSON where they parse (ints, floats, bools)."""
+    out = {}
+    for pair in pairs or ():
+        if "=" not in pair:
+            raise BadInputError(f"--model-arg '{pair}' is not key=value", "write it like --model-arg num_classes=10")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def state_dict_sha256(module) -> str:
+    """Hash of the weights, so a table records exactly which model it was measured for."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_weights(module, path: str | Path) -> None:
+    """Load the user's weights into `module`; a corrupt or mismatched file is one clear error."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"weights file {path} does not exist", "check the --weights path")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+                state = state["state_dict"]
+    except Exception as err:
+        raise BadInputError(f"cannot read weights {path}: {str(err).splitlines()[0][:160]}",
+                            "give a safetensors file or a torch state_dict (loaded with weights_only=True)") from None
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise BadInputError(f"weights {path} do not fit the model: {first[:200]}",
+                            "check --model and --model-arg (e.g. num_classes) match how the weights were trained") from None
+
+
+def _torchvision(name: str, args: dict):
+    import torchvision
+
+    try:
+        return torchvision.models.get_model(name, weights=None, **args)
+    except ValueError:
+        import difflib
+
+        close = difflib.get_close_matches(name, torchvision.models.list_models(), n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "see torchvision.models.list_models()"
+        raise BadInputError(f"torchvision has no model '{name}'", hint) from None
+    except TypeError as err:
+        raise BadInputError(f"torchvision:{name} rejects the model args: {err}", "check --model-arg names") from None
+
+
+def _timm(name: str, args: dict):
+    try:
+        import timm
+    except ImportError:
+        raise BadInputError("timm is not installed", "pip install 'edgeprune[hf]'") from None
+    if not timm.is_model(name):
+        import difflib
+
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise BadInputError(f"timm has no model '{name}'", f"did you mean {', '.join(close)}?" if close else
+                            "see timm.list_models()")
+    return timm.create_model(name, pretrained=False, **args)
+
+
+def _huggingface(path: Path, args: dict):
+    try:
+        import transformers
+    except ImportError:
+        raise BadInputError("transformers is not installed", "pip install 'edgeprune[hf]'") from None
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True, **args)
+    except Exception as err:
+        raise BadInputError(f"cannot read the Hugging Face config in {path}: {str(err).splitlines()[0][:160]}",
+                            "check config.json") from None
+    family = "language" if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel")
+                               for a in (config.architectures or [])) or config.model_type in (
+        "llama", "gpt2", "mistral", "qwen2") else "encoder"
+    has_weights = any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))
+    auto = transformers.AutoModelForCausalLM if family == "language" else transformers.AutoModel
+    try:
+        if has_weights:
+            model = auto.from_pretrained(str(path), local_files_only=True, config=config)
+        else:
+            model = auto.from_config(config)
+    except Exception as err:
+        raise BadInputError(f"cannot load the Hugging Face model in {path}: {str(err).splitlines()[0][:160]}",
+                            "check that the weights match config.json") from None
+    return model, family, has_weights
+
+
+def load_model(spec: str, weights: str | None = None, model_args: dict | None = None,
+               input_shape: tuple | None = None, seq_len: int | None = None) -> LoadedModel:
+    """Resolve a `--model SPEC` to a LoadedModel, with one clear error for anything unreadable."""
+    model_args = dict(model_args or {})
+    notes = []
+    if spec.startswith("torchvision:") or spec.startswith("timm:"):
+        source, name = spec.split(":", 1)
+        module = _torchvision(name, model_args) if source == "torchvision" else _timm(name, model_args)
+        if weights:
+            load_weights(module, weights)
+        else:
+            notes.append(f"{spec} is randomly initialised (no --weights given); latency does not depend on weights")
+        module.eval()
+        shape = input_shape or _default_image_shape(module, model_args)
+        return LoadedModel(spec, module, None, shape, "vision", True, state_dict_sha256(module), notes)
+    path = Path(spec)
+    if not path.exists():
+        raise BadInputError(f"model '{spec}' does not exist",
+                            "give torchvision:NAME, timm:NAME, a Hugging Face directory, an .onnx or TorchScript file")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BadInputError(f"{path} has no config.json", "give a Hugging Face model directory")
+        module, family, has_weights = _huggingface(path, model_args)
+        if weights:
+            load_weights(module, weights)
+        elif not has_weights:
+            notes.append(f"{path} has no weights; the model is randomly initialised from its config")
+        module.eval()
+        if family == "language":
+            n = seq_len or DEFAULT_SEQ_LEN
+            shape = (1, n)
+        else:
+            shape = input_shape or (1, int(getattr(module.config, "max_position_embeddings", 128) // 4 or 32))
+        return LoadedModel(spec, module, None, shape, family, True, state_dict_sha256(module), notes,
+                           seq_len=shape[1] if family != "vision" else None)
+    if path.suffix == ".onnx":
+        import onnx
+
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+            onnx.checker.check_model(proto)
+        except Exception as err:
+            raise BadInputError(f"{path} is not a valid ONNX model: {str(err).splitlines()[0][:160]}",
+                                "re-export it, or check the file was copied completely") from None
+        dims = [d.dim_value or 1 for d in proto.graph.input[0].type.tensor_type.shape.dim]
+        return LoadedModel(spec, None, path, input_shape or tuple(dims), "vision", False, sha256_file(path),
+                           ["ONNX files get a table and calibration but no held-out variants (not slimmable)"])
+    return _torchscript(path, input_shape, notes)
+
+
+def _torchscript(path: Path, input_shape, notes) -> LoadedModel:
+    import torch
+
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as err:
+        raise BadInputError(f"{path} is neither ONNX nor a loadable TorchScript file: "
+                            f"{str(err).splitlines()[0][:120]}",
+                            "give an .onnx file, a TorchScript file, torchvision:NAME or a Hugging Face directory") from None
+    module.eval()
+    notes.append("TorchScript files get a table and calibration but no held-out variants (not slimmable)")
+    return LoadedModel(str(path), module, None, input_shape or DEFAULT_IMAGE_SHAPE, "vision", False,
+                       sha256_file(path), notes)
+
+
+def _default_image_shape(module, args: dict) -> tuple:
+    size = args.get("image_size")
+    if size:
+        return (1, 3, int(size), int(size))
+    cfg = getattr(module, "pretrained_cfg", None) or {}
+    if "input_size" in cfg:
+        return (1, *cfg["input_size"])
+    return DEFAULT_IMAGE_SHAPE

@@ -1,0 +1,1 @@
+"""Structural pruning: dependency groups (Torch-Pruning's engine), importance criteria, the budget solver."""

@@ -1,0 +1,132 @@
+"""torch -> single-file ONNX, checked against PyTorch on ONNX Runtime before it is accepted.
+
+Uses the TorchScript exporter (`dynamo=False`) at a fixed opset with constant folding, so BatchNorm is folded
+into Conv exactly as the deployed graph will have it, and weights are embedded in one file (no external
+data) unless the model exceeds protobuf's 2 GB limit. A parity mismatch is an error, never a warning.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeprune.errors import CheckFailedError
+
+OPSET = 17
+
+
+@dataclass
+class Parity:
+    """Per-output comparison of ONNX Runtime against PyTorch; truthy when every output is within tolerance."""
+
+    outputs: dict
+    atol: float
+    rtol: float
+
+    def __bool__(self) -> bool:
+        return all(o["ok"] for o in self.outputs.values())
+
+    @property
+    def needed_atol(self) -> float:
+        """The smallest absolute tolerance (at this rtol) that would have passed."""
+        return max((o["needed_atol"] for o in self.outputs.values()), default=0.0)
+
+
+def compare(reference: dict, actual: dict, atol: float, rtol: float) -> Parity:
+    """Max abs / max rel error and cosine similarity for each output."""
+    out = {}
+    for name, ref in reference.items():
+        ref = np.asarray(ref, dtype=np.float64)
+        got = np.asarray(actual[name], dtype=np.float64)
+        if ref.shape != got.shape:
+            out[name] = {"ok": False, "shape": [list(ref.shape), list(got.shape)], "max_abs": float("inf"),
+                         "max_rel": float("inf"), "cosine": 0.0, "needed_atol": float("inf")}
+            continue
+        diff = np.abs(ref - got)
+        denom = np.linalg.norm(ref) * np.linalg.norm(got)
+        out[name] = {
+            "ok": bool(np.all(diff <= atol + rtol * np.abs(ref))),
+            "max_abs": float(diff.max(initial=0.0)),
+            "max_rel": float((diff / np.maximum(np.abs(ref), 1e-12)).max(initial=0.0)),
+            "cosine": float((ref * got).sum() / denom) if denom > 0 else 1.0,
+            "needed_atol": float(np.maximum(diff - rtol * np.abs(ref), 0).max(initial=0.0)),
+        }
+    return Parity(out, atol, rtol)
+
+
+def _to_bytes(model, example: tuple, input_names, output_names, dynamic_axes) -> bytes:
+    import torch
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, example, buffer, dynamo=False, opset_version=OPSET, do_constant_folding=True,
+                          input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes)
+    return buffer.getvalue()
+
+
+def export_onnx(model, example: tuple, path: str | Path | None = None, *, input_names=None, output_names=None,
+                dynamic_axes=None, atol: float = 1e-4, rtol: float = 1e-3, check: bool = True):
+    """Export `model` at `example` inputs; returns (onnx.ModelProto, Parity or None).
+
+    Written to `path` atomically when given. Raises CheckFailedError when ONNX Runtime disagrees with PyTorch
+    beyond the tolerance, naming the worst output and the tolerance that would pass.
+    """
+    import onnx
+    import torch
+
+    model = model.eval()
+    input_names = input_names or [f"input{i}" if i else "input" for i in range(len(example))]
+    with torch.no_grad():
+        data = _to_bytes(model, example, input_names, output_names, dynamic_axes)
+    proto = onnx.load_from_string(data)
+    parity = None
+    if check:
+        parity = check_parity(model, example, data, input_names, atol, rtol)
+        if not parity:
+            worst = max(parity.outputs.items(), key=lambda kv: kv[1]["max_abs"])
+            raise CheckFailedError(
+                f"ONNX Runtime output '{worst[0]}' differs from PyTorch: max abs {worst[1]['max_abs']:.3g}, "
+                f"cosine {worst[1]['cosine']:.6f} (tolerance atol={atol:g}, rtol={rtol:g})",
+                f"an atol of {parity.needed_atol:.3g} would pass; check for an op the exporter mistranslates",
+            )
+    if path is not None:
+        from edgeprune.atomic import atomic_file
+
+        with atomic_file(path, "wb") as handle:
+            handle.write(data)
+    return proto, parity
+
+
+def check_parity(model, example: tuple, onnx_bytes: bytes, input_names, atol: float, rtol: float) -> Parity:
+    """Run the ONNX bytes on ONNX Runtime's CPU EP and compare every output with PyTorch's."""
+    import onnxruntime as ort
+    import torch
+
+    with torch.no_grad():
+        ref = model(*example)
+    refs = _flatten(ref)
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    feeds = {name: t.detach().cpu().numpy() for name, t in zip(input_names, example)}
+    names = [o.name for o in session.get_outputs()]
+    got = session.run(names, feeds)
+    return compare(dict(zip(names, refs)), dict(zip(names, got)), atol, rtol)
+
+
+def _flatten(output) -> list:
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return [output.detach().cpu().numpy()]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if hasattr(output, "to_tuple"):
+        output = output.to_tuple()
+    flat = []
+    for item in output:
+        flat.extend(_flatten(item))
+    return flat

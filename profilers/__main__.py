@@ -1,0 +1,62 @@
+"""Device-side entry point: `python -m profilers {info,doctor,run}`; prints one JSON object on stdout.
+
+Failures the user can fix print `{"error": {kind, message, hint}}` and exit 2, so the host can show them as
+one line. Progress goes to stderr as JSON lines.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import ProfilerError
+
+
+def _emit(obj, out=None):
+    text = json.dumps(obj, sort_keys=True)
+    if out:
+        tmp = out + ".tmp"
+        with open(tmp, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, out)
+        text = json.dumps({"result_file": out})
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="profilers", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="print the device facts (Python, OS, CPU, runtimes, clocks)")
+    doctor = sub.add_parser("doctor", help="check what the device lacks for a runtime")
+    doctor.add_argument("--backend", default="onnxruntime")
+    doctor.add_argument("--provider", default=None)
+    run = sub.add_parser("run", help="measure a plan")
+    run.add_argument("plan")
+    run.add_argument("--out", default=None, help="write the result here instead of stdout")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "info":
+            from .sysinfo import collect
+
+            _emit(collect())
+        elif args.command == "doctor":
+            from .sysinfo import collect, doctor as run_doctor
+
+            _emit({"checks": run_doctor(collect(), args.backend, args.provider)})
+        else:
+            from .measure import run_plan
+
+            with open(args.plan) as handle:
+                plan = json.load(handle)
+            _emit(run_plan(plan, base_dir=os.path.dirname(os.path.abspath(args.plan))), args.out)
+    except ProfilerError as err:
+        _emit(err.record())
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The runner contract every backend follows."""
+
+
+class Runner(object):
+    """One model on one runtime. Subclasses implement `activate_impl`, `infer_impl`, `deactivate_impl`."""
+
+    def __init__(self, model_path, threads=1, provider=None, precision="fp32", inputs=None):
+        self.model_path = model_path
+        self.threads = int(threads)
+        self.provider = provider
+        self.precision = precision
+        self.inputs = inputs  # optional {name: numpy array}; random data of the model's input spec otherwise
+        self.active = False
+
+    def activate(self):
+        if self.active:
+            raise RuntimeError("runner for %s is already active" % self.model_path)
+        self.activate_impl()
+        self.active = True
+
+    def infer(self):
+        """Run once on the bound inputs. This is the call the timing loop times."""
+        if not self.active:
+            raise RuntimeError("runner for %s is not active" % self.model_path)
+        self.infer_impl()
+
+    def outputs(self):
+        """Run once and return {name: numpy array} (for parity checks, never timed)."""
+        if not self.active:
+            raise RuntimeError("runner for %s is not active" % self.model_path)
+        return self.outputs_impl()
+
+    def deactivate(self):
+        if self.active:
+            self.deactivate_impl()
+            self.active = False
+
+    def __enter__(self):
+        self.activate()
+        return self
+
+    def __exit__(self, *exc):
+        self.deactivate()
+
+    def activate_impl(self):
+        raise NotImplementedError
+
+    def infer_impl(self):
+        raise NotImplementedError
+
+    def outputs_impl(self):
+        raise NotImplementedError
+
+    def deactivate_impl(self):
+        raise NotImplementedError

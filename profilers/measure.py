@@ -1,0 +1,132 @@
+"""Run a measurement plan: synthesise and time every cell, time whole models, return one result record."""
+
+import json
+import os
+import sys
+import time
+
+from . import FORMAT_VERSION, synth
+from .backends import runner_class
+from .errors import ProfilerError
+from .timing import Estimator, measure_interleaved
+
+DRIFT_LIMIT = 0.03
+
+
+def progress(stage, done, total):
+    """One JSON line on stderr; the host turns these into a progress bar."""
+    sys.stderr.write(json.dumps({"progress": done, "total": total, "stage": stage}) + "\n")
+    sys.stderr.flush()
+
+
+def _cell_bytes(cell):
+    model = synth.build_cell(cell["signature"], cell["c_in"], cell["c_out"], seed=cell.get("seed", 0))
+    return model.SerializeToString()
+
+
+def _reference_ms(make_runner, reference, estimator):
+    runner = make_runner(_cell_bytes(reference))
+    runner.activate()
+    try:
+        return measure_interleaved([runner], estimator)[0]["estimate_ms"]
+    finally:
+        runner.deactivate()
+
+
+def measure_cells(cells, make_runner, estimator, reference=None, group_size=24, retries=1):
+    """Time cells in interleaved groups; a reference cell timed around each group detects drift.
+
+    A group whose reference moved by more than 3 % between before and after is measured again (at most
+    `retries` times); the drift seen is returned so the host can record it.
+    """
+    results, errors, drift = {}, {}, []
+    total = len(cells)
+    done = 0
+    for start in range(0, total, group_size):
+        group = cells[start:start + group_size]
+        for attempt in range(retries + 1):
+            before = _reference_ms(make_runner, reference, estimator) if reference else None
+            runners, keys = [], []
+            for cell in group:
+                try:
+                    runner = make_runner(_cell_bytes(cell))
+                    runner.activate()
+                except ProfilerError as err:
+                    errors[cell["key"]] = err.record()
+                    continue
+                runners.append(runner)
+                keys.append(cell["key"])
+            try:
+                stats = measure_interleaved(runners, estimator) if runners else []
+            finally:
+                for runner in runners:
+                    runner.deactivate()
+            after = _reference_ms(make_runner, reference, estimator) if reference else None
+            moved = abs(after / before - 1.0) if reference and before > 0 else 0.0
+            if moved <= DRIFT_LIMIT or attempt == retries:
+                drift.append({"group": start // group_size, "drift": moved, "attempts": attempt + 1})
+                for key, stat in zip(keys, stats):
+                    results[key] = stat
+                break
+        done += len(group)
+        progress("cells", done, total)
+    return results, errors, drift
+
+
+def measure_models(models, make_runner, estimator, rounds=1, base_dir="."):
+    """Time whole models interleaved with each other; `rounds` independent rounds give the noise ceiling."""
+    runners, keys, errors = [], [], {}
+    for entry in models:
+        path = os.path.join(base_dir, entry["file"])
+        try:
+            runner = make_runner(path)
+            runner.activate()
+        except ProfilerError as err:
+            errors[entry["key"]] = err.record()
+            continue
+        except Exception as err:  # a corrupt model file is the user's input, not our bug
+            errors[entry["key"]] = ProfilerError("bad_model", "cannot load %s: %s" % (entry["file"], err),
+                                                 "check that the file is a valid model for this runtime").record()
+            continue
+        runners.append(runner)
+        keys.append(entry["key"])
+    results = {key: [] for key in keys}
+    try:
+        for r in range(rounds):
+            round_estimator = Estimator.from_dict(dict(estimator.to_dict(), seed=estimator.seed + r))
+            for key, stat in zip(keys, measure_interleaved(runners, round_estimator)):
+                results[key].append(stat)
+            progress("models", r + 1, rounds)
+    finally:
+        for runner in runners:
+            runner.deactivate()
+    return results, errors
+
+
+def run_plan(plan, base_dir="."):
+    """Execute a plan dict and return the result dict (format in DESIGN.md, 'plan / result')."""
+    from .sysinfo import collect
+
+    if plan.get("format_version") != FORMAT_VERSION:
+        raise ProfilerError("bad_plan", "plan format_version %r is not %d" % (plan.get("format_version"),
+                                                                               FORMAT_VERSION),
+                            "use the same edgeprune version on host and device")
+    runtime = plan["runtime"]
+    cls = runner_class(runtime["backend"])
+    estimator = Estimator.from_dict(plan.get("estimator", {}))
+
+    def make_runner(model):
+        return cls(model, threads=runtime.get("threads", 1), provider=runtime.get("provider"),
+                   precision=runtime.get("precision", "fp32"))
+
+    started = time.time()
+    cells, cell_errors, drift = measure_cells(plan.get("cells", []), make_runner, estimator,
+                                              reference=plan.get("reference"),
+                                              group_size=plan.get("group_size", 24))
+    models, model_errors = measure_models(plan.get("models", []), make_runner, estimator,
+                                          rounds=plan.get("model_rounds", 1), base_dir=base_dir)
+    errors = dict(cell_errors)
+    errors.update(model_errors)
+    return {"format_version": FORMAT_VERSION, "kind": "result", "facts": collect(), "runtime": runtime,
+            "estimator": estimator.to_dict(), "cells": cells, "models": models, "errors": errors,
+            "drift": drift, "wall_s": time.time() - started}

@@ -1,0 +1,185 @@
+"""Micro-ONNX synthesis: one small model per table cell, built from a block signature and two widths.
+
+A signature names a fused block kind and its fixed attributes; `c_in` and `c_out` are the widths that pruning
+changes. Each builder mirrors what the exporter writes for that block, so the device runtime applies the same
+fusions (Conv+BN folded, Conv+Add+activation fused) to the cell as it does inside the whole model.
+"""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .errors import ProfilerError
+
+OPSET = 17
+ACTIVATIONS = ("relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu", "gelu", "tanh")
+
+
+def _init(name, array):
+    return numpy_helper.from_array(np.ascontiguousarray(array), name)
+
+
+def _activation(act, x, out, nodes, inits):
+    """Append the nodes of `act` reading `x` and writing `out` (the exporter's own decomposition)."""
+    if act == "relu":
+        nodes.append(helper.make_node("Relu", [x], [out]))
+    elif act == "relu6":
+        inits += [_init("clip_lo", np.array(0.0, np.float32)), _init("clip_hi", np.array(6.0, np.float32))]
+        nodes.append(helper.make_node("Clip", [x, "clip_lo", "clip_hi"], [out]))
+    elif act == "hardswish":
+        nodes.append(helper.make_node("HardSwish", [x], [out]))
+    elif act == "hardsigmoid":
+        nodes.append(helper.make_node("HardSigmoid", [x], [out], alpha=1.0 / 6, beta=0.5))
+    elif act == "sigmoid":
+        nodes.append(helper.make_node("Sigmoid", [x], [out]))
+    elif act == "tanh":
+        nodes.append(helper.make_node("Tanh", [x], [out]))
+    elif act == "silu":
+        nodes.append(helper.make_node("Sigmoid", [x], [x + "_sig"]))
+        nodes.append(helper.make_node("Mul", [x, x + "_sig"], [out]))
+    elif act == "gelu":
+        inits += [_init("gelu_sqrt2", np.array(np.sqrt(2.0), np.float32)),
+                  _init("gelu_one", np.array(1.0, np.float32)), _init("gelu_half", np.array(0.5, np.float32))]
+        nodes += [helper.make_node("Div", [x, "gelu_sqrt2"], [x + "_d"]),
+                  helper.make_node("Erf", [x + "_d"], [x + "_e"]),
+                  helper.make_node("Add", [x + "_e", "gelu_one"], [x + "_a"]),
+                  helper.make_node("Mul", [x, x + "_a"], [x + "_m"]),
+                  helper.make_node("Mul", [x + "_m", "gelu_half"], [out])]
+    else:
+        raise ProfilerError("bad_signature", "unknown activation %r" % act,
+                            "use one of: %s" % ", ".join(ACTIVATIONS))
+
+
+def _finish(x, act, nodes, inits):
+    if act:
+        _activation(act, x, "Y", nodes, inits)
+    else:
+        nodes.append(helper.make_node("Identity", [x], ["Y"]))
+
+
+def _conv_out(size, k, s, p0, p1, d):
+    return (size + p0 + p1 - d * (k - 1) - 1) // s + 1
+
+
+def build_conv(sig, c_in, c_out, rng):
+    """Conv (+bias) (+residual Add) (+activation): a CNN block with BatchNorm already folded."""
+    kh, kw = sig["kernel"]
+    sh, sw = sig.get("stride", [1, 1])
+    pads = sig.get("pads", [0, 0, 0, 0])
+    dh, dw = sig.get("dilation", [1, 1])
+    h, w = sig["hw"]
+    groups = sig.get("groups", 1)
+    if groups == "depthwise":
+        if c_in != c_out:
+            raise ProfilerError("bad_signature", "depthwise cell needs c_in == c_out, got %d, %d" % (c_in, c_out))
+        groups = c_in
+    if c_in % groups or c_out % groups:
+        raise ProfilerError("bad_signature", "widths %d, %d not divisible by groups %d" % (c_in, c_out, groups))
+    ho = _conv_out(h, kh, sh, pads[0], pads[2], dh)
+    wo = _conv_out(w, kw, sw, pads[1], pads[3], dw)
+    weight = rng.standard_normal((c_out, c_in // groups, kh, kw)).astype(np.float32) * 0.05
+    inits = [_init("W", weight), _init("B", rng.standard_normal(c_out).astype(np.float32))]
+    nodes = [helper.make_node("Conv", ["X", "W", "B"], ["conv"], kernel_shape=[kh, kw], strides=[sh, sw],
+                              pads=pads, dilations=[dh, dw], group=groups)]
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, c_in, h, w])]
+    x = "conv"
+    if sig.get("residual"):
+        inputs.append(helper.make_tensor_value_info("R", TensorProto.FLOAT, [1, c_out, ho, wo]))
+        nodes.append(helper.make_node("Add", ["conv", "R"], ["sum"]))
+        x = "sum"
+    _finish(x, sig.get("act"), nodes, inits)
+    return nodes, inputs, [1, c_out, ho, wo], inits
+
+
+def build_gemm(sig, c_in, c_out, rng):
+    """Linear layer: Gemm for [rows, c] inputs (CNN heads), MatMul+Add for [1, rows, c] (transformers)."""
+    rows = int(sig.get("rows", 1))
+    weight = rng.standard_normal((c_in, c_out)).astype(np.float32) * 0.05
+    inits = [_init("W", weight)]
+    has_bias = sig.get("bias", True)
+    if has_bias:
+        inits.append(_init("B", rng.standard_normal(c_out).astype(np.float32)))
+    if sig.get("rank", 2) == 2:
+        inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [rows, c_in])]
+        nodes = [helper.make_node("Gemm", ["X", "W", "B"] if has_bias else ["X", "W"], ["lin"])]
+        shape = [rows, c_out]
+    else:
+        inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, rows, c_in])]
+        nodes = [helper.make_node("MatMul", ["X", "W"], ["mm"])]
+        if has_bias:
+            nodes.append(helper.make_node("Add", ["mm", "B"], ["lin"]))
+        else:
+            nodes[-1].output[0] = "lin"
+        shape = [1, rows, c_out]
+    _finish("lin", sig.get("act"), nodes, inits)
+    return nodes, inputs, shape, inits
+
+
+def build_eltwise(sig, c_in, c_out, rng):
+    """A width-following op outside the prunable blocks: Add/Mul of two maps, or a unary activation."""
+    h, w = sig.get("hw", [1, 1])
+    shape = [1, c_in, h, w]
+    op = sig["op"]
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, shape)]
+    inits = []
+    nodes = []
+    if op in ("Add", "Mul"):
+        other = [1, c_in, 1, 1] if sig.get("broadcast") else shape
+        inputs.append(helper.make_tensor_value_info("X2", TensorProto.FLOAT, other))
+        nodes.append(helper.make_node(op, ["X", "X2"], ["Y"]))
+    else:
+        _activation(op, "X", "Y", nodes, inits)
+    return nodes, inputs, shape, inits
+
+
+def build_pool(sig, c_in, c_out, rng):
+    """MaxPool / AveragePool / GlobalAveragePool over a [1, c, h, w] map."""
+    h, w = sig["hw"]
+    op = sig["op"]
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, c_in, h, w])]
+    if op == "GlobalAveragePool":
+        return [helper.make_node(op, ["X"], ["Y"])], inputs, [1, c_in, 1, 1], []
+    kh, kw = sig["kernel"]
+    sh, sw = sig.get("stride", [kh, kw])
+    pads = sig.get("pads", [0, 0, 0, 0])
+    attrs = dict(kernel_shape=[kh, kw], strides=[sh, sw], pads=pads, ceil_mode=int(sig.get("ceil_mode", 0)))
+    if op == "AveragePool":
+        attrs["count_include_pad"] = int(sig.get("count_include_pad", 0))
+    node = helper.make_node(op, ["X"], ["Y"], **attrs)
+    return [node], inputs, [1, c_in, _conv_out(h, kh, sh, pads[0], pads[2], 1),
+                            _conv_out(w, kw, sw, pads[1], pads[3], 1)], []
+
+
+BUILDERS = {
+    "conv": build_conv,
+    "gemm": build_gemm,
+    "eltwise": build_eltwise,
+    "pool": build_pool,
+}
+
+
+def build_cell(signature, c_in, c_out, seed=0):
+    """The micro-ONNX ModelProto for one cell."""
+    kind = signature.get("kind")
+    if kind not in BUILDERS:
+        raise ProfilerError("bad_signature", "cannot synthesise block kind %r" % kind,
+                            "kinds this profiler builds: %s" % ", ".join(sorted(BUILDERS)))
+    rng = np.random.default_rng(seed)
+    nodes, inputs, out_shape, inits = BUILDERS[kind](signature, int(c_in), int(c_out), rng)
+    graph = helper.make_graph(nodes, "cell_" + kind, inputs,
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, out_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="edgeprune.profilers")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def null_model(shape=(1, 1)):
+    """The smallest model the runtime will run: timing it gives the per-run call overhead."""
+    graph = helper.make_graph([helper.make_node("Identity", ["X"], ["Y"])], "null",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, list(shape))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return model

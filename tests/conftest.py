@@ -1,0 +1,37 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# ---------------------------------------------------------------------------------------------------------
+# SSH: a real sshd on 127.0.0.1 for the SSH target's end-to-end tests (helper module: tests/sshd.py).
+# Missing sshd/ssh skips those tests on a developer machine, but fails them in CI (CI=true), where
+# .ci/run installs openssh-server and openssh-client.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sshd_server():
+    """A running sshd that the current user can log in to with `identity`; stopped at session end."""
+    import sshd
+
+    server = None
+    try:
+        server = sshd.Server()
+        info = server.start()
+    except sshd.Unavailable as exc:
+        if server is not None:
+            server.stop()
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"sshd is required in CI: {exc}")
+        pytest.skip(f"no sshd for the SSH tests: {exc}")
+    try:
+        yield info
+    finally:
+        server.stop()
+
+
+# --------------------------------------------------------------------------------------- end of SSH section
