@@ -10,13 +10,13 @@ from .latency.table import LatencyTable
 
 def profile(model: str, device: str, out: str | Path | None = None, *, host: str | None = None,
             weights: str | None = None, model_args: dict | None = None, input_shape: tuple | None = None,
-            seq_len: int | None = None, threads: int = 1, backend: str | None = None, provider: str | None = None,
+            seq_len: int | None = None, regime: str = "prefill", threads: int = 1, backend: str | None = None, provider: str | None = None,
             precision: str = "fp32", density: str = "coarse", variants: int = 20, seed: int = 0,
             cache: str | Path | None = None, reporter: Reporter | None = None, force: bool = False,
             **ssh_options) -> ProfileResult:
     """Measure a latency table for `model` on `device` (this machine, or `host` over SSH); save it to `out`."""
     from .atomic import check_writable
-    from .devices import resolve_device
+    from .devices import lookup_device, resolve_device
     from .latency.build import profile_model
     from .latency.cache import MeasurementCache
     from .models import load_model
@@ -24,7 +24,9 @@ def profile(model: str, device: str, out: str | Path | None = None, *, host: str
 
     if out is not None:
         check_writable(out, force)
-    loaded = load_model(model, weights=weights, model_args=model_args, input_shape=input_shape, seq_len=seq_len)
+    lookup_device(device)  # an unknown device name fails before the model is loaded or a host contacted
+    loaded = load_model(model, weights=weights, model_args=model_args, input_shape=input_shape, seq_len=seq_len,
+                        regime=regime)
     options = ProfileOptions(threads=threads, precision=precision, backend=backend, provider=provider,
                              density=density, variants=variants, seed=seed)
     measurements = MeasurementCache(cache)

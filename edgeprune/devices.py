@@ -25,7 +25,7 @@ from .errors import BadInputError, DeviceError
 BACKENDS = ("onnxruntime", "tensorrt")
 PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
 PRECISIONS = ("fp32", "fp16", "int8")
-# family -> (article, noun) for "this machine is not a Jetson".
+# family -> (article, noun), for "this machine is not a Jetson".
 FAMILIES = {
     "cpu": ("a", "CPU host"),
     "cuda": ("an", "NVIDIA GPU host"),
@@ -33,12 +33,12 @@ FAMILIES = {
     "raspberry-pi": ("a", "Raspberry Pi"),
 }
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-_FILE_HINT = "see devices/cpu.yaml or devices/jetson-orin-nano.yaml in edgeprune's sources for a complete example"
+_FILE_HINT = "devices/cpu.yaml and devices/jetson-orin-nano.yaml in edgeprune's sources are complete examples"
 
 
 @dataclass(frozen=True)
 class RuntimeSpec:
-    """One way to run a model on the device: a backend, its execution provider, and the precisions it takes."""
+    """One way to run a model on the device: a backend, its execution provider, the precisions it takes."""
 
     backend: str
     provider: str | None
@@ -53,7 +53,7 @@ class RuntimeSpec:
         if self.backend == "tensorrt":
             return bool(facts.get("tensorrt_version"))
         providers = facts.get("onnxruntime_providers") or ()
-        return bool(facts.get("onnxruntime_version")) and (self.provider is None or self.provider in providers)
+        return bool(facts.get("onnxruntime_version")) and self.provider in (None, *providers)
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class DetectSpec:
     nvidia_gpu: bool | None = None
 
     def score(self, facts: Mapping[str, Any]) -> int:
-        """0 when the facts do not match; otherwise higher for more specific rules (device tree > GPU > arch)."""
+        """0 when the facts do not match, else higher for more specific rules (board > GPU > arch)."""
         score = 0
         if self.model_contains or self.compatible:
             model = (facts.get("device_tree_model") or "").casefold()
@@ -97,7 +97,7 @@ class DetectSpec:
 
 @dataclass(frozen=True)
 class ClockSpec:
-    """How to read and pin the device's clocks; commands are argv lists, run by the user, never by edgeprune."""
+    """How to read and pin the device's clocks: argv lists the user runs; edgeprune never changes clocks."""
 
     query: tuple[str, ...] | None
     governor: str | None
@@ -107,7 +107,7 @@ class ClockSpec:
 
 @dataclass(frozen=True)
 class PeakSpec:
-    """Vendor (or derived, as `note` says) peak figures in the power mode `mode`; None where not applicable."""
+    """Vendor (or derived, as `note` says) peak figures in the power mode `mode`; None: not applicable."""
 
     mode: str
     fp32_gflops: float
@@ -152,33 +152,32 @@ class DeviceSpec:
         precision: str | None = "fp32",
         facts: Mapping[str, Any] | None = None,
     ) -> RuntimeSpec:
-        """The first runtime, in the file's preference order, that fits the request and that `facts` show installed.
+        """The first runtime, in the file's preference order, that fits the request and is installed.
 
-        Without `facts` nothing is checked for installation (e.g. before connecting to the device).
+        Installation is judged from `facts`; without them (before connecting) nothing is checked.
         """
-        wanted = " ".join(part for part in (backend, f"({provider})" if provider else None) if part)
+        what = " ".join(filter(None, (backend, f"({provider})" if provider else None, "runtime")))
         fitting = [r for r in self.runtimes
-                   if (backend is None or r.backend == backend) and (provider is None or r.provider == provider)]
+                   if backend in (None, r.backend) and provider in (None, r.provider)]
         if not fitting:
-            raise DeviceError(f"device {self.name} has no {wanted} runtime",
+            raise DeviceError(f"device {self.name} has no {what}",
                               f"its runtimes: {', '.join(r.label for r in self.runtimes)}")
         if precision is not None:
             fitting = [r for r in fitting if precision in r.precisions]
             if not fitting:
-                raise DeviceError(f"device {self.name} has no {wanted + ' ' if wanted else ''}runtime for {precision}",
-                                  "its runtimes take: " + "; ".join(f"{r.label}: {', '.join(r.precisions)}"
-                                                                    for r in self.runtimes))
+                raise DeviceError(f"device {self.name} has no {what} for {precision}", "its runtimes take: "
+                                  + "; ".join(f"{r.label}: {', '.join(r.precisions)}" for r in self.runtimes))
         if facts is None:
             return fitting[0]
         for candidate in fitting:
             if candidate.available(facts):
                 return candidate
-        raise DeviceError(f"device {self.name} has no {wanted + ' ' if wanted else ''}runtime installed "
+        raise DeviceError(f"device {self.name} has no {what} installed "
                           f"(wanted one of: {', '.join(r.label for r in fitting)})",
-                          f"`edgeprune doctor --device {self.name}` says what is missing and how to install it")
+                          f"`edgeprune doctor --device {self.name}` says what is missing and how to add it")
 
     def alignment_for(self, facts: Mapping[str, Any] | None = None, precision: str = "fp32") -> int:
-        """The channel step to build the measurement grid on, for this precision on the machine the facts describe."""
+        """The channel step of the measurement grid for `precision`, on the machine the facts describe."""
         if precision in self.alignment_by_precision:
             return self.alignment_by_precision[precision]
         if self.alignment_avx512 and "avx512f" in ((facts or {}).get("cpu_flags") or ()):
@@ -215,17 +214,19 @@ def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise BadInputError(f"device file {path} not found",
-                            "check the path, or name a known device (`edgeprune devices` lists them)") from None
+        hint = "check the path, or name a known device: `edgeprune devices` lists them"
+        raise BadInputError(f"device file {path} not found", hint) from None
     except (OSError, UnicodeDecodeError) as err:
-        raise BadInputError(f"cannot read device file {path}: {err}", "check the file's permissions and encoding") from None
+        raise BadInputError(f"cannot read device file {path}: {err}",
+                            "check the file's permissions and encoding (UTF-8)") from None
     try:
         return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        hint = "fix the YAML there (indentation, a missing ':', an unclosed quote or bracket)"
         raise BadInputError(f"device file {path} is not valid YAML: {err.problem or err.context}{where}",
-                            "fix the YAML there (indentation, a missing ':', an unclosed quote or bracket)") from None
+                            hint) from None
     except yaml.YAMLError as err:
         raise BadInputError(f"device file {path} is not valid YAML: {err}", "fix the YAML syntax") from None
 
@@ -252,7 +253,8 @@ class _Fields:
         for key in self.data:
             if key not in allowed:
                 close = difflib.get_close_matches(str(key), allowed, n=1)
-                raise self.fail(str(key), "is not a known field" + (f" (did you mean '{close[0]}'?)" if close else ""))
+                suggestion = f" (did you mean '{close[0]}'?)" if close else ""
+                raise self.fail(str(key), "is not a known field" + suggestion)
 
     def get(self, key: str, required: bool = True) -> Any:
         if key not in self.data:
@@ -296,7 +298,7 @@ class _Fields:
 
     def argv(self, key: str, value: Any) -> tuple[str, ...]:
         if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-            raise self.fail(key, f"must be a command as a list of strings (argv, no shell), got {_kind(value)}")
+            raise self.fail(key, f"must be a command: a list of strings (argv, no shell), got {_kind(value)}")
         return tuple(value)
 
     def number(self, key: str, required: bool = True, integer: bool = False) -> float | None:
@@ -321,15 +323,11 @@ def _kind(value: Any) -> str:
     return "null" if value is None else f"{type(value).__name__} {value!r}"[:80]
 
 
-_TOP_FIELDS = ("name", "title", "aliases", "family_aliases", "description", "family", "detect", "runtimes",
-               "alignment", "alignment_avx512", "alignment_by_precision", "clocks", "sensors", "peak", "sources")
-
-
 def load_device_file(path: str | os.PathLike) -> DeviceSpec:
     """Read and validate one device file; any missing or ill-typed field raises BadInputError naming it."""
     path = Path(path)
     fields = _Fields(_read_yaml(path), str(path))
-    fields.only(_TOP_FIELDS)
+    fields.only(f.name for f in dataclasses.fields(DeviceSpec) if f.name != "source")
     family = fields.name("family")
     if family not in FAMILIES:
         raise fields.fail("family", f"must be one of {', '.join(FAMILIES)}, got {family!r}")
@@ -347,11 +345,11 @@ def load_device_file(path: str | os.PathLike) -> DeviceSpec:
         family=family,
         detect=_detect(fields.sub("detect")),
         runtimes=_runtimes(fields),
-        alignment=int(fields.number("alignment", integer=True)),
+        alignment=fields.number("alignment", integer=True),
         alignment_avx512=fields.number("alignment_avx512", required=False, integer=True),
         alignment_by_precision=alignment_by_precision,
         clocks=_clocks(fields.sub("clocks")),
-        sensors=_sensors(fields),
+        sensors=_sensors(fields.sub("sensors")),
         peak=_peak(fields.sub("peak", required=False)),
         sources=fields.texts("sources", empty_ok=False),
         source=str(path),
@@ -363,8 +361,8 @@ def _detect(fields: _Fields) -> DetectSpec:
     gpu = fields.get("nvidia_gpu", required=False)
     if gpu is not None and not isinstance(gpu, bool):
         raise fields.fail("nvidia_gpu", f"must be true or false, got {_kind(gpu)}")
-    detect = DetectSpec(*(fields.texts(key, required=False) for key in ("model_contains", "compatible", "machine")),
-                        nvidia_gpu=gpu)
+    rules = (fields.texts(key, required=False) for key in ("model_contains", "compatible", "machine"))
+    detect = DetectSpec(*rules, nvidia_gpu=gpu)
     if detect == DetectSpec():
         raise fields.fail("", "needs a rule: model_contains, compatible, machine or nvidia_gpu")
     return detect
@@ -377,7 +375,7 @@ def _runtimes(fields: _Fields) -> tuple[RuntimeSpec, ...]:
     runtimes = []
     for index, item in enumerate(items):
         entry = _Fields(item, fields.source, f"runtimes[{index}].")
-        entry.only(("backend", "provider", "precisions"))
+        entry.only(f.name for f in dataclasses.fields(RuntimeSpec))
         backend = entry.text("backend")
         if backend not in BACKENDS:
             raise entry.fail("backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -398,7 +396,7 @@ def _runtimes(fields: _Fields) -> tuple[RuntimeSpec, ...]:
 
 
 def _clocks(fields: _Fields) -> ClockSpec:
-    fields.only(("query", "governor", "lock", "note"))
+    fields.only(f.name for f in dataclasses.fields(ClockSpec))
     query = fields.get("query", required=False)
     lock = fields.get("lock", required=False) or []
     if not isinstance(lock, list):
@@ -412,14 +410,13 @@ def _clocks(fields: _Fields) -> ClockSpec:
 
 
 def _sensors(fields: _Fields) -> dict[str, tuple[str, ...]]:
-    sensors = fields.sub("sensors")
-    result = {}
-    for key in sensors.data:
-        paths = sensors.texts(str(key), empty_ok=False)
+    sensors = {}
+    for key in map(str, fields.data):
+        paths = fields.texts(key, empty_ok=False)
         if not all(p.startswith("/") for p in paths):
-            raise sensors.fail(str(key), "entries must be absolute paths (globs allowed)")
-        result[str(key)] = paths
-    return result
+            raise fields.fail(key, "entries must be absolute paths (globs allowed)")
+        sensors[key] = paths
+    return sensors
 
 
 def _peak(fields: _Fields | None) -> PeakSpec | None:
@@ -441,18 +438,18 @@ def _peak(fields: _Fields | None) -> PeakSpec | None:
 
 
 def builtin_device_files() -> list[Path]:
-    """The shipped device files: package data when installed, else `devices/` beside the `edgeprune/` folder."""
+    """The shipped device files: package data when installed, else `devices/` beside `edgeprune/`."""
     try:
         from importlib import resources
 
         root = resources.files("edgeprune.device_files")
         files = sorted(Path(str(entry)) for entry in root.iterdir() if entry.name.endswith(".yaml"))
-    except (ImportError, OSError, TypeError):
+    except (ImportError, OSError, TypeError):  # a source checkout; an editable install without __init__.py
         files = []
     if not files:
         files = sorted((Path(__file__).resolve().parent.parent / "devices").glob("*.yaml"))
     if not files:
-        raise RuntimeError("edgeprune's device files are missing: neither edgeprune.device_files nor devices/ holds any")
+        raise RuntimeError("edgeprune's device files are missing from edgeprune.device_files and devices/")
     return files
 
 
@@ -462,8 +459,8 @@ def load_registry(extra_files: Iterable[str | os.PathLike] = ()) -> dict[str, De
     for path in [*builtin_device_files(), *map(Path, extra_files)]:
         spec = load_device_file(path)
         if spec.name in registry:
-            raise BadInputError(f"device '{spec.name}' is defined twice: in {registry[spec.name].source} and {spec.source}",
-                                "rename one of them")
+            raise BadInputError(f"device '{spec.name}' is defined twice: in {registry[spec.name].source} "
+                                f"and {spec.source}", "rename one of them")
         registry[spec.name] = spec
     _index(registry)
     return registry
@@ -481,9 +478,9 @@ def _index(registry: Mapping[str, DeviceSpec]) -> tuple[dict[str, DeviceSpec], d
         for key in (spec.name, *spec.aliases):
             other = exact.get(key)
             if other is not None and other is not spec:
-                raise BadInputError(f"device name or alias '{key}' is claimed by both {other.source} and {spec.source}",
-                                    "make names and aliases unique; a name shared on purpose by a family goes "
-                                    "under family_aliases")
+                raise BadInputError(f"device name or alias '{key}' is claimed by both {other.source} and "
+                                    f"{spec.source}", "make names and aliases unique; a name that several "
+                                    "devices of one family share goes under family_aliases")
             exact[key] = spec
         for key in spec.family_aliases:
             families.setdefault(key, []).append(spec)
@@ -491,16 +488,17 @@ def _index(registry: Mapping[str, DeviceSpec]) -> tuple[dict[str, DeviceSpec], d
         if key in exact:
             raise BadInputError(f"family alias '{key}' of {members[0].source} is also the name or alias of "
                                 f"{exact[key].source}", "rename one of them")
-        kinds = {m.family for m in members}
+        kinds = sorted({m.family for m in members})
         if len(kinds) > 1:
-            raise BadInputError(f"family alias '{key}' is shared by devices of different families ({', '.join(sorted(kinds))})",
-                                "a family alias may only group devices of one family")
+            raise BadInputError(f"family alias '{key}' is shared by devices of different families "
+                                f"({', '.join(kinds)})", "a family alias groups devices of one family only")
     return exact, families
 
 
 def lookup_device(name_or_file: str, registry: Mapping[str, DeviceSpec] | None = None) -> list[DeviceSpec]:
     """The device a name, alias or YAML file names, or every member of a family alias; unknown names raise."""
-    if name_or_file.endswith((".yaml", ".yml")) or os.sep in name_or_file or (os.altsep and os.altsep in name_or_file):
+    separators = [sep for sep in (os.sep, os.altsep) if sep]
+    if name_or_file.endswith((".yaml", ".yml")) or any(sep in name_or_file for sep in separators):
         return [load_device_file(name_or_file)]
     exact, families = _index(registry if registry is not None else load_registry())
     key = _key(name_or_file)
@@ -514,10 +512,10 @@ def lookup_device(name_or_file: str, registry: Mapping[str, DeviceSpec] | None =
                         + "`edgeprune devices` lists them; a device YAML file works too")
 
 
-def detect_device(facts: Mapping[str, Any], registry: Mapping[str, DeviceSpec] | None = None) -> DeviceSpec | None:
-    """The most specific known device the facts describe (a Jetson model before `cuda`, `cuda` before `cpu`)."""
-    registry = registry if registry is not None else load_registry()
-    return _best(registry.values(), facts)
+def detect_device(facts: Mapping[str, Any],
+                  registry: Mapping[str, DeviceSpec] | None = None) -> DeviceSpec | None:
+    """The most specific known device the facts describe: a Jetson model before `cuda`, before `cpu`."""
+    return _best((registry if registry is not None else load_registry()).values(), facts)
 
 
 def _best(candidates: Iterable[DeviceSpec], facts: Mapping[str, Any]) -> DeviceSpec | None:
@@ -532,12 +530,12 @@ def describe_machine(facts: Mapping[str, Any]) -> str:
 
 
 def local_facts() -> dict[str, Any]:
-    """`profilers.sysinfo.collect()` run on this machine."""
+    """`profilers.sysinfo.collect()`, run in this process on this machine."""
     return _device_side("sysinfo").collect()
 
 
 def _device_side(module: str):
-    """A module of the device-side package: installed as `edgeprune.profilers`, or the source tree's `profilers/`."""
+    """A module of the device side: installed as `edgeprune.profilers`, else the checkout's `profilers/`."""
     try:
         return importlib.import_module(f"edgeprune.profilers.{module}")
     except ModuleNotFoundError as err:
@@ -554,9 +552,9 @@ def resolve_device(
 ) -> DeviceSpec:
     """The one device `--device` names, checked against the device's facts.
 
-    `facts` come from `profilers.sysinfo.collect()`: collected here when `host` is None, fetched over SSH by the
-    caller otherwise. A family alias (`jetson`) resolves to the model the facts show. With a host but no facts
-    nothing can be checked, so an exact name is returned as is and a family alias is refused.
+    `facts` come from `profilers.sysinfo.collect()`: collected here when `host` is None, fetched over SSH by
+    the caller otherwise. A family alias (`jetson`) resolves to the model the facts show. With a host but no
+    facts nothing can be checked: an exact name is returned as is and a family alias is refused.
     """
     registry = registry if registry is not None else load_registry()
     candidates = lookup_device(name_or_file, registry)
@@ -564,9 +562,9 @@ def resolve_device(
     if facts is None:
         if host is not None:
             if family:
-                raise BadInputError(f"'{name_or_file}' names a family ({', '.join(c.name for c in candidates)}); "
-                                    f"which one {host} is needs its facts",
-                                    "name the exact device, e.g. --device " + candidates[0].name)
+                members = ", ".join(c.name for c in candidates)
+                raise BadInputError(f"'{name_or_file}' names a family ({members}); which one {host} is needs "
+                                    "its facts", f"name the exact device, e.g. --device {candidates[0].name}")
             return candidates[0]
         facts = local_facts()
     found = _best(candidates, facts)
@@ -577,7 +575,7 @@ def resolve_device(
 
 def _mismatch(candidates: list[DeviceSpec], family: bool, host: str | None, facts: Mapping[str, Any],
               registry: Mapping[str, DeviceSpec]) -> DeviceError:
-    """"this machine is not a Jetson (it is AMD EPYC)", with a hint naming what it is when edgeprune knows."""
+    """'this machine is not a Jetson (it is AMD EPYC)', with a hint naming what it is when edgeprune knows."""
     spec = candidates[0]
     siblings = [s for s in registry.values() if s.family == spec.family and s.name != spec.name]
     article, noun = FAMILIES[spec.family] if family or not siblings else (_article(spec.title), spec.title)
@@ -585,13 +583,13 @@ def _mismatch(candidates: list[DeviceSpec], family: bool, host: str | None, fact
     message = f"{where} is not {article} {noun} (it is {describe_machine(facts)})"
     actual = detect_device(facts, registry)
     if actual is not None and actual.family == spec.family and siblings:
-        hint = f"it is a {actual.title}: pass --device {actual.name}"
+        hint = f"it is {_article(actual.title)} {actual.title}: pass --device {actual.name}"
         if host is None:
             hint += ", or --host user@address to measure another device over SSH"
     elif host is None:
         hint = f"run edgeprune on the {noun}, or pass --host user@address to measure it over SSH"
     else:
-        hint = "check --host" + (f", or pass --device {actual.name}, which it is" if actual is not None else "")
+        hint = "check --host" + (f", or pass --device {actual.name}, which it is" if actual else "")
     return DeviceError(message, hint)
 
 

@@ -31,16 +31,34 @@ class LoadedModel:
     source_sha256: str
     notes: list = field(default_factory=list)
     seq_len: int | None = None
+    regime: str | None = None  # language models: "prefill" (seq_len new tokens) or "decode" (1 token, past seq_len)
 
-    def example_inputs(self) -> tuple:
-        """Inputs for export and parity: a seeded image batch, or token ids for language models."""
+    def export_module(self, module=None):
+        """The module as it is exported: language models become a tensors-in, logits-out wrapper."""
+        module = self.module if module is None else module
+        if self.family != "language":
+            return module
+        from .latency.lm import DecodeStep, Prefill
+
+        return DecodeStep(module) if self.regime == "decode" else Prefill(module)
+
+    def example_inputs(self, wrapped=None) -> tuple:
+        """Seeded inputs for export and parity of `wrapped` (default: this model's export module)."""
         import torch
 
         gen = torch.Generator().manual_seed(0)
         if self.family == "language":
-            vocab = getattr(getattr(self.module, "config", None), "vocab_size", 1000)
-            return (torch.randint(0, vocab, self.input_shape, generator=gen),)
+            wrapped = self.export_module() if wrapped is None else wrapped
+            return wrapped.example_inputs(self.seq_len, gen)
         return (torch.randn(self.input_shape, generator=gen),)
+
+    @property
+    def head_dim(self) -> int | None:
+        if self.family != "language":
+            return None
+        from .prune.transformer import head_dim_of
+
+        return head_dim_of(self.module)
 
 
 def parse_shape(text: str | None) -> tuple | None:
@@ -170,7 +188,7 @@ def _huggingface(path: Path, args: dict):
 
 
 def load_model(spec: str, weights: str | None = None, model_args: dict | None = None,
-               input_shape: tuple | None = None, seq_len: int | None = None) -> LoadedModel:
+               input_shape: tuple | None = None, seq_len: int | None = None, regime: str = "prefill") -> LoadedModel:
     """Resolve a `--model SPEC` to a LoadedModel, with one clear error for anything unreadable."""
     model_args = dict(model_args or {})
     notes = []
@@ -197,13 +215,19 @@ def load_model(spec: str, weights: str | None = None, model_args: dict | None = 
         elif not has_weights:
             notes.append(f"{path} has no weights; the model is randomly initialised from its config")
         module.eval()
-        if family == "language":
-            n = seq_len or DEFAULT_SEQ_LEN
-            shape = (1, n)
-        else:
-            shape = input_shape or (1, int(getattr(module.config, "max_position_embeddings", 128) // 4 or 32))
-        return LoadedModel(spec, module, None, shape, family, True, state_dict_sha256(module), notes,
-                           seq_len=shape[1] if family != "vision" else None)
+        if family != "language":
+            raise BadInputError(f"{path} is a {module.config.model_type} model; profiling supports Hugging Face "
+                                "causal LMs (LLaMA, Mistral, Qwen2 layouts) so far",
+                                "export it to ONNX and profile the .onnx file")
+        from .prune.transformer import decoder_layout
+
+        if decoder_layout(module) is None:
+            raise BadInputError(f"{path} ({module.config.model_type}) does not have the LLaMA layout "
+                                "(q/k/v/o and gate/up/down projections)",
+                                "export it to ONNX and profile the .onnx file (no held-out variants then)")
+        n = seq_len or DEFAULT_SEQ_LEN
+        return LoadedModel(spec, module, None, (1, n), family, True, state_dict_sha256(module), notes,
+                           seq_len=n, regime=regime)
     if path.suffix == ".onnx":
         import onnx
 

@@ -116,15 +116,21 @@ def build_gemm(sig, c_in, c_out, rng):
 
 
 def build_eltwise(sig, c_in, c_out, rng):
-    """A width-following op outside the prunable blocks: Add/Mul of two maps, or a unary activation."""
-    h, w = sig.get("hw", [1, 1])
-    shape = [1, c_in, h, w]
+    """A width-following op outside the prunable blocks: Add/Mul of two maps, or a unary activation.
+
+    Image maps are [1, c, h, w]; token sequences (signature `tokens`) are [1, tokens, c].
+    """
+    if "tokens" in sig:
+        shape = [1, int(sig["tokens"]), c_in]
+    else:
+        h, w = sig.get("hw", [1, 1])
+        shape = [1, c_in, h, w]
     op = sig["op"]
     inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, shape)]
     inits = []
     nodes = []
     if op in ("Add", "Mul"):
-        other = [1, c_in, 1, 1] if sig.get("broadcast") else shape
+        other = ([1, c_in, 1, 1] if len(shape) == 4 else [1, 1, c_in]) if sig.get("broadcast") else shape
         inputs.append(helper.make_tensor_value_info("X2", TensorProto.FLOAT, other))
         nodes.append(helper.make_node(op, ["X", "X2"], ["Y"]))
     else:
@@ -150,7 +156,148 @@ def build_pool(sig, c_in, c_out, rng):
                             _conv_out(w, kw, sw, pads[1], pads[3], 1)], []
 
 
+def _linear(x, name, c_in, c_out, rng, nodes, inits, bias=False):
+    inits.append(_init(name + "_W", (rng.standard_normal((c_in, c_out)) * 0.05).astype(np.float32)))
+    nodes.append(helper.make_node("MatMul", [x, name + "_W"], [name]))
+    if bias:
+        inits.append(_init(name + "_B", rng.standard_normal(c_out).astype(np.float32)))
+        nodes.append(helper.make_node("Add", [name, name + "_B"], [name + "_b"]))
+        return name + "_b"
+    return name
+
+
+def _const(name, value, inits, dtype=np.int64):
+    inits.append(_init(name, np.array(value, dtype=dtype)))
+    return name
+
+
+def _rope(x, cos, sin, half, nodes, inits, tag):
+    """x * cos + rotate_half(x) * sin, as the Hugging Face exporters write it."""
+    a = _const("rope_s0", [0], inits) if "rope_s0" not in [i.name for i in inits] else "rope_s0"
+    h = _const("rope_h_" + tag, [half], inits)
+    e = _const("rope_e_" + tag, [2 * half], inits)
+    ax = _const("rope_ax_" + tag, [3], inits)
+    nodes += [helper.make_node("Slice", [x, a, h, ax], [x + "_x1"]),
+              helper.make_node("Slice", [x, h, e, ax], [x + "_x2"]),
+              helper.make_node("Neg", [x + "_x2"], [x + "_nx2"]),
+              helper.make_node("Concat", [x + "_nx2", x + "_x1"], [x + "_rot"], axis=-1),
+              helper.make_node("Mul", [x, cos], [x + "_c"]),
+              helper.make_node("Mul", [x + "_rot", sin], [x + "_s"]),
+              helper.make_node("Add", [x + "_c", x + "_s"], [x + "_r"])]
+    return x + "_r"
+
+
+def build_attention(sig, c_in, c_out, rng):
+    """Self-attention with `c_out` query heads over `c_in` hidden: q/k/v/o projections, RoPE, GQA, causal softmax.
+
+    `tokens` new tokens attend to `past` cached ones (past > 0 is one decode step with a KV cache: the cache
+    enters as inputs and is concatenated, as in the exported decoder).
+    """
+    heads = int(c_out)
+    hd = int(sig["head_dim"])
+    groups = int(sig.get("kv_groups", 1))
+    if heads % groups:
+        raise ProfilerError("bad_signature", "%d heads are not a multiple of %d query heads per kv head"
+                            % (heads, groups))
+    kv = heads // groups
+    s = int(sig["tokens"])
+    past = int(sig.get("past", 0))
+    bias = bool(sig.get("bias", False))
+    total = s + past
+    nodes, inits = [], []
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, s, c_in])]
+    q = _linear("X", "q", c_in, heads * hd, rng, nodes, inits, bias)
+    k = _linear("X", "k", c_in, kv * hd, rng, nodes, inits, bias)
+    v = _linear("X", "v", c_in, kv * hd, rng, nodes, inits, bias)
+
+    def heads_first(t, n, name):
+        shape = _const(name + "_shape", [1, s, n, hd], inits)
+        nodes.append(helper.make_node("Reshape", [t, shape], [name + "_r"]))
+        nodes.append(helper.make_node("Transpose", [name + "_r"], [name + "_t"], perm=[0, 2, 1, 3]))
+        return name + "_t"
+
+    q, k, v = heads_first(q, heads, "qh"), heads_first(k, kv, "kh"), heads_first(v, kv, "vh")
+    if sig.get("rope", True):
+        angles = rng.standard_normal((1, 1, s, hd)).astype(np.float32)
+        inits += [_init("cos", np.cos(angles)), _init("sin", np.sin(angles))]
+        q = _rope(q, "cos", "sin", hd // 2, nodes, inits, "q")
+        k = _rope(k, "cos", "sin", hd // 2, nodes, inits, "k")
+    if past:
+        inputs += [helper.make_tensor_value_info("past_k", TensorProto.FLOAT, [1, kv, past, hd]),
+                   helper.make_tensor_value_info("past_v", TensorProto.FLOAT, [1, kv, past, hd])]
+        nodes += [helper.make_node("Concat", ["past_k", k], ["k_all"], axis=2),
+                  helper.make_node("Concat", ["past_v", v], ["v_all"], axis=2)]
+        k, v = "k_all", "v_all"
+    if groups > 1:
+        rep = _const("rep_shape", [1, kv, groups, total, hd], inits)
+        flat = _const("rep_flat", [1, heads, total, hd], inits)
+        axes = _const("rep_axes", [2], inits)
+        for name in (k, v):
+            nodes += [helper.make_node("Unsqueeze", [name, axes], [name + "_u"]),
+                      helper.make_node("Expand", [name + "_u", rep], [name + "_e"]),
+                      helper.make_node("Reshape", [name + "_e", flat], [name + "_g"])]
+        k, v = k + "_g", v + "_g"
+    nodes.append(helper.make_node("Transpose", [k], ["kT"], perm=[0, 1, 3, 2]))
+    nodes.append(helper.make_node("MatMul", [q, "kT"], ["scores"]))
+    inits.append(_init("scale", np.array(1.0 / np.sqrt(hd), np.float32)))
+    nodes.append(helper.make_node("Mul", ["scores", "scale"], ["scaled"]))
+    mask = np.triu(np.full((s, total), -np.inf, np.float32), k=past + 1).reshape(1, 1, s, total)
+    inits.append(_init("mask", mask))
+    nodes += [helper.make_node("Add", ["scaled", "mask"], ["masked"]),
+              helper.make_node("Softmax", ["masked"], ["probs"], axis=-1),
+              helper.make_node("MatMul", ["probs", v], ["ctx"]),
+              helper.make_node("Transpose", ["ctx"], ["ctx_t"], perm=[0, 2, 1, 3])]
+    merged = _const("merge_shape", [1, s, heads * hd], inits)
+    nodes.append(helper.make_node("Reshape", ["ctx_t", merged], ["ctx_m"]))
+    out = _linear("ctx_m", "o", heads * hd, c_in, rng, nodes, inits, bias)
+    nodes.append(helper.make_node("Identity", [out], ["Y"]))
+    return nodes, inputs, [1, s, c_in], inits
+
+
+def build_mlp(sig, c_in, c_out, rng):
+    """Transformer MLP of width `c_out` over `c_in` hidden: SwiGLU (gate, up, down) or GELU (fc, proj)."""
+    s = int(sig["tokens"])
+    bias = bool(sig.get("bias", False))
+    nodes, inits = [], []
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, s, c_in])]
+    if sig.get("act", "swiglu") == "swiglu":
+        gate = _linear("X", "gate", c_in, c_out, rng, nodes, inits, bias)
+        up = _linear("X", "up", c_in, c_out, rng, nodes, inits, bias)
+        _activation("silu", gate, "gate_act", nodes, inits)
+        nodes.append(helper.make_node("Mul", ["gate_act", up], ["hidden"]))
+    else:
+        fc = _linear("X", "fc", c_in, c_out, rng, nodes, inits, bias)
+        _activation(sig.get("act", "gelu"), fc, "hidden", nodes, inits)
+    out = _linear("hidden", "down", c_out, c_in, rng, nodes, inits, bias)
+    nodes.append(helper.make_node("Identity", [out], ["Y"]))
+    return nodes, inputs, [1, s, c_in], inits
+
+
+def build_norm(sig, c_in, c_out, rng):
+    """RMSNorm or LayerNorm over the last axis of [1, tokens, c], decomposed as the exporter writes it."""
+    s = int(sig["tokens"])
+    nodes, inits = [], []
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, s, c_in])]
+    inits += [_init("gamma", np.ones(c_in, np.float32)), _init("eps", np.array(1e-6, np.float32)),
+              _init("two", np.array(2.0, np.float32))]
+    x = "X"
+    if sig.get("type", "rms") == "layer":
+        nodes += [helper.make_node("ReduceMean", ["X"], ["mean"], axes=[-1], keepdims=1),
+                  helper.make_node("Sub", ["X", "mean"], ["xc"])]
+        x = "xc"
+    nodes += [helper.make_node("Pow", [x, "two"], ["sq"]),
+              helper.make_node("ReduceMean", ["sq"], ["var"], axes=[-1], keepdims=1),
+              helper.make_node("Add", ["var", "eps"], ["var_eps"]),
+              helper.make_node("Sqrt", ["var_eps"], ["std"]),
+              helper.make_node("Div", [x, "std"], ["normed"]),
+              helper.make_node("Mul", ["normed", "gamma"], ["Y"])]
+    return nodes, inputs, [1, s, c_in], inits
+
+
 BUILDERS = {
+    "attention": build_attention,
+    "mlp": build_mlp,
+    "norm": build_norm,
     "conv": build_conv,
     "gemm": build_gemm,
     "eltwise": build_eltwise,

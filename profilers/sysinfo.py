@@ -1,4 +1,4 @@
-"""What this machine is and what it can run: the facts a device fingerprint and `edgeprune doctor` are built on.
+"""What this machine is and what it can run: the facts device fingerprints and `edgeprune doctor` use.
 
 `collect()` returns one flat JSON-able dict. Every fact is best-effort: what cannot be read is None, never an
 exception, because the same code runs on x86 VMs, Jetsons (JetPack 5 ships Python 3.8) and Raspberry Pis.
@@ -13,6 +13,8 @@ Keys of `collect()`:
     numpy_version, onnx_version, onnxruntime_version, onnxruntime_providers (list), tensorrt_version,
     nvidia_gpu (bool), nvidia_gpu_source, nvidia_smi_list,
     nvpmodel (raw `nvpmodel -q` text), cpu_governor, cpu_cur_freq_khz, cpu_max_freq_khz,
+    cpu_scaling_min_freq_khz, cpu_scaling_max_freq_khz (equal when the clock is pinned),
+    gpu_devfreq (list of {device, governor, cur_freq_hz, min_freq_hz, max_freq_hz} for a Jetson's GPU),
     thermal (list of {zone, type, temp_c}).
 """
 
@@ -108,7 +110,7 @@ def _os_release():
 
 
 def _module_version(name):
-    """Version of an importable module, or None; any import failure (broken CUDA libs too) counts as absent."""
+    """Version of an importable module, or None: any import failure (broken CUDA libs too) is absence."""
     try:
         module = __import__(name)
     except Exception:  # noqa: BLE001 - a broken install is reported as missing, not raised
@@ -138,6 +140,26 @@ def _nvidia_gpu():
     return False, None, listing
 
 
+# devfreq names of Jetson GPUs: Orin (JetPack 6 / 5), Xavier, TX2, Nano.
+_GPU_DEVFREQ = ("17000000.gpu", "17000000.ga10b", "17000000.gv11b", "17000000.gp10b", "57000000.gpu")
+
+
+def _gpu_devfreq():
+    gpus = []
+    for name in _GPU_DEVFREQ:
+        path = os.path.join("/sys/class/devfreq", name)
+        if os.path.isdir(path):
+            governor = _read(os.path.join(path, "governor"))
+            gpus.append({
+                "device": name,
+                "governor": governor.strip() if governor else None,
+                "cur_freq_hz": _read_int(os.path.join(path, "cur_freq")),
+                "min_freq_hz": _read_int(os.path.join(path, "min_freq")),
+                "max_freq_hz": _read_int(os.path.join(path, "max_freq")),
+            })
+    return gpus
+
+
 def _thermal():
     zones = []
     for zone in sorted(glob.glob("/sys/class/thermal/thermal_zone*")):
@@ -158,7 +180,8 @@ def collect():
     dt_compatible = _read("/proc/device-tree/compatible")
     tegra = _read("/etc/nv_tegra_release")
     present, source, listing = _nvidia_gpu()
-    governor = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+    cpufreq = "/sys/devices/system/cpu/cpu0/cpufreq/"
+    governor = _read(cpufreq + "scaling_governor")
     return {
         "format_version": FORMAT_VERSION,
         "python_version": platform.python_version(),
@@ -187,8 +210,11 @@ def collect():
         "nvidia_smi_list": listing,
         "nvpmodel": _run(["nvpmodel", "-q"]),
         "cpu_governor": governor.strip() if governor else None,
-        "cpu_cur_freq_khz": _read_int("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq"),
-        "cpu_max_freq_khz": _read_int("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"),
+        "cpu_cur_freq_khz": _read_int(cpufreq + "scaling_cur_freq"),
+        "cpu_max_freq_khz": _read_int(cpufreq + "cpuinfo_max_freq"),
+        "cpu_scaling_min_freq_khz": _read_int(cpufreq + "scaling_min_freq"),
+        "cpu_scaling_max_freq_khz": _read_int(cpufreq + "scaling_max_freq"),
+        "gpu_devfreq": _gpu_devfreq(),
         "thermal": _thermal(),
     }
 
@@ -208,14 +234,16 @@ def _runtime_checks(facts, backend, provider):
     jetson = is_jetson(facts)
     if backend == "onnxruntime":
         version = facts.get("onnxruntime_version")
-        gpu_wheel = ("install the onnxruntime-gpu wheel built for your JetPack (NVIDIA's Jetson Zoo)" if jetson
-                     else "pip install onnxruntime-gpu (it replaces the CPU-only onnxruntime package)")
-        checks = [_check("onnxruntime", version, "onnxruntime " + version if version else "not importable",
-                         gpu_wheel if provider and provider != "CPUExecutionProvider" else "pip install onnxruntime",
-                         runtime=label)]
+        if not provider or provider == "CPUExecutionProvider":
+            fix = "pip install onnxruntime"
+        elif jetson:
+            fix = "install the onnxruntime-gpu wheel built for your JetPack (NVIDIA's Jetson Zoo)"
+        else:
+            fix = "pip install onnxruntime-gpu (it replaces the CPU-only onnxruntime package)"
+        detail = "onnxruntime " + version if version else "not importable"
+        checks = [_check("onnxruntime", version, detail, fix, runtime=label)]
         if provider and version:
             providers = facts.get("onnxruntime_providers") or []
-            fix = gpu_wheel
             if provider == "TensorrtExecutionProvider":
                 fix += "; TensorRT's libraries must also be on the library path"
             checks.append(_check("provider " + provider, provider in providers,
@@ -236,16 +264,26 @@ def _clock_checks(facts):
     checks = []
     if is_jetson(facts):
         mode = (facts.get("nvpmodel") or "").strip()
-        checks.append(_check("power mode (nvpmodel)", mode, mode.splitlines()[0] if mode else "nvpmodel not found",
+        checks.append(_check("power mode (nvpmodel)", mode,
+                             mode.splitlines()[0] if mode else "nvpmodel not found",
                              "nvpmodel ships with JetPack (nvidia-l4t-tools); set a mode with "
                              "`sudo nvpmodel -m <id>`, then `sudo jetson_clocks`", required=False))
+        for gpu in facts.get("gpu_devfreq") or ():
+            low, high = gpu.get("min_freq_hz"), gpu.get("max_freq_hz")
+            checks.append(_check("gpu clock locked", low is not None and low == high,
+                                 "{}: min {} Hz, max {} Hz".format(gpu.get("device"), low, high),
+                                 "sudo jetson_clocks (pins the GPU at the power mode's maximum)",
+                                 required=False))
     if facts.get("system") == "Linux":
         governor = facts.get("cpu_governor")
         if governor is None:
-            checks.append(_check("cpu governor", True, "no cpufreq here (virtual machine?): clocks are the host's",
-                                 required=False))
+            checks.append(_check("cpu governor", True,
+                                 "no cpufreq here (virtual machine?): clocks are the host's", required=False))
         else:
-            checks.append(_check("cpu governor", governor == "performance", governor,
+            low, high = facts.get("cpu_scaling_min_freq_khz"), facts.get("cpu_scaling_max_freq_khz")
+            pinned = low is not None and low == high  # what jetson_clocks does, whatever the governor
+            detail = governor + (f", pinned at {low} kHz" if pinned else "")
+            checks.append(_check("cpu governor", governor == "performance" or pinned, detail,
                                  "sudo cpupower frequency-set --governor performance"
                                  + (" (or `sudo jetson_clocks`)" if is_jetson(facts) else ""),
                                  required=False))
@@ -253,7 +291,7 @@ def _clock_checks(facts):
 
 
 def doctor(facts, backend, provider=None):
-    """Checks of `facts` for running `backend` (+ `provider`): a list of {check, ok, required, detail, fix, runtime}.
+    """Checks of `facts` for running `backend` (+ `provider`): [{check, ok, required, detail, fix, runtime}].
 
     A pure function of the facts, so the host can also judge facts it fetched over SSH. `runtime` is None for
     checks every runtime needs and "backend[:provider]" for the ones only this runtime needs.

@@ -48,9 +48,9 @@ def missing_tools() -> list[str]:
     return [name for name, program in needed.items() if not shutil.which(program)]
 
 
-def processes_with(marker: str) -> list[int]:
-    """Pids whose command line contains `marker` (read from /proc, so no procps needed), this one excluded."""
-    found = []
+def processes_with(marker: str) -> dict[int, str]:
+    """{pid: command line} of live processes whose command line contains `marker` (from /proc: no procps)."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -60,7 +60,7 @@ def processes_with(marker: str) -> list[int]:
         except OSError:
             continue
         if marker in cmdline and state != "Z":  # a zombie has already stopped; only its parent's reaping lags
-            found.append(int(entry.name))
+            found[int(entry.name)] = cmdline
     return found
 
 

@@ -41,8 +41,8 @@ def devices(out) -> None:
     out.result({"devices": rows, "detected": here.name if here else None})
 
     table = Table(title="edgeprune devices",
-                  caption="* this machine. Peak fp32/fp16 GFLOPS and GB/s hold in the power mode the device's "
-                          "YAML file names (`--json` shows it).")
+                  caption="* this machine. Peak fp32/fp16 GFLOPS and GB/s hold in the power mode the "
+                          "device's YAML file names (`--json` shows it).")
     table.add_column("name, aliases", overflow="fold")
     table.add_column("family")
     table.add_column("runtimes: precisions")
@@ -51,8 +51,9 @@ def devices(out) -> None:
         table.add_column(column, justify="right", no_wrap=True)
     for spec in registry.values():
         peak = spec.peak
+        aliases = ", ".join((*spec.aliases, *spec.family_aliases))
         table.add_row(
-            f"{spec.name}{' *' if spec is here else ''}\n[dim]{', '.join((*spec.aliases, *spec.family_aliases))}[/]",
+            f"{spec.name}{' *' if spec is here else ''}\n[dim]{aliases}[/]",
             spec.family,
             "\n".join(f"{_short(r)}: {' '.join(r.precisions)}" for r in spec.runtimes),
             _alignment(spec),

@@ -1,4 +1,4 @@
-"""`edgeprune doctor`: what the device lacks (Python, numpy, onnx, the runtime, locked clocks) before measuring."""
+"""`edgeprune doctor`: what a device lacks to be measured (Python, numpy, onnx, the runtime, clocks)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from .options import device_options, open_device
 @click.command()
 @device_options
 @click.option("--runtime", type=click.Choice(BACKENDS), default=None,
-              help="Check only this runtime (default: every runtime the device lists; one usable one suffices).")
+              help="Check only this runtime (default: every runtime the device lists; one usable suffices).")
 @click.option("--provider", type=click.Choice(PROVIDERS), default=None,
               help="With onnxruntime: check only this execution provider.")
 @click.pass_obj
-def doctor(out, device: str, host: str | None, runtime: str | None, provider: str | None, **ssh) -> None:
+def doctor(out, device: str, host: str | None, ssh: dict, runtime: str | None, provider: str | None) -> None:
     """Say what a device lacks before anything is measured; exit 1 when a required check fails."""
     with open_device(device, host, ssh) as session:
         spec = session.spec
@@ -24,7 +24,9 @@ def doctor(out, device: str, host: str | None, runtime: str | None, provider: st
                     if runtime or provider else list(spec.runtimes))
         results = {}
         for choice in runtimes:
-            args = ["doctor", "--backend", choice.backend] + (["--provider", choice.provider] if choice.provider else [])
+            args = ["doctor", "--backend", choice.backend]
+            if choice.provider:
+                args += ["--provider", choice.provider]
             results[choice] = session.target.run_profilers(args)["checks"]
 
     rows, seen = [], set()

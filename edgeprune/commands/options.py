@@ -1,13 +1,14 @@
-"""What `--device` and `--host` mean, shared by every command that talks to a device.
+"""Options that mean the same in every command: --model and its settings, --device, --host and SSH.
 
-`device_options` adds --device, --host and the SSH settings; the command receives the SSH settings as keyword
-arguments it passes on untouched (`def cmd(device, host, ..., **ssh)`). `open_device` then connects, reads the
-device's facts and resolves --device against them, so every command fails the same way on a wrong device.
+`device_options` adds --device, --host and the SSH settings; the command receives the SSH settings as one dict
+argument `ssh`, to pass on untouched as `open_target(host, **ssh)`. `open_device` connects, reads the device's
+facts and resolves --device against them, so every command fails the same way on a wrong device.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -15,34 +16,80 @@ import click
 
 from ..devices import DeviceSpec, load_registry, lookup_device, resolve_device
 
+SSH_OPTION_NAMES = ("identity", "known_hosts", "accept_new_host_key", "remote_python", "connect_timeout")
 
-def ssh_options(func: Callable) -> Callable:
-    """--identity, --known-hosts, --accept-new-host-key, --remote-python, --connect-timeout."""
-    options = [
-        click.option("--identity", type=click.Path(dir_okay=False), default=None,
-                     help="SSH private key file for --host (like ssh -i)."),
-        click.option("--known-hosts", type=click.Path(dir_okay=False), default=None,
-                     help="known_hosts file to check the host key against (default: the system's)."),
-        click.option("--accept-new-host-key", is_flag=True, default=False,
-                     help="Trust and remember an unknown host key, like ssh's StrictHostKeyChecking=accept-new."),
-        click.option("--remote-python", metavar="PATH", default=None,
-                     help="Python (>= 3.8) to run on the device (default: python3)."),
-        click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-                     metavar="SECONDS", help="Give up connecting after this long (default: 10)."),
-    ]
+
+def _apply(func: Callable, options: list[Callable]) -> Callable:
     for option in reversed(options):
         func = option(func)
     return func
 
 
+def ssh_options(func: Callable) -> Callable:
+    """--identity, --known-hosts, --accept-new-host-key, --remote-python, --connect-timeout (as `ssh`)."""
+
+    @functools.wraps(func)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        kwargs["ssh"] = {name: kwargs.pop(name) for name in SSH_OPTION_NAMES}
+        return func(*args, **kwargs)
+
+    return _apply(command, [
+        click.option("--identity", type=click.Path(dir_okay=False), default=None,
+                     help="SSH private key file for --host (like ssh -i)."),
+        click.option("--known-hosts", type=click.Path(dir_okay=False), default=None,
+                     help="known_hosts file to check the host key against (default: the system's)."),
+        click.option("--accept-new-host-key", is_flag=True, default=False,
+                     help="Trust and remember an unknown host key (ssh's StrictHostKeyChecking=accept-new)."),
+        click.option("--remote-python", metavar="PATH", default=None,
+                     help="Python (>= 3.8) to run on the device (default: python3)."),
+        click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+                     metavar="SECONDS", help="Give up connecting after this long (default: 10)."),
+    ])
+
+
 def device_options(func: Callable) -> Callable:
-    """--device NAME|FILE.yaml, --host user@addr[:port], and the SSH settings."""
-    func = ssh_options(func)
-    func = click.option("--host", metavar="USER@ADDR[:PORT]", default=None,
-                        help="Measure the device over SSH (absent: this machine, which must be the --device).")(func)
-    return click.option("--device", required=True, metavar="NAME|FILE.yaml",
-                        help="Device kind: a name or alias from `edgeprune devices` (a family such as `jetson` "
-                             "picks the model it finds), or a device YAML file.")(func)
+    """--device NAME|FILE.yaml, --host user@addr[:port], and the SSH settings (as `ssh`)."""
+    return _apply(ssh_options(func), [
+        click.option("--device", required=True, metavar="NAME|FILE.yaml",
+                     help="Device kind: a name or alias from `edgeprune devices` (a family such as `jetson` "
+                          "picks the model it finds), or a device YAML file."),
+        click.option("--host", metavar="USER@ADDR[:PORT]", default=None,
+                     help="Reach the device over SSH (absent: this machine, which must be the --device)."),
+    ])
+
+
+def _model_args(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict:
+    from ..models import parse_model_args
+
+    return parse_model_args(value)
+
+
+def _input_shape(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple | None:
+    from ..models import parse_shape
+
+    return parse_shape(value)
+
+
+def model_options(func: Callable) -> Callable:
+    """--model SPEC, --weights, --model-arg key=value (a dict), --input-shape (a tuple), --seq-len."""
+    return _apply(func, [
+        click.option("--model", required=True, metavar="SPEC",
+                     help="torchvision:NAME, timm:NAME, a Hugging Face model directory, an edgeprune "
+                          "pruned-model directory, FILE.onnx or a TorchScript file."),
+        click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="Weights for the named architecture: safetensors, or a state_dict (loaded with "
+                          "weights_only=True). Without them torchvision/timm models are randomly "
+                          "initialised."),
+        click.option("--model-arg", "model_arg", multiple=True, metavar="KEY=VALUE", callback=_model_args,
+                     help="Constructor option for the model, repeatable (e.g. --model-arg image_size=96)."),
+        click.option("--input-shape", metavar="1x3x224x224", default=None, callback=_input_shape,
+                     help="Input shape of a vision model (default: from the model family)."),
+        click.option("--seq-len", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Sequence length of a language model: prefill at N, one decode step with a past "
+                          "of N."),
+        click.option("--regime", type=click.Choice(["prefill", "decode"]), default="prefill", show_default=True,
+                     help="Latency regime of a language model: N new tokens, or one token after N cached."),
+    ])
 
 
 class DeviceSession(NamedTuple):

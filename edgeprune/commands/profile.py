@@ -26,7 +26,7 @@ from .options import device_options, model_options
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False), envvar="EDGEPRUNE_CACHE",
               help="SQLite measurement cache (default: the user cache dir; env EDGEPRUNE_CACHE).")
 @click.pass_obj
-def profile(out_obj, model, weights, model_arg, input_shape, seq_len, device, host, ssh, out, force, threads,
+def profile(out_obj, model, weights, model_arg, input_shape, seq_len, regime, device, host, ssh, out, force, threads,
             backend, provider, precision, density, variants, seed, cache_path):
     """Measure a per-layer latency table for MODEL on DEVICE (here, or over SSH with --host)."""
     from edgeprune.api import profile as run_profile
@@ -36,7 +36,7 @@ def profile(out_obj, model, weights, model_arg, input_shape, seq_len, device, ho
     check_writable(out, force)
     with RichReporter(enabled=not out_obj.quiet) as reporter:
         result = run_profile(model, device, out=out, host=host, weights=weights, model_args=model_arg,
-                             input_shape=input_shape, seq_len=seq_len, threads=threads, backend=backend,
+                             input_shape=input_shape, seq_len=seq_len, regime=regime, threads=threads, backend=backend,
                              provider=provider, precision=precision, density=density, variants=variants,
                              seed=seed, cache=cache_path, reporter=reporter, force=force, **ssh)
     for warning in result.warnings:

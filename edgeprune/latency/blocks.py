@@ -75,6 +75,8 @@ def cell_key(sig_key: str, c_in: int, c_out: int) -> str:
 def layer_name(node_name: str, fallback: str) -> str:
     """`/layer1/layer1.0/conv1/Conv` -> `layer1.0.conv1` (the torch module path the exporter recorded)."""
     parts = [p for p in node_name.split("/") if p][:-1]
+    if parts and parts[0] == "inner":  # edgeprune's own export wrapper (latency/lm.py), not a model module
+        parts = parts[1:]
     path, last = "", ""
     for part in parts:
         if path and part.startswith(path + "."):
@@ -246,6 +248,8 @@ def _pool_block(graph, node, index):
 
 def _eltwise_block(graph, node, index):
     x_shape = graph.shapes.get(node.input[0])
+    if x_shape and len(x_shape) == 3 and None not in x_shape and node.op_type in ("Add", "Mul"):
+        return _token_eltwise_block(graph, node, index)
     if not x_shape or len(x_shape) != 4 or None in x_shape[1:]:
         return None
     if node.op_type in ("Add", "Mul"):
@@ -266,11 +270,148 @@ def _eltwise_block(graph, node, index):
                  out_fixed=node.output[0] in graph.graph_outputs, nodes=(node.name,))
 
 
-def extract_blocks(model) -> GraphBlocks:
-    """Blocks of an ONNX ModelProto, in graph order, with unique layer names."""
+def _token_eltwise_block(graph, node, index):
+    """Residual Add / Mul of two [1, tokens, c] sequences."""
+    shapes = [graph.shapes.get(i) for i in node.input]
+    if any(i in graph.consts for i in node.input) or shapes[0] != shapes[1]:
+        return None
+    _, tokens, c = shapes[0]
+    signature = {"kind": "eltwise", "op": node.op_type, "tokens": tokens, "broadcast": False}
+    return Block(layer_name(node.name, f"{node.op_type.lower()}{index}"), "eltwise", signature, c, c,
+                 in_fixed=True, out_fixed=True, nodes=(node.name,))
+
+
+ATTENTION_SCOPES = ("self_attn", "attention", "attn", "self_attention")
+MLP_SCOPES = ("mlp", "feed_forward", "ffn")
+
+
+def _scope_of(node_name: str, names: tuple) -> str | None:
+    """The node-name prefix up to the first path segment in `names` (the module that owns the node)."""
+    parts = node_name.split("/")
+    for i, part in enumerate(parts[:-1]):
+        if part in names:
+            return "/".join(parts[: i + 1]) + "/"
+    return None
+
+
+def _projections(graph, nodes) -> dict:
+    """{projection module name: (MatMul node, c_in, c_out, bias Add node or None)} inside one scope."""
+    out = {}
+    for node in nodes:
+        if node.op_type != "MatMul" or node.input[1] not in graph.consts:
+            continue
+        c_in, c_out = graph.shapes[node.input[1]][-2:]
+        add = graph.only_consumer(node.output[0])
+        bias = add if add is not None and add.op_type == "Add" and any(i in graph.consts for i in add.input) else None
+        out[node.name.split("/")[-2]] = (node, c_in, c_out, bias)
+    return out
+
+
+def _pick(projections: dict, *names):
+    for name in names:
+        if name in projections:
+            return projections[name]
+    return None
+
+
+def _attention_block(graph, scope: str, nodes: list, head_dim: int):
+    proj = _projections(graph, nodes)
+    q = _pick(proj, "q_proj", "query", "q")
+    k = _pick(proj, "k_proj", "key", "k")
+    o = _pick(proj, "o_proj", "out_proj", "dense", "o")
+    if q is None or k is None or o is None or q[2] % head_dim or k[2] % head_dim:
+        return None
+    x_shape = graph.shapes.get(q[0].input[0])
+    if not x_shape or None in x_shape:
+        return None
+    tokens = int(np.prod(x_shape[:-1]))
+    heads, kv = q[2] // head_dim, k[2] // head_dim
+    past = 0
+    for node in nodes:
+        if node.op_type == "Concat":
+            for name in node.input:
+                if name in graph.graph_inputs and len(graph.shapes.get(name) or []) == 4:
+                    past = graph.shapes[name][2]
+    rope = any(n.op_type == "Neg" for n in nodes)
+    signature = {"kind": "attention", "tokens": tokens, "past": past, "head_dim": head_dim,
+                 "kv_groups": heads // kv if kv and heads % kv == 0 else 1, "rope": rope, "bias": q[3] is not None}
+    hidden = q[1]
+    macs = tokens * hidden * (heads + 2 * kv) * head_dim + tokens * heads * head_dim * hidden \
+        + 2 * tokens * (tokens + past) * heads * head_dim
+    return Block(layer_name(q[0].name, scope).rsplit(".", 1)[0], "attention", signature, hidden, heads,
+                 in_fixed=True, out_fixed=False, macs=macs, nodes=tuple(n.name for n in nodes))
+
+
+def _mlp_block(graph, scope: str, nodes: list):
+    proj = _projections(graph, nodes)
+    gate, up = _pick(proj, "gate_proj", "w1"), _pick(proj, "up_proj", "w3")
+    down = _pick(proj, "down_proj", "w2", "c_proj", "fc2", "dense_4h_to_h")
+    first = gate or _pick(proj, "c_fc", "fc1", "dense_h_to_4h", "fc")
+    if first is None or down is None:
+        return None
+    x_shape = graph.shapes.get(first[0].input[0])
+    if not x_shape or None in x_shape:
+        return None
+    tokens = int(np.prod(x_shape[:-1]))
+    act = "swiglu" if gate is not None and up is not None else "gelu"
+    signature = {"kind": "mlp", "tokens": tokens, "act": act, "bias": first[3] is not None}
+    hidden, width = first[1], first[2]
+    macs = tokens * hidden * width * (3 if act == "swiglu" else 2)
+    return Block(layer_name(first[0].name, scope).rsplit(".", 1)[0], "mlp", signature, hidden, width,
+                 in_fixed=True, out_fixed=False, macs=macs, nodes=tuple(n.name for n in nodes))
+
+
+def _norm_block(graph, scope: str, nodes: list):
+    if not any(n.op_type == "ReduceMean" for n in nodes):
+        return None
+    x_shape = graph.shapes.get(nodes[0].input[0])
+    if not x_shape or len(x_shape) != 3 or None in x_shape:
+        return None
+    signature = {"kind": "norm", "tokens": x_shape[0] * x_shape[1],
+                 "type": "layer" if any(n.op_type == "Sub" for n in nodes) else "rms"}
+    c = x_shape[-1]
+    return Block(layer_name(nodes[0].name, scope), "norm", signature, c, c, in_fixed=True, out_fixed=True,
+                 nodes=tuple(n.name for n in nodes))
+
+
+def _transformer_blocks(graph, head_dim: int | None) -> list:
+    """Attention, MLP and norm modules found by the scope names the exporter records."""
+    scopes = {}
+    for node in graph.nodes:
+        for kind, names in (("attention", ATTENTION_SCOPES), ("mlp", MLP_SCOPES)):
+            scope = _scope_of(node.name, names)
+            if scope:
+                scopes.setdefault((kind, scope), []).append(node)
+                break
+        else:
+            parts = node.name.split("/")
+            if len(parts) > 2 and ("norm" in parts[-2] or parts[-2].startswith("ln")):
+                scopes.setdefault(("norm", "/".join(parts[:-1]) + "/"), []).append(node)
+    blocks = []
+    for (kind, scope), nodes in scopes.items():
+        if kind == "attention":
+            block = _attention_block(graph, scope, nodes, head_dim) if head_dim else None
+        elif kind == "mlp":
+            block = _mlp_block(graph, scope, nodes)
+        else:
+            block = _norm_block(graph, scope, nodes)
+        if block is not None:
+            blocks.append(block)
+    return blocks
+
+
+def extract_blocks(model, head_dim: int | None = None) -> GraphBlocks:
+    """Blocks of an ONNX ModelProto, in graph order, with unique layer names.
+
+    `head_dim` (from the model's config) lets attention modules become attention blocks whose width is the
+    number of heads; without it their projections are measured as separate linear blocks.
+    """
     graph = _Graph(model)
     covered = set()
     blocks, layout, uncovered = [], Counter(), Counter()
+    for block in _transformer_blocks(graph, head_dim):
+        blocks.append(block)
+        covered.update(block.nodes)
     for index, node in enumerate(graph.nodes):
         if node.name in covered and node.name:
             continue

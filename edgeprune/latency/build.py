@@ -45,6 +45,10 @@ class ProfileOptions:
     batch_cells: int = 200
     estimator: dict = field(default_factory=lambda: {"passes": 3, "runs": 20, "warmup_runs": 50, "warmup_s": 2.0,
                                                      "pass_s": 0.02, "max_spread": 0.10, "extra_passes": 2})
+    # Whole models get longer passes: one noise burst must not decide a fidelity figure.
+    model_estimator: dict = field(default_factory=lambda: {"passes": 5, "runs": 200, "warmup_runs": 50,
+                                                           "warmup_s": 2.0, "pass_s": 0.25, "max_spread": 0.05,
+                                                           "extra_passes": 3})
 
 
 @dataclass
@@ -67,26 +71,38 @@ class Reporter:
         pass
 
 
+def power_mode(facts: dict) -> str | None:
+    """The Jetson power mode name from the raw `nvpmodel -q` text the device reported, if any."""
+    text = facts.get("nvpmodel")
+    if not text:
+        return None
+    from edgeprune.profilers.parsers.nvpmodel import parse_nvpmodel_query
+
+    try:
+        return parse_nvpmodel_query(text).get("name")
+    except ValueError:
+        return None
+
+
 def fingerprint(device, facts: dict, runtime: dict) -> dict:
     """What makes two measurements comparable: device model, clocks setup, runtime, precision, threads."""
+    lo, hi = facts.get("cpu_scaling_min_freq_khz"), facts.get("cpu_scaling_max_freq_khz")
     return {
         "device": device.name,
         "device_model": facts.get("device_tree_model") or facts.get("cpu_model"),
         "machine": facts.get("machine"),
         "cpu_count": facts.get("cpu_count"),
-        "power_mode": facts.get("power_mode") or facts.get("nvpmodel"),
-        "governor": facts.get("cpufreq_governor"),
+        "power_mode": power_mode(facts),
+        "governor": facts.get("cpu_governor"),
+        "clocks_locked": bool(lo and hi and lo == hi),
         "runtime": runtime["backend"], "runtime_version": runtime.get("version"),
         "provider": runtime.get("provider"), "precision": runtime["precision"], "threads": runtime["threads"],
-        "python": facts.get("python_version"), "os": facts.get("system") or facts.get("platform"),
+        "python": facts.get("python_version"), "os": facts.get("os_release") or facts.get("system"),
     }
 
 
 def runtime_version(facts: dict, backend: str) -> str | None:
-    if backend == "onnxruntime":
-        return facts.get("onnxruntime_version") or (facts.get("onnxruntime") or {}).get("version") \
-            if isinstance(facts.get("onnxruntime"), dict) else facts.get("onnxruntime_version")
-    return facts.get("tensorrt_version")
+    return facts.get("onnxruntime_version") if backend == "onnxruntime" else facts.get("tensorrt_version")
 
 
 def dense_onnx(loaded, workdir: Path) -> tuple:
@@ -98,35 +114,20 @@ def dense_onnx(loaded, workdir: Path) -> tuple:
     from edgeprune.exporters.onnx import export_onnx
 
     path = workdir / "dense.onnx"
-    proto, _ = export_onnx(export_module(loaded), loaded.example_inputs(), path)
+    wrapped = loaded.export_module()
+    proto, _ = export_onnx(wrapped, loaded.example_inputs(wrapped), path)
     return proto, path
-
-
-def export_module(loaded):
-    """The module to export: Hugging Face models return their logits only (no cache objects)."""
-    module = loaded.module
-    if getattr(module, "config", None) is not None and hasattr(module.config, "model_type"):
-        import torch
-
-        class LogitsOnly(torch.nn.Module):
-            def __init__(self, inner):
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, input_ids):
-                return self.inner(input_ids=input_ids, use_cache=False).logits
-
-        return LogitsOnly(module).eval()
-    return module
 
 
 class Measurer:
     """Sends plans to the target in batches and caches every result under the fingerprint."""
 
-    def __init__(self, target, cache: MeasurementCache, fp: dict, runtime: dict, estimator: dict, workdir: Path):
+    def __init__(self, target, cache: MeasurementCache, fp: dict, runtime: dict, estimator: dict,
+                 model_estimator: dict, workdir: Path):
         self.target, self.cache, self.fp, self.runtime = target, cache, fp, runtime
         self.fp_key = fingerprint_key(fp)
         self.estimator = estimator
+        self.model_estimator = model_estimator
         self.workdir = workdir
         self.jobs = 0
         self.drift = []
@@ -180,7 +181,7 @@ class Measurer:
             entries = [{"key": k, "file": f"m_{k[:16]}.onnx"} for k in todo]
             files = {f"m_{k[:16]}.onnx": p for k, p in todo.items()}
             plan = {"format_version": PLAN_VERSION, "kind": "plan", "runtime": self.runtime,
-                    "estimator": self.estimator, "models": entries, "model_rounds": rounds}
+                    "estimator": self.model_estimator, "models": entries, "model_rounds": rounds}
             reply = self._run(plan, files, on_progress)
             got = {k: {"rounds": [s["estimate_ms"] for s in v], "stats": v[0]} for k, v in reply["models"].items()}
             self.cache.put_many(self.fp_key, "model", got, body=self.fp)
@@ -219,20 +220,20 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
     runtime = {"backend": runtime_spec.backend, "provider": runtime_spec.provider, "precision": options.precision,
                "threads": options.threads}
     runtime["version"] = runtime_version(facts, runtime["backend"])
-    step = step or device.alignment_for(facts)
+    step = step or device.alignment_for(facts, precision=options.precision)
     fp = fingerprint(device, facts, runtime)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="edgeprune-profile-") as tmp:
         workdir = Path(tmp)
         proto, dense_path = dense_onnx(loaded, workdir)
-        graph = extract_blocks(proto)
+        graph = extract_blocks(proto, head_dim=loaded.head_dim)
         if not graph.blocks:
             raise DeviceError(f"{loaded.spec} has no block this profiler can measure",
                               "the model needs Conv, Gemm or MatMul layers")
         if graph.uncovered:
             names = ", ".join(f"{op}×{n}" for op, n in sorted(graph.uncovered.items()))
             warnings.append(f"ops covered only by the dense calibration (not synthesised per width): {names}")
-        measurer = Measurer(target, cache, fp, runtime, options.estimator, workdir)
+        measurer = Measurer(target, cache, fp, runtime, options.estimator, options.model_estimator, workdir)
         signatures, cells, reference = plan_cells(graph, step, options.density)
         t0 = time.time()
         stats, cached = measurer.cells(cells, reference, options.batch_cells, reporter.stage("cells", len(cells)))
@@ -248,8 +249,10 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
         table = LatencyTable(
             fingerprint=fp, runtime=runtime,
             model={"spec": loaded.spec, "sha256": loaded.source_sha256, "input_shape": list(loaded.input_shape),
-                   "family": loaded.family, "macs": graph.macs, "graph_sha256": _sha(proto)},
-            estimator=dict(options.estimator, name="median_of_pass_min"), step=step, signatures=signatures,
+                   "family": loaded.family, "macs": graph.macs, "graph_sha256": _sha(proto),
+                   "seq_len": loaded.seq_len, "regime": loaded.regime},
+            estimator=dict(options.estimator, name="median_of_pass_min", models=options.model_estimator),
+            step=step, signatures=signatures,
             cells=table_cells, layers=layers, uncovered=dict(graph.uncovered), layout_ops=dict(graph.layout_ops),
             notes=warnings)
         # The table is frozen here: nothing below adds or changes a cell.
@@ -295,8 +298,8 @@ def _variant_models(loaded, options: ProfileOptions, step: int, workdir: Path, d
         return models, info
     from edgeprune.prune.variants import make_variant
 
-    example = loaded.example_inputs()
-    module = export_module(loaded)
+    module = loaded.export_module()
+    example = loaded.example_inputs(module)
     total = options.calibration_variants + options.variants
     progress = reporter.stage("variants", total)
     for i in range(total):
@@ -305,10 +308,11 @@ def _variant_models(loaded, options: ProfileOptions, step: int, workdir: Path, d
         variant = make_variant(module, example, seed, aligned=(i % 2 == 0), step=step,
                                keep_range=options.keep_range, index=i)
         path = workdir / f"variant{i}.onnx"
-        proto, _ = export_onnx(variant.module, example, path)
+        proto, _ = export_onnx(variant.module, loaded.example_inputs(variant.module), path)
         key = hashlib.sha256(path.read_bytes()).hexdigest()
         models[key] = path
-        info[role].append({"key": key, "aligned": variant.aligned, "blocks": extract_blocks(proto).blocks,
+        info[role].append({"key": key, "aligned": variant.aligned,
+                           "blocks": extract_blocks(proto, head_dim=loaded.head_dim).blocks,
                            "seed": seed})
         progress({"progress": i + 1, "total": total, "stage": "variants"})
     reporter.done("variants")

@@ -89,9 +89,25 @@ def _valid(signature: dict, c_in: int, c_out: int) -> bool:
     return True
 
 
+def head_axis(current: set, groups: int, density: str) -> Axis:
+    """Attention widths are head counts in whole GQA groups: every count up to 12 points, then spread out."""
+    top = max(current)
+    counts = list(range(groups, top + 1, groups))
+    limit = {"coarse": 6, "normal": 12, "fine": 24}[density]
+    if len(counts) > limit:
+        stride = (len(counts) - 1) / (limit - 1)
+        counts = sorted({counts[round(i * stride)] for i in range(limit)})
+    return Axis(sorted(set(counts) | set(current)), [])
+
+
 def plan_signature(signature: dict, blocks: list, step: int, density: str = "normal") -> SignatureGrid:
     """Grid for the blocks sharing `signature` (widths from all of them)."""
     tied = blocks[0].tied
+    if signature["kind"] == "attention":
+        in_axis = Axis(sorted({b.c_in for b in blocks}), [], fixed=True)
+        out_axis = head_axis({b.c_out for b in blocks}, int(signature.get("kv_groups", 1)), density)
+        return SignatureGrid(signature, in_axis, out_axis, False,
+                             [(i, o) for i in in_axis.points() for o in out_axis.points()])
     groups = signature.get("groups", 1)
     unit = groups if isinstance(groups, int) and groups > 1 else 1
     eff_step = step * unit // math.gcd(step, unit)

@@ -28,9 +28,13 @@ def make_variant(module, example_inputs: tuple, seed: int, aligned: bool, step: 
     `aligned` snaps every kept count to a multiple of `step`; otherwise counts are drawn off the step.
     """
     from .groups import dependency_groups, prune_group
+    from .transformer import decoder_layout
 
     rng = random.Random(seed)
     clone = copy.deepcopy(module).eval()
+    layout = decoder_layout(getattr(clone, "inner", clone))
+    if layout is not None:
+        return Variant(index, clone, _decoder_widths(layout, rng, aligned, step, keep_range), aligned)
     widths = {}
     for group in dependency_groups(clone, example_inputs):
         n = group.channels
@@ -44,6 +48,25 @@ def make_variant(module, example_inputs: tuple, seed: int, aligned: bool, step: 
         prune_group(group, remove)
         widths[group.root] = keep
     return Variant(index, clone, widths, aligned)
+
+
+def _decoder_widths(layout, rng: random.Random, aligned: bool, step: int, keep_range: tuple) -> dict:
+    """Slim each decoder layer to random kv-head and MLP-channel counts; returns the widths per layer."""
+    from .transformer import layer_widths, slim_attention, slim_mlp
+
+    widths = {}
+    for i, (kv_heads, channels) in layer_widths(layout).items():
+        keep_heads = max(1, round(kv_heads * rng.uniform(*keep_range)))
+        layer = layout.layers[i]
+        slim_attention(layer.self_attn, sorted(rng.sample(range(kv_heads), keep_heads)), layout)
+        keep = max(1, round(channels * rng.uniform(*keep_range)))
+        if aligned:
+            keep = max(step, (keep // step) * step) if channels >= step else channels
+        elif channels > step and keep % step == 0:
+            keep -= rng.randint(1, step - 1)
+        slim_mlp(layer.mlp, sorted(rng.sample(range(channels), min(keep, channels))))
+        widths[f"layers.{i}"] = {"kv_heads": keep_heads, "mlp": min(keep, channels)}
+    return widths
 
 
 def make_variants(module, example_inputs: tuple, count: int, seed: int, step: int,

@@ -111,14 +111,14 @@ def profilers_source() -> tuple[str, pathlib.Path]:
     except (ImportError, ValueError):
         spec = None
     if spec is not None and spec.submodule_search_locations:
-        return "edgeprune.profilers", pathlib.Path(list(spec.submodule_search_locations)[0])
+        return "edgeprune.profilers", pathlib.Path(next(iter(spec.submodule_search_locations)))
     checkout = pathlib.Path(__file__).resolve().parents[2] / "profilers"
     try:
         spec = importlib.util.find_spec("profilers")
     except (ImportError, ValueError):
         spec = None
     if spec is not None and spec.submodule_search_locations:
-        found = pathlib.Path(list(spec.submodule_search_locations)[0]).resolve()
+        found = pathlib.Path(next(iter(spec.submodule_search_locations))).resolve()
         if found == checkout:  # a foreign top-level `profilers` package must not be mistaken for ours
             return "profilers", found
     if (checkout / "__main__.py").is_file():

@@ -12,7 +12,6 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
-from typing import Any
 
 from ..atomic import atomic_file
 from ..errors import BadInputError, DeviceError

@@ -9,7 +9,8 @@ shell leads a process group holding the job and all its children. The job's wrap
 to a pid file in the working dir before it starts Python, and removes it when Python ends. On any exception
 while the job runs (KeyboardInterrupt included) the local `ssh` is stopped, a second `ssh` sends TERM, then
 KILL, to that group, and the exception is re-raised; leaving the context removes the working dir. A pty
-(`ssh -tt`) would also hang the job up, but it merges stdout into stderr, which the result protocol needs apart.
+(`ssh -tt`) would also hang the job up, but it merges the job's stdout and stderr, which the protocol keeps
+apart (result on stdout, progress on stderr).
 """
 
 from __future__ import annotations
@@ -48,12 +49,15 @@ _REACH_PATTERNS = (
     "Connection closed by",
     "kex_exchange_identification",
 )
-# Run by the device's Python (>= 3.8, checked on connect) to stop a job's process group. It waits for the
-# group's live members only: a killed process can stay a zombie for a while (a container's init may reap
-# late), which `kill -0` in a shell would count as running.
+# Run by the device's Python (>= 3.8, checked on connect) to stop a job's process group. It first leaves a
+# cancel mark, then reads the pid file; the job's wrapper writes the pid file, then looks for the mark. So a
+# job that had not yet started when Ctrl-C came either is found and stopped here, or sees the mark and never
+# starts. It waits for the group's live members only: a killed process can stay a zombie for a while (a
+# container's init may reap late), which `kill -0` in a shell would count as running.
 STOP_JOB = """
 import os, signal, sys, time
-path = sys.argv[1]
+path, cancel = sys.argv[1], sys.argv[2]
+open(cancel, "w").close()
 try:
     with open(path) as handle:
         group = int(handle.read().split()[0])
@@ -170,7 +174,7 @@ class SSHTarget:
         if bad:
             raise BadInputError(
                 f"--host {spec!r} is not user@addr[:port]",
-                "e.g. --host nvidia@192.168.1.20, --host nvidia@jetson.local:2222 or --host 'nvidia@[fe80::1]:22'",
+                "e.g. --host nvidia@192.168.1.20, --host nvidia@jetson.local:2222, --host 'pi@[fe80::1]:22'",
             )
         return cls(host, user or None, int(port), **options)
 
@@ -202,8 +206,8 @@ class SSHTarget:
             completed = self._ssh(script, what=f"cleanup on {self.where}", timeout=self.connect_timeout + 30)
             if completed.returncode != 0:
                 log.warning("could not remove %s on %s: %s", workdir, self.where, completed.last_stderr_line)
-        except Exception as exc:  # cleanup must never hide the error that ended the session
-            log.warning("could not remove %s on %s: %s", workdir, self.where, exc)
+        except Exception as error:  # cleanup must never hide the error that ended the session
+            log.warning("could not remove %s on %s: %s", workdir, self.where, error)
 
     # -- jobs ----------------------------------------------------------------------------------------------
 
@@ -227,7 +231,7 @@ class SSHTarget:
         if files:
             self._put(files)
         self._jobs += 1
-        pidfile = f".job-{self._jobs}.pid"
+        pidfile, cancel = f".job-{self._jobs}.pid", f".job-{self._jobs}.cancel"
         what = f"device job on {self.where}"
         # The group to stop: this shell's, read from /proc, when this shell or its parent (the login shell)
         # leads it, as under sshd; otherwise just this shell's pid, never a group we did not start.
@@ -236,6 +240,7 @@ class SSHTarget:
             "pg=$(cut -d' ' -f5 /proc/$$/stat 2>/dev/null); "
             'case "$pg" in "$$"|"$PPID") ;; *) pg=$$ ;; esac; '
             f'echo "$pg" > {pidfile}; '
+            f"[ -e {cancel} ] && {{ rm -f {pidfile}; exit 130; }}; "
             f"{shlex.join(argv)}; rc=$?; rm -f {pidfile}; exit $rc"
         )
         try:
@@ -243,15 +248,15 @@ class SSHTarget:
         except BaseException:
             self._stop_job(pidfile)
             raise
-        if completed.returncode == 255:
-            self._raise_for_ssh(completed)
+        self._raise_for_ssh(completed)
         return result(completed, what)
 
     def fetch(self, name: str, local_path: str | pathlib.Path) -> pathlib.Path:
         workdir = self._workdir()
         name = check_job_name(name)
         local_path = pathlib.Path(local_path)
-        script = f"cd {shlex.quote(workdir)} || exit 1; [ -f {shlex.quote(name)} ] || exit {MISSING}; exec cat {shlex.quote(name)}"
+        quoted = shlex.quote(name)
+        script = f"cd {shlex.quote(workdir)} || exit 1; [ -f {quoted} ] || exit {MISSING}; exec cat {quoted}"
         with atomic_file(local_path, "wb") as sink:
             completed = self._ssh(script, what=f"fetching {name} from {self.where}", stdout_sink=sink)
             if completed.returncode == MISSING:
@@ -260,13 +265,16 @@ class SSHTarget:
                 )
             if completed.returncode != 0:
                 self._raise_for_ssh(completed)
-                raise DeviceError(f"cannot fetch {name} from {self.where}: {completed.last_stderr_line}", "")
+                raise DeviceError(
+                    f"cannot fetch {name} from {self.where}: {completed.last_stderr_line or 'no output'}",
+                    "check the device's free space and the job's output",
+                )
         return local_path
 
     # -- internals -----------------------------------------------------------------------------------------
 
     def ssh_argv(self, remote_command: str) -> list[str]:
-        """The `ssh` command line that runs `remote_command` (one string, for the remote shell) on the device."""
+        """The `ssh` command line that runs `remote_command` (one string, run by `sh -c`) on the device."""
         argv = [
             "ssh",
             "-T",
@@ -289,7 +297,7 @@ class SSHTarget:
         return stream(self.ssh_argv(script), what=what, **kwargs)
 
     def _prepare(self) -> None:
-        """One connection: check the login and the remote Python, make the working dir, unpack `profilers/`."""
+        """One connection: check login and remote Python, make the working dir, unpack `profilers/` there."""
         from . import profilers_source
 
         _, source = profilers_source()
@@ -299,7 +307,8 @@ class SSHTarget:
             "sys.exit(0 if sys.version_info[:2] >= (%d, %d) else 3)" % (PROBE, *MIN_PYTHON)
         )
         script = (
-            f"command -v {shlex.quote(self.python[0])} >/dev/null 2>&1 || {{ echo {PROBE}no-python; exit 0; }}; "
+            f"command -v {shlex.quote(self.python[0])} >/dev/null 2>&1 "
+            f"|| {{ echo {PROBE}no-python; exit 0; }}; "
             f"{python} -c {shlex.quote(version_check)} || exit 0; "
             'd=$(mktemp -d "${TMPDIR:-/tmp}/edgeprune.XXXXXXXX") || exit 1; '
             f'echo "{PROBE}workdir $d"; '
@@ -311,13 +320,15 @@ class SSHTarget:
             feed=lambda pipe: _write_tar(pipe, {"profilers": source}),
             timeout=self.connect_timeout + 60,
         )
-        if completed.returncode == 255:
-            self._raise_for_ssh(completed)
+        self._raise_for_ssh(completed)
         facts = dict(
             line[len(PROBE) :].partition(" ")[::2]
             for line in completed.stdout.decode("utf-8", errors="replace").splitlines()
             if line.startswith(PROBE)
         )
+        last = completed.last_stderr_line or "no output"
+        if not facts and completed.returncode == 255:
+            raise DeviceError(f"ssh to {self.where} failed: {last}", "check that `ssh` to the device works")
         if "workdir" in facts:
             self.workdir = facts["workdir"].strip()
         if "no-python" in facts:
@@ -327,7 +338,7 @@ class SSHTarget:
             )
         if "python" not in facts:
             raise DeviceError(
-                f"cannot run {self.remote_python!r} on {self.where}: {completed.last_stderr_line or 'no output'}",
+                f"cannot run {self.remote_python!r} on {self.where}: {last}",
                 "check the device's Python, or pass --remote-python PATH",
             )
         self.python_version = tuple(int(part) for part in facts["python"].split("."))
@@ -338,10 +349,9 @@ class SSHTarget:
                 "pass --remote-python pointing at a newer Python on the device (JetPack 5 ships python3.8)",
             )
         if "ready" not in facts:
-            reason = completed.last_stderr_line or "no output"
             self.__exit__(None, None, None)
             raise DeviceError(
-                f"cannot set up a working directory on {self.where}: {reason}",
+                f"cannot set up a working directory on {self.where}: {last}",
                 "check free space and permissions in the device's /tmp (or its $TMPDIR)",
             )
 
@@ -369,7 +379,7 @@ class SSHTarget:
         if self.workdir is None:
             return
         path = f"{self.workdir}/{pidfile}"
-        command = shlex.join([*self.python, "-c", STOP_JOB, path])
+        command = shlex.join([*self.python, "-c", STOP_JOB, path, path[: -len(".pid")] + ".cancel"])
         try:
             completed = self._ssh(
                 command, what=f"stopping the job on {self.where}", timeout=self.connect_timeout + 30
@@ -385,8 +395,8 @@ class SSHTarget:
         return self.workdir
 
     def _raise_for_ssh(self, completed: Completed) -> None:
-        """Raise the DeviceError that explains ssh's own failure (exit 255), if ssh said one."""
-        error = self._ssh_error(completed.stderr_lines)
+        """Raise the DeviceError that explains ssh's own failure, if ssh failed (exit 255) and said why."""
+        error = self._ssh_error(completed.stderr_lines) if completed.returncode == 255 else None
         if error is not None:
             raise error
 
@@ -406,7 +416,8 @@ class SSHTarget:
             if self.known_hosts is not None:
                 forget += f" -f {shlex.quote(str(self.known_hosts))}"
             return DeviceError(
-                f"the host key of {self.where} has CHANGED since it was recorded in known_hosts{seen}; refusing to connect",
+                f"the host key of {self.where} has CHANGED since it was recorded in known_hosts{seen}; "
+                "refusing to connect",
                 f"if the device was reinstalled, verify the new key and remove the old one ({forget}); "
                 "otherwise someone may be intercepting the connection",
             )
@@ -421,7 +432,8 @@ class SSHTarget:
         if "Permission denied" in text or "Too many authentication failures" in text:
             return DeviceError(
                 f"{self.where} refused the login: authentication failed",
-                "pass --identity KEY_FILE or load the key into ssh-agent (ssh-add); edgeprune never asks for a password",
+                "pass --identity KEY_FILE or load the key into ssh-agent (ssh-add); "
+                "edgeprune never asks for a password",
             )
         for line in reversed(lines):
             if any(pattern in line for pattern in _REACH_PATTERNS):

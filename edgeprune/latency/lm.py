@@ -1,0 +1,54 @@
+"""The two latency regimes of a causal LM, as exportable tensors-in, logits-out modules.
+
+Prefill runs `seq_len` new tokens with no cache; decode runs one new token against a KV cache of `seq_len`
+past tokens (the cache enters as inputs, one key and one value tensor per layer, sized per layer so slimmed
+layers with fewer key/value heads export correctly).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from edgeprune.prune.transformer import decoder_layout
+
+
+class Prefill(torch.nn.Module):
+    """input_ids [1, seq_len] -> logits, with an explicit all-ones attention mask (no packed-sequence probing)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids):
+        mask = torch.ones_like(input_ids)
+        return self.inner(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+
+    def example_inputs(self, seq_len: int, gen: torch.Generator) -> tuple:
+        return (torch.randint(0, self.inner.config.vocab_size, (1, seq_len), generator=gen),)
+
+
+class DecodeStep(torch.nn.Module):
+    """input_ids [1, 1] + (key, value) per layer [1, kv_heads, past, head_dim] -> logits of the new token."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, *past):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.inner.config)
+        for i in range(len(past) // 2):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        mask = torch.ones((1, past[0].shape[2] + input_ids.shape[1]), dtype=torch.long)
+        return self.inner(input_ids=input_ids, past_key_values=cache, attention_mask=mask, use_cache=False).logits
+
+    def example_inputs(self, seq_len: int, gen: torch.Generator) -> tuple:
+        layout = decoder_layout(self.inner)
+        past = []
+        for layer in layout.layers:
+            kv = layer.self_attn.k_proj.out_features // layout.head_dim
+            for _ in range(2):
+                past.append(torch.randn((1, kv, seq_len, layout.head_dim), generator=gen))
+        ids = torch.randint(0, self.inner.config.vocab_size, (1, 1), generator=gen)
+        return (ids, *past)
