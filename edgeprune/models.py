@@ -192,6 +192,9 @@ def load_model(spec: str, weights: str | None = None, model_args: dict | None = 
     """Resolve a `--model SPEC` to a LoadedModel, with one clear error for anything unreadable."""
     model_args = dict(model_args or {})
     notes = []
+    import torch
+
+    torch.manual_seed(0)  # random initialisation is reproducible: same spec, same weights, same cache keys
     if spec.startswith("torchvision:") or spec.startswith("timm:"):
         source, name = spec.split(":", 1)
         module = _torchvision(name, model_args) if source == "torchvision" else _timm(name, model_args)

@@ -91,16 +91,19 @@ def measure_models(models, make_runner, estimator, rounds=1, base_dir="."):
         runners.append(runner)
         keys.append(entry["key"])
     results = {key: [] for key in keys}
+    round_s = []
     try:
         for r in range(rounds):
+            started = time.time()
             round_estimator = Estimator.from_dict(dict(estimator.to_dict(), seed=estimator.seed + r))
-            for key, stat in zip(keys, measure_interleaved(runners, round_estimator)):
+            for key, stat in zip(keys, measure_interleaved(runners, round_estimator, warm=(r == 0))):
                 results[key].append(stat)
+            round_s.append(time.time() - started)
             progress("models", r + 1, rounds)
     finally:
         for runner in runners:
             runner.deactivate()
-    return results, errors
+    return results, errors, round_s
 
 
 def run_plan(plan, base_dir="."):
@@ -123,10 +126,10 @@ def run_plan(plan, base_dir="."):
     cells, cell_errors, drift = measure_cells(plan.get("cells", []), make_runner, estimator,
                                               reference=plan.get("reference"),
                                               group_size=plan.get("group_size", 24))
-    models, model_errors = measure_models(plan.get("models", []), make_runner, estimator,
+    models, model_errors, round_s = measure_models(plan.get("models", []), make_runner, estimator,
                                           rounds=plan.get("model_rounds", 1), base_dir=base_dir)
     errors = dict(cell_errors)
     errors.update(model_errors)
     return {"format_version": FORMAT_VERSION, "kind": "result", "facts": collect(), "runtime": runtime,
             "estimator": estimator.to_dict(), "cells": cells, "models": models, "errors": errors,
-            "drift": drift, "wall_s": time.time() - started}
+            "drift": drift, "model_round_s": round_s, "wall_s": time.time() - started}

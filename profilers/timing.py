@@ -71,6 +71,12 @@ def warm_up(runner, estimator):
     return one
 
 
+def _one_run(runner):
+    start = time.perf_counter()
+    runner.infer()
+    return time.perf_counter() - start
+
+
 def time_pass(runner, runs):
     """Time `runs` consecutive calls; returns the list of durations in seconds."""
     clock = time.perf_counter
@@ -89,16 +95,17 @@ def runs_for(one_run_s, estimator):
     return max(3, min(estimator.runs, int(estimator.pass_s / one_run_s) + 1))
 
 
-def measure_interleaved(runners, estimator, on_pass=None):
+def measure_interleaved(runners, estimator, on_pass=None, warm=True):
     """Time several active runners in interleaved passes (shuffled order each pass).
 
     Interleaving spreads a burst of noise over every configuration instead of one, so ratios between
     configurations measured in the same call stay honest. Results too noisy (spread of pass minima above
     `max_spread`) get extra passes, still interleaved with each other.
-    Returns a list of summaries in the order of `runners`.
+    Returns a list of summaries in the order of `runners`. `warm=False` skips the warm-up (runners already
+    warmed by an earlier call) and sizes passes from one untimed run instead.
     """
     rng = random.Random(estimator.seed)
-    per_run = [warm_up(r, estimator) for r in runners]
+    per_run = [warm_up(r, estimator) if warm else _one_run(r) for r in runners]
     counts = [runs_for(t, estimator) for t in per_run]
     passes = [[] for _ in runners]
     order = list(range(len(runners)))

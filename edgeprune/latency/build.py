@@ -131,6 +131,8 @@ class Measurer:
         self.workdir = workdir
         self.jobs = 0
         self.drift = []
+        self.model_round_s = []
+        self.models_measured = 0
 
     def _run(self, plan: dict, files: dict, on_progress) -> dict:
         self.jobs += 1
@@ -173,6 +175,9 @@ class Measurer:
             done += len(chunk)
         return have, len(cells) - len(todo)
 
+    def has_model(self, key: str) -> bool:
+        return bool(self.cache.get_many(self.fp_key, "model", [key]))
+
     def models(self, models: dict, rounds: int, on_progress) -> dict:
         """{model key: [estimate per round]} for ONNX files {key: path}; cached by file hash."""
         have = self.cache.get_many(self.fp_key, "model", list(models))
@@ -183,6 +188,8 @@ class Measurer:
             plan = {"format_version": PLAN_VERSION, "kind": "plan", "runtime": self.runtime,
                     "estimator": self.model_estimator, "models": entries, "model_rounds": rounds}
             reply = self._run(plan, files, on_progress)
+            self.model_round_s = reply.get("model_round_s", [])
+            self.models_measured = len(entries)
             got = {k: {"rounds": [s["estimate_ms"] for s in v], "stats": v[0]} for k, v in reply["models"].items()}
             self.cache.put_many(self.fp_key, "model", got, body=self.fp)
             have.update(got)
@@ -257,7 +264,7 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
             notes=warnings)
         # The table is frozen here: nothing below adds or changes a cell.
         t1 = time.time()
-        fidelity_models, variant_info = _variant_models(loaded, options, step, workdir, dense_path, warnings,
+        fidelity_models, variant_info = _variant_models(loaded, options, step, workdir, dense_path, measurer,
                                                         reporter)
         export_s = time.time() - t1
         t2 = time.time()
@@ -266,7 +273,10 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
         models_s = time.time() - t2
         _calibrate_and_score(table, graph, measured, variant_info, options)
         table.profile = {"wall_s": time.time() - started, "table_s": table_s, "variants_export_s": export_s,
-                         "models_s": models_s, "cells": len(cells), "cached_cells": cached,
+                         "models_s": models_s, "models_measured": measurer.models_measured,
+                         "model_round_s": measurer.model_round_s,
+                         "variants_built": sum(p is not None for p in fidelity_models.values()) - 1,
+                         "cells": len(cells), "cached_cells": cached,
                          "measured_cells": len(cells) - cached, "device_jobs": measurer.jobs,
                          "regrouped": sum(d["attempts"] > 1 for d in measurer.drift),
                          "max_drift": max((d["drift"] for d in measurer.drift), default=0.0),
@@ -283,37 +293,64 @@ def _sha(proto) -> str:
     return hashlib.sha256(proto.SerializeToString()).hexdigest()
 
 
+def _variant_key(loaded, dense_key: str, seed: int, aligned: bool, step: int, options: ProfileOptions) -> str:
+    """Identity of one variant: the same model, seed, width rules and step build the same variant."""
+    import hashlib
+
+    text = json.dumps({"source": loaded.source_sha256, "dense": dense_key, "seed": seed, "aligned": aligned,
+                       "step": step, "keep": list(options.keep_range), "regime": loaded.regime,
+                       "seq_len": loaded.seq_len}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _variant_models(loaded, options: ProfileOptions, step: int, workdir: Path, dense_path: Path,
-                    warnings: list, reporter: Reporter) -> tuple:
-    """Export calibration and held-out variants; returns ({key: onnx path}, per-variant records)."""
+                    measurer: Measurer, reporter: Reporter) -> tuple:
+    """Calibration and held-out variants; returns ({model key: onnx path or None if cached}, records).
+
+    A variant whose structure (blocks) and timing are both cached is neither rebuilt nor exported, so a
+    re-profile of the same model costs almost nothing.
+    """
+    import dataclasses
     import hashlib
 
     from edgeprune.exporters.onnx import export_onnx
 
-    models = {}
+    from .blocks import Block
+
     dense_key = hashlib.sha256(dense_path.read_bytes()).hexdigest()
-    models[dense_key] = dense_path
+    models = {dense_key: dense_path}
     info = {"dense": dense_key, "calibration": [], "heldout": []}
     if not loaded.slimmable or options.variants + options.calibration_variants == 0:
         return models, info
     from edgeprune.prune.variants import make_variant
 
-    module = loaded.export_module()
-    example = loaded.example_inputs(module)
+    module = None
     total = options.calibration_variants + options.variants
     progress = reporter.stage("variants", total)
     for i in range(total):
         role = "calibration" if i < options.calibration_variants else "heldout"
         seed = options.seed * 100003 + i + (7919 if role == "calibration" else 0)
-        variant = make_variant(module, example, seed, aligned=(i % 2 == 0), step=step,
-                               keep_range=options.keep_range, index=i)
-        path = workdir / f"variant{i}.onnx"
-        proto, _ = export_onnx(variant.module, loaded.example_inputs(variant.module), path)
-        key = hashlib.sha256(path.read_bytes()).hexdigest()
-        models[key] = path
-        info[role].append({"key": key, "aligned": variant.aligned,
-                           "blocks": extract_blocks(proto, head_dim=loaded.head_dim).blocks,
-                           "seed": seed})
+        aligned = i % 2 == 0
+        vkey = _variant_key(loaded, dense_key, seed, aligned, step, options)
+        known = measurer.cache.get_many("variants", "variant", [vkey]).get(vkey)
+        if known and measurer.has_model(known["onnx_sha256"]):
+            key = known["onnx_sha256"]
+            blocks = [Block(**dict(b, nodes=tuple(b["nodes"]))) for b in known["blocks"]]
+            models[key] = None
+        else:
+            if module is None:
+                module = loaded.export_module()
+                example = loaded.example_inputs(module)
+            variant = make_variant(module, example, seed, aligned=aligned, step=step,
+                                   keep_range=options.keep_range, index=i)
+            path = workdir / f"variant{i}.onnx"
+            proto, _ = export_onnx(variant.module, loaded.example_inputs(variant.module), path)
+            key = hashlib.sha256(path.read_bytes()).hexdigest()
+            blocks = extract_blocks(proto, head_dim=loaded.head_dim).blocks
+            models[key] = path
+            measurer.cache.put_many("variants", "variant", {vkey: {
+                "onnx_sha256": key, "blocks": [dataclasses.asdict(b) for b in blocks]}})
+        info[role].append({"key": key, "aligned": aligned, "blocks": blocks, "seed": seed})
         progress({"progress": i + 1, "total": total, "stage": "variants"})
     reporter.done("variants")
     return models, info

@@ -234,14 +234,18 @@ class SSHTarget:
         pidfile, cancel = f".job-{self._jobs}.pid", f".job-{self._jobs}.cancel"
         what = f"device job on {self.where}"
         # The group to stop: this shell's, read from /proc, when this shell or its parent (the login shell)
-        # leads it, as under sshd; otherwise just this shell's pid, never a group we did not start.
+        # leads it, as under sshd; otherwise just this shell's pid, never a group we did not start. When the
+        # job's main process ends (done, or killed by a broken pipe after the connection went), the shell
+        # stops what it left in its group, so no orphaned child outlives the job.
         script = (
             f"cd {shlex.quote(workdir)} || exit 1; "
             "pg=$(cut -d' ' -f5 /proc/$$/stat 2>/dev/null); "
             'case "$pg" in "$$"|"$PPID") ;; *) pg=$$ ;; esac; '
             f'echo "$pg" > {pidfile}; '
             f"[ -e {cancel} ] && {{ rm -f {pidfile}; exit 130; }}; "
-            f"{shlex.join(argv)}; rc=$?; rm -f {pidfile}; exit $rc"
+            f"{shlex.join(argv)}; rc=$?; "
+            """[ "$pg" = "$$" ] && { trap '' TERM; kill -TERM -$pg 2>/dev/null; }; """
+            f"rm -f {pidfile}; exit $rc"
         )
         try:
             completed = self._ssh(script, what=what, on_progress=on_progress, timeout=timeout)

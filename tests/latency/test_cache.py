@@ -1,4 +1,4 @@
-"""The SQLite measurement cache: shared across instances, separated by fingerprint and kind, safe on corruption."""
+"""The SQLite measurement cache: shared across instances, keyed by fingerprint and kind, corruption-safe."""
 
 import pytest
 
@@ -25,13 +25,17 @@ def test_fingerprint_key_is_stable_and_discriminating():
 def test_put_then_get_from_another_instance(path):
     writer = MeasurementCache(path)
     assert path.is_file()  # parent folder created
-    writer.put_many(fingerprint_key(FP_A), "cell", {"conv@8x8": STATS, "conv@8x16": dict(STATS, n=30)}, body=FP_A)
+    writer.put_many(
+        fingerprint_key(FP_A), "cell", {"conv@8x8": STATS, "conv@8x16": dict(STATS, n=30)}, body=FP_A
+    )
     reader = MeasurementCache(path)
     try:
         got = reader.get_many(fingerprint_key(FP_A), "cell", ["conv@8x8", "conv@8x16", "conv@16x16"])
         assert got == {"conv@8x8": STATS, "conv@8x16": dict(STATS, n=30)}  # the absent key is simply absent
         assert reader.count() == 2 and reader.count(fingerprint_key(FP_A)) == 2
-        body = reader.db.execute("SELECT body FROM fingerprints WHERE key=?", (fingerprint_key(FP_A),)).fetchone()
+        body = reader.db.execute(
+            "SELECT body FROM fingerprints WHERE key=?", (fingerprint_key(FP_A),)
+        ).fetchone()
         assert body is not None and '"threads": 1' in body[0]
     finally:
         writer.close()

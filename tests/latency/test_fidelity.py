@@ -26,7 +26,7 @@ def test_spearman_ties_on_both_sides():
 
 def test_spearman_is_rank_based():
     a = [0.1, 0.5, 0.2, 0.9, 0.3]
-    assert spearman(a, [x ** 3 for x in a]) == pytest.approx(1.0)
+    assert spearman(a, [x**3 for x in a]) == pytest.approx(1.0)
 
 
 def test_spearman_degenerate():

@@ -11,8 +11,17 @@ from edgeprune.latency.grid import plan_signature
 from edgeprune.latency.predict import MissingCellError
 from edgeprune.latency.table import FORMAT_VERSION, LatencyTable, cell_record, content_id
 
-CONV = {"kind": "conv", "kernel": [3, 3], "stride": [1, 1], "pads": [1, 1, 1, 1], "dilation": [1, 1], "groups": 1,
-        "hw": [8, 8], "act": "relu", "residual": False}
+CONV = {
+    "kind": "conv",
+    "kernel": [3, 3],
+    "stride": [1, 1],
+    "pads": [1, 1, 1, 1],
+    "dilation": [1, 1],
+    "groups": 1,
+    "hw": [8, 8],
+    "act": "relu",
+    "residual": False,
+}
 POOL = {"kind": "pool", "op": "GlobalAveragePool", "hw": [8, 8]}
 STEP = 8
 
@@ -33,28 +42,66 @@ def make_table(calibration=None):
         signatures[block.sig_key] = grid.to_dict()
         for ci, co in grid.cells:
             ms = law(ci, co)
-            stats = {"estimate_ms": ms, "min_ms": ms * 0.95, "median_ms": ms * 1.02, "p90_ms": ms * 1.1,
-                     "mad_ms": ms * 0.01, "n": 60}
+            stats = {
+                "estimate_ms": ms,
+                "min_ms": ms * 0.95,
+                "median_ms": ms * 1.02,
+                "p90_ms": ms * 1.1,
+                "mad_ms": ms * 0.01,
+                "n": 60,
+            }
             key, record = cell_record(block.kind, block.sig_key, ci, co, stats)
             cells[key] = record
-        layers[block.name] = {"kind": block.kind, "c_in": block.c_in, "c_out": block.c_out,
-                              "cell": f"{block.sig_key}@{block.c_in}x{block.c_out}"}
+        layers[block.name] = {
+            "kind": block.kind,
+            "c_in": block.c_in,
+            "c_out": block.c_out,
+            "cell": f"{block.sig_key}@{block.c_in}x{block.c_out}",
+        }
     table = LatencyTable(
-        fingerprint={"device": "cpu", "threads": 1}, runtime={"backend": "onnxruntime", "threads": 1},
-        model={"spec": "test:tiny", "input_shape": [1, 3, 8, 8]}, estimator={"name": "median_of_pass_min"},
-        step=STEP, signatures=signatures, cells=cells, layers=layers, calibration=calibration or {},
-        fidelity={"n_variants": 2, "mape": 0.05}, uncovered={"GridSample": 1}, layout_ops={"Flatten": 1},
-        notes=["a note"], profile={"wall_s": 1.5})
+        fingerprint={"device": "cpu", "threads": 1},
+        runtime={"backend": "onnxruntime", "threads": 1},
+        model={"spec": "test:tiny", "input_shape": [1, 3, 8, 8]},
+        estimator={"name": "median_of_pass_min"},
+        step=STEP,
+        signatures=signatures,
+        cells=cells,
+        layers=layers,
+        calibration=calibration or {},
+        fidelity={"n_variants": 2, "mape": 0.05},
+        uncovered={"GridSample": 1},
+        layout_ops={"Flatten": 1},
+        notes=["a note"],
+        profile={"wall_s": 1.5},
+    )
     return table, blocks
 
 
 def test_cell_record():
-    stats = {"estimate_ms": 1.0, "min_ms": 0.9, "median_ms": 1.1, "p90_ms": 1.3, "mad_ms": 0.05, "n": 9,
-             "passes": 3, "pass_spread": 0.01}
+    stats = {
+        "estimate_ms": 1.0,
+        "min_ms": 0.9,
+        "median_ms": 1.1,
+        "p90_ms": 1.3,
+        "mad_ms": 0.05,
+        "n": 9,
+        "passes": 3,
+        "pass_spread": 0.01,
+    }
     key, record = cell_record("conv", "conv-abc", 8, 16, stats)
     assert key == "conv-abc@8x16"
-    assert record == {"kind": "conv", "signature": "conv-abc", "c_in": 8, "c_out": 16, "estimate_ms": 1.0,
-                      "min_ms": 0.9, "median_ms": 1.1, "p90_ms": 1.3, "mad_ms": 0.05, "n": 9}
+    assert record == {
+        "kind": "conv",
+        "signature": "conv-abc",
+        "c_in": 8,
+        "c_out": 16,
+        "estimate_ms": 1.0,
+        "min_ms": 0.9,
+        "median_ms": 1.1,
+        "p90_ms": 1.3,
+        "mad_ms": 0.05,
+        "n": 9,
+    }
 
 
 def test_content_id_ignores_the_id_field_and_key_order():

@@ -13,25 +13,46 @@ from profilers.errors import ProfilerError
 from profilers.measure import measure_cells, run_plan
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-FAST = {"passes": 3, "runs": 3, "warmup_runs": 2, "warmup_s": 0.05, "pass_s": 0.0, "max_spread": 100.0,
-        "extra_passes": 0}
+FAST = {
+    "passes": 3,
+    "runs": 3,
+    "warmup_runs": 2,
+    "warmup_s": 0.05,
+    "pass_s": 0.0,
+    "max_spread": 100.0,
+    "extra_passes": 0,
+}
 
 CELLS = [
-    {"key": "conv@4x8", "signature": {"kind": "conv", "kernel": [3, 3], "pads": [1, 1, 1, 1], "hw": [6, 6],
-                                      "act": "relu"}, "c_in": 4, "c_out": 8},
+    {
+        "key": "conv@4x8",
+        "signature": {"kind": "conv", "kernel": [3, 3], "pads": [1, 1, 1, 1], "hw": [6, 6], "act": "relu"},
+        "c_in": 4,
+        "c_out": 8,
+    },
     {"key": "gemm@16x4", "signature": {"kind": "gemm", "rows": 1}, "c_in": 16, "c_out": 4},
-    {"key": "pool@8x8", "signature": {"kind": "pool", "op": "GlobalAveragePool", "hw": [4, 4]}, "c_in": 8,
-     "c_out": 8},
+    {
+        "key": "pool@8x8",
+        "signature": {"kind": "pool", "op": "GlobalAveragePool", "hw": [4, 4]},
+        "c_in": 8,
+        "c_out": 8,
+    },
 ]
 
 
 def plan(tmp_path, cells=CELLS, models=("m",), **extra):
     for key in models:
-        onnx.save(synth.build_cell({"kind": "gemm", "rows": 2}, 8, 8, seed=1), str(tmp_path / (key + ".onnx")))
-    data = {"format_version": FORMAT_VERSION, "kind": "plan",
-            "runtime": {"backend": "onnxruntime", "threads": 1, "precision": "fp32"},
-            "estimator": FAST, "cells": list(cells),
-            "models": [{"key": key, "file": key + ".onnx"} for key in models]}
+        onnx.save(
+            synth.build_cell({"kind": "gemm", "rows": 2}, 8, 8, seed=1), str(tmp_path / (key + ".onnx"))
+        )
+    data = {
+        "format_version": FORMAT_VERSION,
+        "kind": "plan",
+        "runtime": {"backend": "onnxruntime", "threads": 1, "precision": "fp32"},
+        "estimator": FAST,
+        "cells": list(cells),
+        "models": [{"key": key, "file": key + ".onnx"} for key in models],
+    }
     data.update(extra)
     return data
 
@@ -101,10 +122,16 @@ def test_unknown_backend_is_a_profiler_error(tmp_path):
 
 
 def test_impossible_cell_becomes_an_error_record_others_measured(tmp_path):
-    bad = {"key": "dw@4x8", "signature": {"kind": "conv", "kernel": [3, 3], "hw": [6, 6], "groups": "depthwise"},
-           "c_in": 4, "c_out": 8}
+    bad = {
+        "key": "dw@4x8",
+        "signature": {"kind": "conv", "kernel": [3, 3], "hw": [6, 6], "groups": "depthwise"},
+        "c_in": 4,
+        "c_out": 8,
+    }
     unknown = {"key": "lstm@4x4", "signature": {"kind": "lstm"}, "c_in": 4, "c_out": 4}
-    result = run_plan(plan(tmp_path, cells=[CELLS[0], bad, CELLS[1], unknown, CELLS[2]]), base_dir=str(tmp_path))
+    result = run_plan(
+        plan(tmp_path, cells=[CELLS[0], bad, CELLS[1], unknown, CELLS[2]]), base_dir=str(tmp_path)
+    )
     assert set(result["cells"]) == {c["key"] for c in CELLS}
     assert set(result["errors"]) == {"dw@4x8", "lstm@4x4"}
     for key in ("dw@4x8", "lstm@4x4"):
@@ -117,13 +144,20 @@ def test_impossible_cell_becomes_an_error_record_others_measured(tmp_path):
     assert set(result["models"]) == {"m"}
 
 
-@pytest.mark.xfail(strict=True, reason="a signature whose kernel is larger than its padded input builds (synth "
-                   "does not check that the output size is >= 1) and then fails inside onnxruntime on activate() "
-                   "with a RuntimeError that measure_cells does not catch (it catches ProfilerError only), so the "
-                   "whole plan crashes instead of returning an error record for that one cell")
+@pytest.mark.xfail(
+    strict=True,
+    reason="a signature whose kernel is larger than its padded input builds (synth "
+    "does not check that the output size is >= 1) and then fails inside onnxruntime on activate() "
+    "with a RuntimeError that measure_cells does not catch (it catches ProfilerError only), so the "
+    "whole plan crashes instead of returning an error record for that one cell",
+)
 def test_kernel_larger_than_input_becomes_an_error_record(tmp_path):
-    bad = {"key": "conv@big-kernel", "signature": {"kind": "conv", "kernel": [5, 5], "hw": [2, 2]},
-           "c_in": 4, "c_out": 4}
+    bad = {
+        "key": "conv@big-kernel",
+        "signature": {"kind": "conv", "kernel": [5, 5], "hw": [2, 2]},
+        "c_in": 4,
+        "c_out": 4,
+    }
     result = run_plan(plan(tmp_path, cells=[CELLS[0], bad], models=()), base_dir=str(tmp_path))
     assert set(result["cells"]) == {CELLS[0]["key"]}
     assert set(result["errors"]) == {"conv@big-kernel"}
@@ -187,8 +221,9 @@ def test_measure_cells_deactivates_every_runner_and_reports_progress(capsys):
 
 
 def run_cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "profilers", *args], cwd=str(cwd), capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "profilers", *args], cwd=str(cwd), capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_run_writes_the_result_file(tmp_path):

@@ -17,7 +17,9 @@ from profilers.errors import ProfilerError
 def session(model):
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
+    )
 
 
 def feeds_for(sess, seed=0, scale=1.0):
@@ -61,8 +63,15 @@ def torch_conv(model, feeds, sig):
         groups = x.shape[1]
     pads = sig.get("pads", [0, 0, 0, 0])
     assert pads[0] == pads[2] and pads[1] == pads[3], "test reference needs symmetric pads"
-    y = F.conv2d(x, torch.from_numpy(w["W"]), torch.from_numpy(w["B"]), stride=tuple(sig.get("stride", [1, 1])),
-                 padding=(pads[0], pads[1]), dilation=tuple(sig.get("dilation", [1, 1])), groups=groups)
+    y = F.conv2d(
+        x,
+        torch.from_numpy(w["W"]),
+        torch.from_numpy(w["B"]),
+        stride=tuple(sig.get("stride", [1, 1])),
+        padding=(pads[0], pads[1]),
+        dilation=tuple(sig.get("dilation", [1, 1])),
+        groups=groups,
+    )
     if sig.get("residual"):
         y = y + torch.from_numpy(feeds["R"])
     return TORCH_ACTS[sig.get("act")](y).numpy()
@@ -72,17 +81,68 @@ def torch_conv(model, feeds, sig):
 
 CONV_SIGS = [
     # (signature, c_in, c_out)
-    ({"kind": "conv", "kernel": [3, 3], "stride": [1, 1], "pads": [1, 1, 1, 1], "hw": [9, 9], "groups": 1}, 6, 10),
-    ({"kind": "conv", "kernel": [3, 3], "stride": [2, 2], "pads": [1, 1, 1, 1], "hw": [9, 9], "groups": 1}, 5, 7),
-    ({"kind": "conv", "kernel": [1, 1], "hw": [5, 7]}, 8, 3),  # defaults for stride / pads / dilation / groups
-    ({"kind": "conv", "kernel": [3, 3], "stride": [1, 1], "pads": [2, 2, 2, 2], "dilation": [2, 2],
-      "hw": [8, 8], "groups": 1}, 4, 4),
-    ({"kind": "conv", "kernel": [3, 3], "stride": [1, 1], "pads": [1, 1, 1, 1], "hw": [8, 8],
-      "groups": "depthwise"}, 12, 12),
-    ({"kind": "conv", "kernel": [3, 3], "stride": [2, 2], "pads": [1, 1, 1, 1], "hw": [8, 8],
-      "groups": "depthwise"}, 5, 5),
-    ({"kind": "conv", "kernel": [3, 3], "stride": [1, 1], "pads": [1, 1, 1, 1], "hw": [6, 6], "groups": 4}, 8, 12),
-    ({"kind": "conv", "kernel": [5, 3], "stride": [1, 2], "pads": [2, 1, 2, 1], "hw": [7, 9], "groups": 2}, 6, 4),
+    (
+        {"kind": "conv", "kernel": [3, 3], "stride": [1, 1], "pads": [1, 1, 1, 1], "hw": [9, 9], "groups": 1},
+        6,
+        10,
+    ),
+    (
+        {"kind": "conv", "kernel": [3, 3], "stride": [2, 2], "pads": [1, 1, 1, 1], "hw": [9, 9], "groups": 1},
+        5,
+        7,
+    ),
+    (
+        {"kind": "conv", "kernel": [1, 1], "hw": [5, 7]},
+        8,
+        3,
+    ),  # defaults for stride / pads / dilation / groups
+    (
+        {
+            "kind": "conv",
+            "kernel": [3, 3],
+            "stride": [1, 1],
+            "pads": [2, 2, 2, 2],
+            "dilation": [2, 2],
+            "hw": [8, 8],
+            "groups": 1,
+        },
+        4,
+        4,
+    ),
+    (
+        {
+            "kind": "conv",
+            "kernel": [3, 3],
+            "stride": [1, 1],
+            "pads": [1, 1, 1, 1],
+            "hw": [8, 8],
+            "groups": "depthwise",
+        },
+        12,
+        12,
+    ),
+    (
+        {
+            "kind": "conv",
+            "kernel": [3, 3],
+            "stride": [2, 2],
+            "pads": [1, 1, 1, 1],
+            "hw": [8, 8],
+            "groups": "depthwise",
+        },
+        5,
+        5,
+    ),
+    (
+        {"kind": "conv", "kernel": [3, 3], "stride": [1, 1], "pads": [1, 1, 1, 1], "hw": [6, 6], "groups": 4},
+        8,
+        12,
+    ),
+    (
+        {"kind": "conv", "kernel": [5, 3], "stride": [1, 2], "pads": [2, 1, 2, 1], "hw": [7, 9], "groups": 2},
+        6,
+        4,
+    ),
 ]
 
 
@@ -101,12 +161,23 @@ def test_conv_cell_is_valid_runs_and_matches_torch(sig, c_in, c_out, residual):
     assert [n.op_type for n in model.graph.node].count("Add") == (1 if residual else 0)
 
 
-@pytest.mark.parametrize("act,groups,c_in,c_out", [(act, 1, 4, 6) for act in (None, *synth.ACTIVATIONS)]
-                         + [(act, "depthwise", 6, 6) for act in ("relu6", "hardswish", "silu")]
-                         + [(act, 2, 4, 6) for act in ("relu", "gelu")])
+@pytest.mark.parametrize(
+    "act,groups,c_in,c_out",
+    [(act, 1, 4, 6) for act in (None, *synth.ACTIVATIONS)]
+    + [(act, "depthwise", 6, 6) for act in ("relu6", "hardswish", "silu")]
+    + [(act, 2, 4, 6) for act in ("relu", "gelu")],
+)
 def test_conv_cell_every_activation_matches_torch(act, groups, c_in, c_out):
-    sig = {"kind": "conv", "kernel": [3, 3], "stride": [1, 1], "pads": [1, 1, 1, 1], "hw": [5, 5],
-           "groups": groups, "act": act, "residual": True}
+    sig = {
+        "kind": "conv",
+        "kernel": [3, 3],
+        "stride": [1, 1],
+        "pads": [1, 1, 1, 1],
+        "hw": [5, 5],
+        "groups": groups,
+        "act": act,
+        "residual": True,
+    }
     model = synth.build_cell(sig, c_in, c_out)
     onnx.checker.check_model(model, full_check=True)
     out, feeds = run(model, scale=4.0)  # wide inputs so relu6 / hardswish / hardsigmoid clip on both sides
@@ -239,16 +310,62 @@ def test_hardsigmoid_range():
 # -- pool -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sig,c", [
-    ({"kind": "pool", "op": "MaxPool", "hw": [9, 9], "kernel": [3, 3], "stride": [2, 2], "pads": [1, 1, 1, 1]}, 5),
-    ({"kind": "pool", "op": "MaxPool", "hw": [8, 8], "kernel": [2, 2]}, 3),  # stride defaults to the kernel
-    ({"kind": "pool", "op": "MaxPool", "hw": [9, 9], "kernel": [3, 3], "stride": [2, 2], "ceil_mode": 1}, 2),
-    ({"kind": "pool", "op": "AveragePool", "hw": [7, 7], "kernel": [3, 3], "stride": [2, 2],
-      "pads": [1, 1, 1, 1], "count_include_pad": 0}, 4),
-    ({"kind": "pool", "op": "AveragePool", "hw": [7, 7], "kernel": [3, 3], "stride": [1, 1],
-      "pads": [1, 1, 1, 1], "count_include_pad": 1}, 4),
-    ({"kind": "pool", "op": "GlobalAveragePool", "hw": [5, 6]}, 7),
-])
+@pytest.mark.parametrize(
+    "sig,c",
+    [
+        (
+            {
+                "kind": "pool",
+                "op": "MaxPool",
+                "hw": [9, 9],
+                "kernel": [3, 3],
+                "stride": [2, 2],
+                "pads": [1, 1, 1, 1],
+            },
+            5,
+        ),
+        (
+            {"kind": "pool", "op": "MaxPool", "hw": [8, 8], "kernel": [2, 2]},
+            3,
+        ),  # stride defaults to the kernel
+        (
+            {
+                "kind": "pool",
+                "op": "MaxPool",
+                "hw": [9, 9],
+                "kernel": [3, 3],
+                "stride": [2, 2],
+                "ceil_mode": 1,
+            },
+            2,
+        ),
+        (
+            {
+                "kind": "pool",
+                "op": "AveragePool",
+                "hw": [7, 7],
+                "kernel": [3, 3],
+                "stride": [2, 2],
+                "pads": [1, 1, 1, 1],
+                "count_include_pad": 0,
+            },
+            4,
+        ),
+        (
+            {
+                "kind": "pool",
+                "op": "AveragePool",
+                "hw": [7, 7],
+                "kernel": [3, 3],
+                "stride": [1, 1],
+                "pads": [1, 1, 1, 1],
+                "count_include_pad": 1,
+            },
+            4,
+        ),
+        ({"kind": "pool", "op": "GlobalAveragePool", "hw": [5, 6]}, 7),
+    ],
+)
 def test_pool_matches_torch(sig, c):
     model = synth.build_cell(sig, c, c)
     onnx.checker.check_model(model, full_check=True)
@@ -265,15 +382,24 @@ def test_pool_matches_torch(sig, c):
         if sig["op"] == "MaxPool":
             ref = F.max_pool2d(x, kernel, stride, pad, ceil_mode=ceil)
         else:
-            ref = F.avg_pool2d(x, kernel, stride, pad, ceil_mode=ceil,
-                               count_include_pad=bool(sig.get("count_include_pad", 0)))
+            ref = F.avg_pool2d(
+                x,
+                kernel,
+                stride,
+                pad,
+                ceil_mode=ceil,
+                count_include_pad=bool(sig.get("count_include_pad", 0)),
+            )
     assert out.shape == tuple(ref.shape)
     np.testing.assert_allclose(out, ref.numpy(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="synth.build_pool declares its output with floor division even when "
-                   "ceil_mode=1 (profilers/synth.py build_pool return line), so the model's declared Y shape is "
-                   "smaller than what the runtime computes")
+@pytest.mark.xfail(
+    strict=True,
+    reason="synth.build_pool declares its output with floor division even when "
+    "ceil_mode=1 (profilers/synth.py build_pool return line), so the model's declared Y shape is "
+    "smaller than what the runtime computes",
+)
 def test_pool_ceil_mode_declares_the_shape_the_runtime_computes():
     # 8x8, kernel 3, stride 2: floor gives 3, ceil gives 4 (torch: MaxPool2d(3, 2, ceil_mode=True) -> 4x4,
     # as in googlenet / squeezenet, whose pools blocks.py records with ceil_mode=1).
@@ -322,16 +448,19 @@ def test_null_model_is_identity():
     np.testing.assert_array_equal(out, x)
 
 
-@pytest.mark.parametrize("sig,c_in,c_out,words", [
-    ({"kind": "lstm"}, 4, 4, "lstm"),
-    ({"op": "Add"}, 4, 4, "None"),
-    ({"kind": "conv", "kernel": [3, 3], "hw": [4, 4], "groups": "depthwise"}, 4, 8, "depthwise"),
-    ({"kind": "conv", "kernel": [3, 3], "hw": [4, 4], "groups": 4}, 6, 8, "divisible"),
-    ({"kind": "conv", "kernel": [3, 3], "hw": [4, 4], "groups": 4}, 8, 6, "divisible"),
-    ({"kind": "conv", "kernel": [3, 3], "hw": [4, 4], "act": "swish"}, 4, 4, "swish"),
-    ({"kind": "gemm", "act": "leaky_relu"}, 4, 4, "leaky_relu"),
-    ({"kind": "eltwise", "op": "Sub", "hw": [2, 2]}, 4, 4, "Sub"),
-])
+@pytest.mark.parametrize(
+    "sig,c_in,c_out,words",
+    [
+        ({"kind": "lstm"}, 4, 4, "lstm"),
+        ({"op": "Add"}, 4, 4, "None"),
+        ({"kind": "conv", "kernel": [3, 3], "hw": [4, 4], "groups": "depthwise"}, 4, 8, "depthwise"),
+        ({"kind": "conv", "kernel": [3, 3], "hw": [4, 4], "groups": 4}, 6, 8, "divisible"),
+        ({"kind": "conv", "kernel": [3, 3], "hw": [4, 4], "groups": 4}, 8, 6, "divisible"),
+        ({"kind": "conv", "kernel": [3, 3], "hw": [4, 4], "act": "swish"}, 4, 4, "swish"),
+        ({"kind": "gemm", "act": "leaky_relu"}, 4, 4, "leaky_relu"),
+        ({"kind": "eltwise", "op": "Sub", "hw": [2, 2]}, 4, 4, "Sub"),
+    ],
+)
 def test_bad_signatures_raise_profiler_error(sig, c_in, c_out, words):
     with pytest.raises(ProfilerError) as info:
         synth.build_cell(sig, c_in, c_out)

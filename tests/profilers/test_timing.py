@@ -9,7 +9,7 @@ from profilers import synth, timing
 from profilers.backends.ort import OrtRunner
 from profilers.timing import Estimator, measure_interleaved, runs_for, summarize
 
-# -- summarize ------------------------------------------------------------------------------------------------
+# -- summarize -----------------------------------------------------------------------------------------------
 
 
 def test_summarize_hand_made_passes():
@@ -68,7 +68,7 @@ def test_summarize_single_pass():
     assert s["median_ms"] == pytest.approx(3.0)
 
 
-# -- runs_for / Estimator ---------------------------------------------------------------------------------------
+# -- runs_for / Estimator ------------------------------------------------------------------------------------
 
 
 def test_runs_for_bounds():
@@ -90,8 +90,9 @@ def test_runs_for_monotone_in_run_time():
 
 
 def test_estimator_dict_roundtrip_and_unknown_keys():
-    est = Estimator(passes=5, runs=7, warmup_runs=3, warmup_s=0.5, pass_s=0.01, max_spread=0.2, extra_passes=1,
-                    seed=9)
+    est = Estimator(
+        passes=5, runs=7, warmup_runs=3, warmup_s=0.5, pass_s=0.01, max_spread=0.2, extra_passes=1, seed=9
+    )
     data = est.to_dict()
     assert data["name"] == timing.ESTIMATOR == "median_of_pass_min"
     back = Estimator.from_dict(dict(data, unknown="ignored"))
@@ -99,7 +100,7 @@ def test_estimator_dict_roundtrip_and_unknown_keys():
     assert Estimator.from_dict({}).to_dict() == Estimator().to_dict()
 
 
-# -- measure_interleaved with a deterministic clock ---------------------------------------------------------------
+# -- measure_interleaved with a deterministic clock ----------------------------------------------------------
 
 
 class FakeClock:
@@ -111,7 +112,7 @@ class FakeClock:
 
 
 class FakeRunner:
-    """infer() advances the fake clock by the next duration of its pattern: durations fully under test control."""
+    """infer() advances the fake clock by the next duration of its pattern: durations under test control."""
 
     def __init__(self, clock, warmup, pass_durations, tail):
         self.clock = clock
@@ -131,17 +132,25 @@ def clock(monkeypatch):
 
 
 def _estimator(**kw):
-    base = dict(passes=3, runs=4, warmup_runs=2, warmup_s=1e9, pass_s=1e9, max_spread=0.05, extra_passes=3, seed=1)
+    base = dict(
+        passes=3, runs=4, warmup_runs=2, warmup_s=1e9, pass_s=1e9, max_spread=0.05, extra_passes=3, seed=1
+    )
     base.update(kw)
     return Estimator(**base)
 
 
 def test_interleaved_quiet_and_noisy_runner(clock):
     quiet = FakeRunner(clock, [0.01, 0.01], [], 0.001)  # every timed run is 1 ms
-    noisy = FakeRunner(clock, [0.01, 0.01],
-                       [[0.003, 0.002, 0.002, 0.004],  # pass minima: 2 ms, 4 ms, 2 ms -> spread 1.0
-                        [0.005, 0.004, 0.006, 0.004],
-                        [0.002, 0.003, 0.003, 0.002]], 0.003)
+    noisy = FakeRunner(
+        clock,
+        [0.01, 0.01],
+        [
+            [0.003, 0.002, 0.002, 0.004],  # pass minima: 2 ms, 4 ms, 2 ms -> spread 1.0
+            [0.005, 0.004, 0.006, 0.004],
+            [0.002, 0.003, 0.003, 0.002],
+        ],
+        0.003,
+    )
     seen = []
     quiet_s, noisy_s = measure_interleaved([quiet, noisy], _estimator(), on_pass=seen.append)
     assert seen == [1, 2, 3]
@@ -216,7 +225,7 @@ def test_interleaving_order_is_shuffled_per_pass(clock):
     assert len(set(pass_orders)) > 1
 
 
-# -- with real ONNX Runtime runners -----------------------------------------------------------------------------
+# -- with real ONNX Runtime runners --------------------------------------------------------------------------
 
 
 class CountingOrtRunner(OrtRunner):
@@ -226,19 +235,23 @@ class CountingOrtRunner(OrtRunner):
 
 
 def test_interleaved_with_real_ort_runners():
-    cells = [synth.build_cell({"kind": "gemm", "rows": 1}, 8, 8),
-             synth.build_cell({"kind": "conv", "kernel": [3, 3], "pads": [1, 1, 1, 1], "hw": [8, 8]}, 4, 4)]
+    cells = [
+        synth.build_cell({"kind": "gemm", "rows": 1}, 8, 8),
+        synth.build_cell({"kind": "conv", "kernel": [3, 3], "pads": [1, 1, 1, 1], "hw": [8, 8]}, 4, 4),
+    ]
     runners = [CountingOrtRunner(c.SerializeToString(), threads=1) for c in cells]
     for r in runners:
         r.activate()
     try:
-        est = Estimator(passes=3, runs=5, warmup_runs=4, warmup_s=30.0, pass_s=1e9, max_spread=1e9, extra_passes=2)
+        est = Estimator(
+            passes=3, runs=5, warmup_runs=4, warmup_s=30.0, pass_s=1e9, max_spread=1e9, extra_passes=2
+        )
         stats = measure_interleaved(runners, est)
     finally:
         for r in runners:
             r.deactivate()
     assert len(stats) == 2
-    for r, s in zip(runners, stats):
+    for r, s in zip(runners, stats, strict=True):
         assert s["n"] == 3 * 5  # pass_s large: `runs` per pass, no extra pass with this max_spread
         assert s["passes"] == 3
         assert r.calls == 4 + s["n"]  # warm-up calls are not counted
