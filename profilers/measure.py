@@ -47,16 +47,21 @@ def measure_cells(cells, make_runner, estimator, reference=None, group_size=24, 
         for attempt in range(retries + 1):
             before = _reference_ms(make_runner, reference, estimator) if reference else None
             runners, keys = [], []
-            for cell in group:
-                try:
-                    runner = make_runner(_cell_bytes(cell))
-                    runner.activate()
-                except ProfilerError as err:
-                    errors[cell["key"]] = err.record()
-                    continue
-                runners.append(runner)
-                keys.append(cell["key"])
             try:
+                for cell in group:
+                    try:
+                        runner = make_runner(_cell_bytes(cell))
+                        runner.activate()
+                    except ProfilerError as err:
+                        errors[cell["key"]] = err.record()
+                        continue
+                    except Exception as err:  # the runtime refused the cell: report it, measure the rest
+                        errors[cell["key"]] = ProfilerError(
+                            "cell_failed", "the runtime cannot run cell %s: %s" % (cell["key"], str(err)[:200]),
+                            "this block shape is not supported by the runtime").record()
+                        continue
+                    runners.append(runner)
+                    keys.append(cell["key"])
                 stats = measure_interleaved(runners, estimator) if runners else []
             finally:
                 for runner in runners:

@@ -57,8 +57,18 @@ def _finish(x, act, nodes, inits):
         nodes.append(helper.make_node("Identity", [x], ["Y"]))
 
 
-def _conv_out(size, k, s, p0, p1, d):
-    return (size + p0 + p1 - d * (k - 1) - 1) // s + 1
+def _conv_out(size, k, s, p0, p1, d, ceil_mode=False):
+    """Output length of a conv/pool window; a signature that leaves no output is refused, not built."""
+    if s <= 0 or k <= 0 or d <= 0:
+        raise ProfilerError("bad_signature", "kernel %d, stride %d, dilation %d must be positive" % (k, s, d))
+    span = size + p0 + p1 - d * (k - 1) - 1
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= size + p0:  # the last window must start inside the input or left pad
+        out -= 1
+    if span < 0 or out < 1:
+        raise ProfilerError("bad_signature", "a %d-wide window with padding %d+%d leaves no output on a %d-wide "
+                            "input" % (d * (k - 1) + 1, p0, p1, size), "check the block signature")
+    return out
 
 
 def build_conv(sig, c_in, c_out, rng):
@@ -152,8 +162,9 @@ def build_pool(sig, c_in, c_out, rng):
     if op == "AveragePool":
         attrs["count_include_pad"] = int(sig.get("count_include_pad", 0))
     node = helper.make_node(op, ["X"], ["Y"], **attrs)
-    return [node], inputs, [1, c_in, _conv_out(h, kh, sh, pads[0], pads[2], 1),
-                            _conv_out(w, kw, sw, pads[1], pads[3], 1)], []
+    ceil = bool(sig.get("ceil_mode", 0))
+    return [node], inputs, [1, c_in, _conv_out(h, kh, sh, pads[0], pads[2], 1, ceil),
+                            _conv_out(w, kw, sw, pads[1], pads[3], 1, ceil)], []
 
 
 def _linear(x, name, c_in, c_out, rng, nodes, inits, bias=False):

@@ -21,7 +21,7 @@ import pytest
 import sshd
 
 from edgeprune.errors import BadInputError, DeviceError
-from edgeprune.targets import open_target, profilers_source
+from edgeprune.targets import Target, open_target, profilers_source
 from edgeprune.targets.job import Completed, result
 from edgeprune.targets.local import LocalTarget
 from edgeprune.targets.ssh import SSHTarget
@@ -125,6 +125,10 @@ def test_ssh_command_line_is_strict_by_default():
     assert "StrictHostKeyChecking=accept-new" in accepting and "UserKnownHostsFile" not in " ".join(accepting)
 
 
+def test_both_targets_follow_the_protocol():
+    assert isinstance(LocalTarget(), Target) and isinstance(SSHTarget.parse("pi@rpi"), Target)
+
+
 def test_open_target_local_refuses_ssh_only_options():
     assert isinstance(
         open_target(None, identity=None, connect_timeout=10.0, remote_python="python3"), LocalTarget
@@ -224,6 +228,21 @@ def test_timeout_stops_the_job(make_target):
     with make_target() as target, pytest.raises(DeviceError, match="did not finish within 1 s"):
         target.run([PY, "-c", SLEEPER, marker], timeout=1)
     assert wait_until(lambda: not sshd.processes_with(marker), 5), sshd.processes_with(marker)
+    assert time.monotonic() - start < 15
+
+
+def test_a_finished_job_leaves_no_process_behind(make_target):
+    """A child the job started and did not wait for is stopped when the job ends (and cannot hang the run)."""
+    marker = f"edgeprune-orphan-{uuid.uuid4().hex}"
+    job = (
+        "import subprocess, sys\n"
+        f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)', {marker!r}])\n"
+        "print('{\"started\": true}')"
+    )
+    start = time.monotonic()
+    with make_target() as target:
+        assert target.run([PY, "-c", job], timeout=30) == {"started": True}
+        assert wait_until(lambda: not sshd.processes_with(marker), 5), sshd.processes_with(marker)
     assert time.monotonic() - start < 15
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 LAYOUT_OPS = {
     "Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Shape", "Constant", "Gather", "Cast",
-    "ConstantOfShape", "Slice", "Range", "Expand", "Concat_shape", "Dropout",
+    "ConstantOfShape", "Slice", "Range", "Expand", "Dropout",
 }
 UNARY_ACTS = {"Relu": "relu", "HardSwish": "hardswish", "HardSigmoid": "hardsigmoid", "Sigmoid": "sigmoid",
               "Tanh": "tanh"}
@@ -140,10 +140,19 @@ class _Graph:
 
 
 def _activation_after(graph, tensor, covered):
-    """If the only consumer of `tensor` is an activation the runtime fuses, return (act, nodes, out)."""
-    node = graph.only_consumer(tensor)
-    if node is None or node.name in covered:
+    """If what reads `tensor` is an activation the runtime fuses, return (act, nodes, out)."""
+    users = graph.consumers.get(tensor, [])
+    if tensor in graph.graph_outputs or any(u.name in covered for u in users):
         return None, [], tensor
+    if len(users) == 2:  # SiLU: x * sigmoid(x) reads x twice
+        sig = next((u for u in users if u.op_type == "Sigmoid"), None)
+        mul = next((u for u in users if u.op_type == "Mul"), None)
+        if sig is not None and mul is not None and sig.output[0] in mul.input \
+                and graph.only_consumer(sig.output[0]) is mul:
+            return "silu", [sig, mul], mul.output[0]
+    if len(users) != 1:
+        return None, [], tensor
+    node = users[0]
     if node.op_type in UNARY_ACTS:
         return UNARY_ACTS[node.op_type], [node], node.output[0]
     if node.op_type == "Clip":
@@ -151,14 +160,6 @@ def _activation_after(graph, tensor, covered):
         hi = graph.const_value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if lo is not None and hi is not None and float(lo) == 0.0 and float(hi) == 6.0:
             return "relu6", [node], node.output[0]
-    if node.op_type == "Sigmoid":
-        return None, [], tensor
-    users = graph.consumers.get(tensor, [])
-    if len(users) == 2 and tensor not in graph.graph_outputs:
-        sig = next((u for u in users if u.op_type == "Sigmoid"), None)
-        mul = next((u for u in users if u.op_type == "Mul"), None)
-        if sig is not None and mul is not None and sig.output[0] in mul.input:
-            return "silu", [sig, mul], mul.output[0]
     return None, [], tensor
 
 
@@ -429,6 +430,8 @@ def extract_blocks(model, head_dim: int | None = None) -> GraphBlocks:
             covered.update(block.nodes)
         elif node.op_type in LAYOUT_OPS:
             layout[node.op_type] += 1
+        elif node.op_type == "Concat" and all(len(graph.shapes.get(i) or [0, 0]) == 1 for i in node.input):
+            layout["Concat (shape)"] += 1
         elif node.op_type in ("Add", "Mul", "Div", "Sub") and any(i in graph.consts for i in node.input):
             layout[node.op_type + " (constant)"] += 1
         else:

@@ -42,8 +42,12 @@ def is_aligned(width: int, step: int) -> bool:
     return width % step == 0
 
 
-def axis_for(current: set, step: int, fixed: bool, density: str = "normal") -> Axis:
-    """Measured points for an axis whose widths today are `current` (max is the largest prunable width)."""
+def axis_for(current: set, step: int, fixed: bool, density: str = "normal", unit: int = 1) -> Axis:
+    """Measured points for an axis whose widths today are `current` (max is the largest prunable width).
+
+    `step` is the alignment step the aligned points sit on; `unit` is what every width must be a multiple of
+    (a grouped conv's group count), so off-step points are multiples of `unit` that miss the step.
+    """
     if fixed:
         widths = sorted(current)
         return Axis([w for w in widths if is_aligned(w, step)], [w for w in widths if not is_aligned(w, step)],
@@ -59,10 +63,12 @@ def axis_for(current: set, step: int, fixed: bool, density: str = "normal") -> A
     if top > step:
         for f in fractions["off"]:
             base = max(step, math.ceil(f * top / step) * step)
-            w = min(base - step // 2 + 1, top)
-            if not is_aligned(w, step):
+            w = (min(base - step // 2 + 1, top) // unit) * unit
+            if w > 0 and not is_aligned(w, step):
                 off.add(w)
-        off.add(step // 2 + 1)  # lowest regime point, so no off-step width is extrapolated below the grid
+        low = ((step // 2 + 1) // unit) * unit  # lowest regime point: no off-step width extrapolated below it
+        if low > 0 and not is_aligned(low, step):
+            off.add(low)
     aligned = {w for w in aligned if w <= top}
     return Axis(sorted(aligned), sorted(off))
 
@@ -111,8 +117,8 @@ def plan_signature(signature: dict, blocks: list, step: int, density: str = "nor
     groups = signature.get("groups", 1)
     unit = groups if isinstance(groups, int) and groups > 1 else 1
     eff_step = step * unit // math.gcd(step, unit)
-    in_axis = axis_for({b.c_in for b in blocks}, eff_step, all(b.in_fixed for b in blocks), density)
-    out_axis = axis_for({b.c_out for b in blocks}, eff_step, all(b.out_fixed for b in blocks), density)
+    in_axis = axis_for({b.c_in for b in blocks}, eff_step, all(b.in_fixed for b in blocks), density, unit)
+    out_axis = axis_for({b.c_out for b in blocks}, eff_step, all(b.out_fixed for b in blocks), density, unit)
     if tied:
         fixed = in_axis.fixed or out_axis.fixed
         merged = axis_for({b.c_in for b in blocks}, eff_step, fixed, density)

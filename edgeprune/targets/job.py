@@ -2,7 +2,8 @@
 
 Both targets run their job through `stream()`: the local one runs Python directly, the SSH one runs `ssh`.
 The child gets its own session, so a terminal's Ctrl-C reaches only the host process, which then stops
-the child (and, for SSH, the remote job) in a known order instead of racing it.
+the child (and, for SSH, the remote job) in a known order instead of racing it. A job leaves no process
+behind: when its main process ends, whatever it left running in its process group is stopped too.
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ def stream(
                 raw = lines.get(timeout=wait)
             except queue.Empty:
                 raw = b""
+                if proc.poll() is not None:
+                    _end_stragglers(proc)  # they may hold stderr open, and the job is over
             if deadline is not None and time.monotonic() >= deadline:
                 raise DeviceError(
                     f"{what} did not finish within {timeout:g} s",
@@ -142,6 +145,7 @@ def stream(
             returncode = proc.wait(remaining)
         except subprocess.TimeoutExpired:
             raise DeviceError(f"{what} did not finish within {timeout:g} s", "allow more time") from None
+        _end_stragglers(proc)
         for helper in helpers:
             helper.join()
     except BaseException:
@@ -175,6 +179,14 @@ def stop(proc: subprocess.Popen) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
+
+
+def _end_stragglers(proc: subprocess.Popen) -> None:
+    """TERM what the finished child left running in its process group: a job leaves no orphans behind."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def result(completed: Completed, what: str) -> dict:

@@ -4,13 +4,15 @@ The system's OpenSSH client does the work (argv lists, never a local shell), so 
 ssh-agent and known_hosts apply as they do for `ssh` itself. Host keys are checked strictly; a new key is
 accepted only when the user opts in (`--accept-new-host-key`, ssh's `accept-new`).
 
-How Ctrl-C stops the remote job: sshd starts every command in a session of its own (setsid), so the job's
-shell leads a process group holding the job and all its children. The job's wrapper writes that group id
-to a pid file in the working dir before it starts Python, and removes it when Python ends. On any exception
-while the job runs (KeyboardInterrupt included) the local `ssh` is stopped, a second `ssh` sends TERM, then
-KILL, to that group, and the exception is re-raised; leaving the context removes the working dir. A pty
-(`ssh -tt`) would also hang the job up, but it merges the job's stdout and stderr, which the protocol keeps
-apart (result on stdout, progress on stderr).
+How Ctrl-C stops the remote job: closing the connection alone does not (without a pty nothing hangs the job
+up). sshd starts every command in a session of its own (setsid), so the job's wrapper shell leads a process
+group holding the job and all its children. The wrapper writes that group id to a pid file in the working
+dir before it starts Python; when Python ends it stops whatever Python left in the group, then removes the
+file. On any exception while the job runs (KeyboardInterrupt, timeout, an error in `on_progress`) the local
+`ssh` is stopped, a second `ssh` sends TERM, then KILL, to that group, and the exception is re-raised;
+leaving the context removes the working dir. A cancel mark closes the race with a job that starts only
+after Ctrl-C (see STOP_JOB). A pty (`ssh -tt`) would also hang the job up, but it merges the job's stdout
+and stderr, which the protocol keeps apart (result on stdout, progress on stderr).
 """
 
 from __future__ import annotations

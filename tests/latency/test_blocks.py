@@ -362,13 +362,6 @@ class ConvSiLU(nn.Module):
         return self.proj(self.act(self.conv(x)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="blocks._activation_after returns early when the conv output has more "
-    "than one consumer (`if node is None ...`, edgeprune/latency/blocks.py:145), so the SiLU branch "
-    "(Sigmoid + Mul, two consumers) below it is unreachable: SiLU is never fused and becomes two "
-    "eltwise blocks",
-)
 def test_silu_is_fused_into_the_conv():
     graph = extract_blocks(exported(ConvSiLU(), (1, 3, 8, 8)))
     conv = graph.blocks[0]

@@ -286,14 +286,6 @@ def test_fixed_axis_ignores_the_asked_width():
     assert ms == pytest.approx(f(3, 37))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="for a grouped conv (groups=6, step 8) axis_for places the off-step points "
-    "(13, 37, ...) without regard to the groups, plan_signature drops those cells as invalid "
-    "(_valid, edgeprune/latency/grid.py) but keeps the points in the Axis, and predict.py picks them "
-    "for any off-step width: every valid off-step width (divisible by the groups) raises "
-    "MissingCellError even on a complete table",
-)
 def test_grouped_conv_off_step_width_is_predictable_from_its_own_grid():
     sig = dict(CONV, groups=6)
     grid = plan_signature(sig, [Block("g", "conv", sig, 48, 96)], 8)

@@ -394,12 +394,6 @@ def test_pool_matches_torch(sig, c):
     np.testing.assert_allclose(out, ref.numpy(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="synth.build_pool declares its output with floor division even when "
-    "ceil_mode=1 (profilers/synth.py build_pool return line), so the model's declared Y shape is "
-    "smaller than what the runtime computes",
-)
 def test_pool_ceil_mode_declares_the_shape_the_runtime_computes():
     # 8x8, kernel 3, stride 2: floor gives 3, ceil gives 4 (torch: MaxPool2d(3, 2, ceil_mode=True) -> 4x4,
     # as in googlenet / squeezenet, whose pools blocks.py records with ceil_mode=1).

@@ -44,6 +44,20 @@ def mobilenet():
     return torchvision.models.mobilenet_v2().eval()
 
 
+@pytest.fixture(scope="module")
+def made(request):
+    """make_variant on the shared models, each (model, seed, aligned, step) built once per module."""
+    cache = {}
+
+    def get(name, **kw):
+        key = (name, *sorted(kw.items()))
+        if key not in cache:
+            cache[key] = make_variant(request.getfixturevalue(name), EXAMPLE, **kw)
+        return cache[key]
+
+    return get
+
+
 def check_variant(model, variant):
     assert variant.module is not model
     assert params(variant.module) < params(model)
@@ -77,9 +91,9 @@ def test_aligned_widths_are_multiples_of_the_step(name, request):
 
 
 @pytest.mark.parametrize("name", ["resnet", "mobilenet"])
-def test_arbitrary_widths_are_off_the_step(name, request):
+def test_arbitrary_widths_are_off_the_step(name, request, made):
     model = request.getfixturevalue(name)
-    variant = make_variant(model, EXAMPLE, seed=4, aligned=False, step=8)
+    variant = made(name, seed=4, aligned=False, step=8)
     full = original_widths(model, variant.widths)
     assert not variant.aligned
     larger = {r: w for r, w in variant.widths.items() if full[r] > 8}
@@ -101,11 +115,15 @@ def test_groups_smaller_than_the_step_stay_whole(resnet):
             assert width % 128 == 0
     with torch.no_grad():
         assert variant.module(EXAMPLE[0]).shape == (1, 1000)
+    # the classifier's output and the stem's input are never pruned
+    assert variant.module.fc.out_features == 1000 and "fc" not in variant.widths
+    assert variant.module.conv1.in_channels == 3
 
 
-def test_same_seed_same_widths(resnet):
-    a = make_variant(resnet, EXAMPLE, seed=11, aligned=False, step=8)
-    b = make_variant(resnet, EXAMPLE, seed=11, aligned=False, step=8)
+def test_same_seed_same_widths(resnet, made):
+    a = made("resnet", seed=4, aligned=False, step=8)  # the variant the off-step test checked
+    b = make_variant(resnet, EXAMPLE, seed=4, aligned=False, step=8)
+    assert a.module is not b.module
     assert a.widths == b.widths
     assert [p.shape for p in a.module.parameters()] == [p.shape for p in b.module.parameters()]
 
@@ -118,13 +136,6 @@ def test_different_seeds_differ():
         for s in range(6)
     }
     assert len(widths) > 1
-
-
-def test_classifier_output_is_never_pruned(resnet):
-    variant = make_variant(resnet, EXAMPLE, seed=1, aligned=True, step=8, keep_range=(0.3, 0.3))
-    assert variant.module.fc.out_features == 1000
-    assert "fc" not in variant.widths
-    assert variant.module.conv1.in_channels == 3
 
 
 # -- a tiny model for the group helpers ----------------------------------------------------------------------
