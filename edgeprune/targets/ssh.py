@@ -21,6 +21,7 @@ import logging
 import math
 import pathlib
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -51,6 +52,8 @@ _REACH_PATTERNS = (
     "Connection closed by",
     "kex_exchange_identification",
 )
+_LOST_PATTERNS = ("closed by remote host", "Broken pipe", "not responding", "Connection to ")
+
 # Run by the device's Python (>= 3.8, checked on connect) to stop a job's process group. It first leaves a
 # cancel mark, then reads the pid file; the job's wrapper writes the pid file, then looks for the mark. So a
 # job that had not yet started when Ctrl-C came either is found and stopped here, or sees the mark and never
@@ -76,10 +79,10 @@ def live_members():
         try:
             with open("/proc/%s/stat" % pid) as handle:
                 fields = handle.read().rpartition(")")[2].split()
-        except OSError:
+            if int(fields[2]) == group and fields[0] != "Z":
+                live.append(pid)
+        except (OSError, IndexError, ValueError):
             continue
-        if int(fields[2]) == group and fields[0] != "Z":
-            live.append(pid)
     return live
 
 def send(sig):
@@ -112,7 +115,6 @@ try:
 except OSError:
     pass
 """
-_LOST_PATTERNS = ("closed by remote host", "Broken pipe", "not responding", "Connection to ")
 
 
 class SSHTarget:
@@ -138,10 +140,14 @@ class SSHTarget:
         self.accept_new_host_key = bool(accept_new_host_key)
         self.connect_timeout = float(connect_timeout)
         self.remote_python = remote_python
-        self.python = shlex.split(remote_python or "")
+        try:
+            self.python = shlex.split(remote_python or "")
+        except ValueError:
+            self.python = []
         if not self.python:
             raise BadInputError(
-                "--remote-python is empty", "name the device's Python, e.g. --remote-python python3"
+                f"--remote-python {remote_python!r} names no program",
+                "name the device's Python, e.g. --remote-python python3",
             )
         if self.connect_timeout <= 0:
             raise BadInputError("--connect-timeout must be positive", "e.g. --connect-timeout 10")
@@ -192,6 +198,10 @@ class SSHTarget:
             raise DeviceError(
                 "no ssh client on this machine", "install OpenSSH's client (apt-get install openssh-client)"
             )
+        if self.identity is not None and not self.identity.is_file():
+            raise BadInputError(
+                f"--identity {self.identity}: no such key file", "pass the private key's path"
+            )
         self._prepare()
         return self
 
@@ -199,17 +209,21 @@ class SSHTarget:
         if self.workdir is None:
             return
         workdir, self.workdir = self.workdir, None
+        self._remove_workdir(shlex.quote(workdir))
+
+    def _remove_workdir(self, path: str) -> None:
+        """Remove the working dir (`path` as the remote shell should read it), stopping any job left in it."""
         script = (
-            f'for f in {shlex.quote(workdir)}/.job-*.pid; do [ -f "$f" ] || continue; pg=$(cat "$f"); '
+            f'for f in {path}/.job-*.pid; do [ -f "$f" ] || continue; pg=$(cat "$f"); '
             'kill -KILL -"$pg" 2>/dev/null || kill -KILL "$pg" 2>/dev/null; done; '
-            f"rm -rf {shlex.quote(workdir)}"
+            f"rm -rf {path}"
         )
         try:
             completed = self._ssh(script, what=f"cleanup on {self.where}", timeout=self.connect_timeout + 30)
             if completed.returncode != 0:
-                log.warning("could not remove %s on %s: %s", workdir, self.where, completed.last_stderr_line)
+                log.warning("could not remove %s on %s: %s", path, self.where, completed.last_stderr_line)
         except Exception as error:  # cleanup must never hide the error that ended the session
-            log.warning("could not remove %s on %s: %s", workdir, self.where, error)
+            log.warning("could not remove %s on %s: %s", path, self.where, error)
 
     # -- jobs ----------------------------------------------------------------------------------------------
 
@@ -308,6 +322,9 @@ class SSHTarget:
 
         _, source = profilers_source()
         python = shlex.join(self.python)
+        # Named here rather than by mktemp, so an interrupted connection can still remove it. The random
+        # name makes it unguessable; mkdir fails rather than reuse anything that exists.
+        workdir = '"${TMPDIR:-/tmp}"/edgeprune.' + secrets.token_hex(8)
         version_check = (
             'import sys; print("%spython %%d.%%d.%%d" %% tuple(sys.version_info[:3])); '
             "sys.exit(0 if sys.version_info[:2] >= (%d, %d) else 3)" % (PROBE, *MIN_PYTHON)
@@ -316,16 +333,20 @@ class SSHTarget:
             f"command -v {shlex.quote(self.python[0])} >/dev/null 2>&1 "
             f"|| {{ echo {PROBE}no-python; exit 0; }}; "
             f"{python} -c {shlex.quote(version_check)} || exit 0; "
-            'd=$(mktemp -d "${TMPDIR:-/tmp}/edgeprune.XXXXXXXX") || exit 1; '
+            f'd={workdir}; mkdir -m 700 "$d" || exit 1; '
             f'echo "{PROBE}workdir $d"; '
             f'tar -xf - -C "$d" || exit 1; echo {PROBE}ready'
         )
-        completed = self._ssh(
-            script,
-            what=f"connecting to {self.where}",
-            feed=lambda pipe: _write_tar(pipe, {"profilers": source}),
-            timeout=self.connect_timeout + 60,
-        )
+        try:
+            completed = self._ssh(
+                script,
+                what=f"connecting to {self.where}",
+                feed=lambda pipe: _write_tar(pipe, {"profilers": source}),
+                timeout=self.connect_timeout + 60,
+            )
+        except BaseException:  # e.g. Ctrl-C: the directory may exist already, and only its name is known
+            self._remove_workdir(workdir)
+            raise
         self._raise_for_ssh(completed)
         facts = dict(
             line[len(PROBE) :].partition(" ")[::2]
