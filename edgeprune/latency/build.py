@@ -46,7 +46,7 @@ class ProfileOptions:
     estimator: dict = field(default_factory=lambda: {"passes": 3, "runs": 20, "warmup_runs": 50, "warmup_s": 2.0,
                                                      "pass_s": 0.02, "max_spread": 0.10, "extra_passes": 2})
     # Whole models get longer passes: one noise burst must not decide a fidelity figure.
-    model_estimator: dict = field(default_factory=lambda: {"passes": 5, "runs": 200, "warmup_runs": 50,
+    model_estimator: dict = field(default_factory=lambda: {"passes": 3, "runs": 200, "warmup_runs": 50,
                                                            "warmup_s": 2.0, "pass_s": 0.25, "max_spread": 0.05,
                                                            "extra_passes": 3})
 
@@ -162,7 +162,7 @@ class Measurer:
         for start in range(0, len(todo), batch):
             chunk = todo[start:start + batch]
             plan = {"format_version": PLAN_VERSION, "kind": "plan", "runtime": self.runtime,
-                    "estimator": self.estimator, "reference": reference, "cells": chunk, "group_size": 24}
+                    "estimator": self.estimator, "reference": reference, "cells": chunk, "group_size": 32}
 
             def relay(event, offset=done):
                 if event.get("stage") == "cells":
