@@ -13,8 +13,11 @@ def profile(model: str, device: str, out: str | Path | None = None, *, host: str
             seq_len: int | None = None, regime: str = "prefill", threads: int = 1, backend: str | None = None, provider: str | None = None,
             precision: str = "fp32", density: str = "coarse", variants: int = 20, seed: int = 0,
             cache: str | Path | None = None, reporter: Reporter | None = None, force: bool = False,
-            **ssh_options) -> ProfileResult:
-    """Measure a latency table for `model` on `device` (this machine, or `host` over SSH); save it to `out`."""
+            lock_clocks: bool = False, **ssh_options) -> ProfileResult:
+    """Measure a latency table for `model` on `device` (this machine, or `host` over SSH); save it to `out`.
+
+    Clocks are only read and recorded, unless `lock_clocks` runs the device's own locking commands first.
+    """
     from .atomic import check_writable
     from .devices import lookup_device, resolve_device
     from .latency.build import profile_model
@@ -34,12 +37,27 @@ def profile(model: str, device: str, out: str | Path | None = None, *, host: str
         with open_target(host, **ssh_options) as target:
             facts = target.run_profilers(["info"])
             spec = resolve_device(device, host=host, facts=facts)
+            if lock_clocks:
+                facts = _lock_clocks(target, spec)
             result = profile_model(loaded, spec, facts, target, options, measurements, reporter)
     finally:
         measurements.close()
     if out is not None:
         result.table.save(out)
     return result
+
+
+def _lock_clocks(target, spec) -> dict:
+    """Run the device's clock-locking commands on it; returns the facts read afterwards."""
+    import json
+
+    from .errors import BadInputError
+
+    if not spec.clocks.lock:
+        raise BadInputError(f"device {spec.name} has no clock-locking command",
+                            "drop --lock-clocks; the clock state is recorded in the table as it is")
+    target.run_profilers(["lock-clocks", json.dumps([list(argv) for argv in spec.clocks.lock])])
+    return target.run_profilers(["info"])
 
 
 def load_table(path: str | Path) -> LatencyTable:

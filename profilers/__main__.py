@@ -31,6 +31,8 @@ def main(argv=None):
     doctor = sub.add_parser("doctor", help="check what the device lacks for a runtime")
     doctor.add_argument("--backend", default="onnxruntime")
     doctor.add_argument("--provider", default=None)
+    lock = sub.add_parser("lock-clocks", help="run the device's clock-locking commands (JSON list of argv)")
+    lock.add_argument("commands", help='e.g. [["sudo", "-n", "jetson_clocks"]]')
     run = sub.add_parser("run", help="measure a plan")
     run.add_argument("plan")
     run.add_argument("--out", default=None, help="write the result here instead of stdout")
@@ -44,6 +46,10 @@ def main(argv=None):
             from .sysinfo import collect, doctor as run_doctor
 
             _emit({"checks": run_doctor(collect(), args.backend, args.provider)})
+        elif args.command == "lock-clocks":
+            from .clocks import lock as lock_clocks
+
+            _emit(lock_clocks(json.loads(args.commands)))
         else:
             from .measure import run_plan
 

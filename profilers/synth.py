@@ -184,10 +184,10 @@ def _const(name, value, inits, dtype=np.int64):
 
 def _rope(x, cos, sin, half, nodes, inits, tag):
     """x * cos + rotate_half(x) * sin, as the Hugging Face exporters write it."""
-    a = _const("rope_s0", [0], inits) if "rope_s0" not in [i.name for i in inits] else "rope_s0"
-    h = _const("rope_h_" + tag, [half], inits)
-    e = _const("rope_e_" + tag, [2 * half], inits)
-    ax = _const("rope_ax_" + tag, [3], inits)
+    a = _const("rope_zero_" + tag, [0], inits)
+    h = _const("rope_half_" + tag, [half], inits)
+    e = _const("rope_end_" + tag, [2 * half], inits)
+    ax = _const("rope_axis_" + tag, [3], inits)
     nodes += [helper.make_node("Slice", [x, a, h, ax], [x + "_x1"]),
               helper.make_node("Slice", [x, h, e, ax], [x + "_x2"]),
               helper.make_node("Neg", [x + "_x2"], [x + "_nx2"]),

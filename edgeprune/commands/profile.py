@@ -23,11 +23,14 @@ from .options import device_options, model_options
 @click.option("--variants", default=20, show_default=True, type=click.IntRange(0, 1000),
               help="Held-out width variants timed end to end for the fidelity report.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the held-out variants.")
+@click.option("--lock-clocks", is_flag=True,
+              help="Run the device's clock-locking commands first (e.g. jetson_clocks); otherwise clocks are only "
+                   "read and recorded.")
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False), envvar="EDGEPRUNE_CACHE",
               help="SQLite measurement cache (default: the user cache dir; env EDGEPRUNE_CACHE).")
 @click.pass_obj
 def profile(out_obj, model, weights, model_arg, input_shape, seq_len, regime, device, host, ssh, out, force, threads,
-            backend, provider, precision, density, variants, seed, cache_path):
+            backend, provider, precision, density, variants, seed, lock_clocks, cache_path):
     """Measure a per-layer latency table for MODEL on DEVICE (here, or over SSH with --host)."""
     from edgeprune.api import profile as run_profile
     from edgeprune.atomic import check_writable
@@ -38,17 +41,18 @@ def profile(out_obj, model, weights, model_arg, input_shape, seq_len, regime, de
         result = run_profile(model, device, out=out, host=host, weights=weights, model_args=model_arg,
                              input_shape=input_shape, seq_len=seq_len, regime=regime, threads=threads, backend=backend,
                              provider=provider, precision=precision, density=density, variants=variants,
-                             seed=seed, cache=cache_path, reporter=reporter, force=force, **ssh)
+                             seed=seed, cache=cache_path, reporter=reporter, force=force,
+                             lock_clocks=lock_clocks, **ssh)
     for warning in result.warnings:
         out_obj.warn(warning)
     table = result.table
-    out_obj.print(summary_text(table, out, result))
+    out_obj.print(summary_text(table, out, result.cached_cells))
     out_obj.result({"table": str(out), "id": table.id, "runtime": table.runtime, "calibration": table.calibration,
                     "fidelity": {k: v for k, v in table.fidelity.items() if k != "variants"},
                     "cells": len(table.cells), "cached_cells": result.cached_cells, "warnings": result.warnings})
 
 
-def summary_text(table, out, result) -> str:
+def summary_text(table, out, cached_cells: int) -> str:
     """The few lines a person reads after a profile."""
     fid = table.fidelity
     cal = table.calibration
@@ -57,7 +61,7 @@ def summary_text(table, out, result) -> str:
         f"[bold]latency table[/] {out}  (id {table.id[:12]})",
         f"  {table.fingerprint.get('device')} · {rt['backend']} {rt.get('version') or ''} {rt.get('provider') or ''}"
         f" · {rt['precision']} · {rt['threads']} thread(s) · estimator {table.estimator['name']}",
-        f"  {len(table.layers)} layers, {len(table.cells)} cells ({result.cached_cells} from cache), "
+        f"  {len(table.layers)} layers, {len(table.cells)} cells ({cached_cells} from cache), "
         f"{table.profile.get('table_s', 0):.1f} s measuring cells",
         f"  dense model: measured {cal['dense_measured_ms']:.3f} ms, Σ cells {cal['dense_predicted_ms']:.3f} ms, "
         f"calibration {cal['kind']} {cal['value']:.4g}",

@@ -27,11 +27,7 @@ def show(out, table_path, plot_path, top):
     for r in shown:
         view.add_row(r["layer"], r["kind"], str(r["c_in"]), str(r["c_out"]), f"{r['ms']:.3f}", f"{r['share']:.1%}")
     out.print(view)
-
-    class _Counts:
-        cached_cells = table.profile.get("cached_cells", 0)
-
-    out.print(summary_text(table, table_path, _Counts))
+    out.print(summary_text(table, table_path, table.profile.get("cached_cells", 0)))
     if table.uncovered:
         out.warn("ops covered only by calibration: " + ", ".join(f"{k}×{v}" for k, v in table.uncovered.items()))
     if plot_path:

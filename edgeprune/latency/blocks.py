@@ -10,6 +10,7 @@ dense calibration, and the table names it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections import Counter
@@ -38,6 +39,11 @@ class Block:
     out_fixed: bool = False  # c_out cannot change (it is a graph output's width)
     macs: int = 0
     nodes: tuple = ()
+    io_elems: int = 0  # input + output elements of a conv: what a layout change (reorder) copies
+
+    def on_step(self, step: int) -> bool:
+        """Both widths on the channel step: the runtime keeps such a conv in its blocked layout."""
+        return self.c_in % step == 0 and self.c_out % step == 0
 
     @property
     def sig_key(self) -> str:
@@ -198,7 +204,8 @@ def _conv_block(graph, node, index, covered):
     macs = int(np.prod(y_shape)) * cin_per_group * kh * kw
     return Block(layer_name(node.name, f"conv{index}"), "conv", signature, c_in, c_out,
                  in_fixed=node.input[0] in graph.graph_inputs, out_fixed=out in graph.graph_outputs,
-                 macs=macs, nodes=tuple(n.name for n in nodes))
+                 macs=macs, nodes=tuple(n.name for n in nodes),
+                 io_elems=int(np.prod(x_shape)) + int(np.prod(y_shape)))
 
 
 def _gemm_block(graph, node, index, covered):
@@ -441,7 +448,6 @@ def extract_blocks(model, head_dim: int | None = None) -> GraphBlocks:
     for block in blocks:
         seen[block.name] += 1
         if seen[block.name] > 1:
-            block = Block(f"{block.name}#{seen[block.name]}", block.kind, block.signature, block.c_in, block.c_out,
-                          block.in_fixed, block.out_fixed, block.macs, block.nodes)
+            block = dataclasses.replace(block, name=f"{block.name}#{seen[block.name]}")
         unique.append(block)
     return GraphBlocks(unique, layout, uncovered)

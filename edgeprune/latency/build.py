@@ -38,7 +38,7 @@ class ProfileOptions:
     provider: str | None = None
     density: str = "coarse"
     variants: int = 20
-    calibration_variants: int = 3
+    calibration_variants: int = 6
     model_rounds: int = 2
     seed: int = 0
     keep_range: tuple = (0.3, 1.0)
@@ -94,7 +94,7 @@ def fingerprint(device, facts: dict, runtime: dict) -> dict:
         "cpu_count": facts.get("cpu_count"),
         "power_mode": power_mode(facts),
         "governor": facts.get("cpu_governor"),
-        "clocks_locked": bool(lo and hi and lo == hi),
+        "clocks_locked": bool(lo and hi and lo == hi) or facts.get("cpu_governor") == "performance",
         "runtime": runtime["backend"], "runtime_version": runtime.get("version"),
         "provider": runtime.get("provider"), "precision": runtime["precision"], "threads": runtime["threads"],
         "python": facts.get("python_version"), "os": facts.get("os_release") or facts.get("system"),
@@ -133,6 +133,7 @@ class Measurer:
         self.drift = []
         self.model_round_s = []
         self.models_measured = 0
+        self.device_state = []  # clocks and temperatures the device reported after each job
 
     def _run(self, plan: dict, files: dict, on_progress) -> dict:
         self.jobs += 1
@@ -146,6 +147,10 @@ class Measurer:
             local = self.workdir / f"result{self.jobs}.json"
             self.target.fetch(reply["result_file"], local)
             reply = json.loads(local.read_text())
+        facts = reply.get("facts") or {}
+        self.device_state.append({"job": self.jobs, "thermal": facts.get("thermal"),
+                                  "cpu_cur_freq_khz": facts.get("cpu_cur_freq_khz"),
+                                  "gpu_devfreq": facts.get("gpu_devfreq"), "wall_s": reply.get("wall_s")})
         errors = reply.get("errors") or {}
         for key, record in errors.items():
             err = record.get("error", {})
@@ -229,6 +234,10 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
     runtime["version"] = runtime_version(facts, runtime["backend"])
     step = step or device.alignment_for(facts, precision=options.precision)
     fp = fingerprint(device, facts, runtime)
+    if device.clocks.lock and not fp["clocks_locked"] and (fp["governor"] or fp["power_mode"]):
+        warnings.append(f"clocks are not locked on {device.name} (power mode {fp['power_mode'] or 'unknown'}, "
+                        f"governor {fp['governor'] or 'unknown'}); timings may drift — "
+                        f"`{' '.join(device.clocks.lock[0])}` or --lock-clocks pins them")
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="edgeprune-profile-") as tmp:
         workdir = Path(tmp)
@@ -276,7 +285,7 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
                          "models_s": models_s, "models_measured": measurer.models_measured,
                          "model_round_s": measurer.model_round_s,
                          "variants_built": sum(p is not None for p in fidelity_models.values()) - 1,
-                         "cells": len(cells), "cached_cells": cached,
+                         "cells": len(cells), "device_state": measurer.device_state, "cached_cells": cached,
                          "measured_cells": len(cells) - cached, "device_jobs": measurer.jobs,
                          "regrouped": sum(d["attempts"] > 1 for d in measurer.drift),
                          "max_drift": max((d["drift"] for d in measurer.drift), default=0.0),
@@ -358,35 +367,35 @@ def _variant_models(loaded, options: ProfileOptions, step: int, workdir: Path, d
 
 def _calibrate_and_score(table: LatencyTable, graph: GraphBlocks, measured: dict, info: dict,
                          options: ProfileOptions) -> None:
-    dense = measured[info["dense"]]
-    dense_ms = dense["rounds"][0]
-    raw_dense, _ = table.raw_ms(graph.blocks)
-    calib_raw = [table.raw_ms(v["blocks"])[0] for v in info["calibration"]]
+    dense_ms = measured[info["dense"]]["rounds"][0]
+    calib = [table.features(v["blocks"]) for v in info["calibration"]]
     calib_meas = [measured[v["key"]]["rounds"][0] for v in info["calibration"]]
-    table.calibration = choose_calibration(raw_dense, dense_ms, calib_raw, calib_meas)
+    table.calibration = choose_calibration(table.features(graph.blocks), dense_ms, calib, calib_meas)
     heldout = info["heldout"]
     if not heldout:
         table.fidelity = {"n_variants": 0, "status": "not measured: no slimmable source"}
         return
     predicted, macs_pred, meas, exact, rounds, per_variant = [], [], [], [], [], []
     for v in heldout:
-        raw, hit = table.raw_ms(v["blocks"])
-        p = table.calibrate(raw)
+        f = table.features(v["blocks"])
+        p = table.calibrate(f["cells_ms"], f["layout_on_step_m"], f["layout_off_step_m"])
         m = measured[v["key"]]["rounds"][0]
-        macs = sum(b.macs for b in v["blocks"])
-        q = dense_ms * macs / graph.macs
+        q = dense_ms * sum(b.macs for b in v["blocks"]) / graph.macs
         predicted.append(p)
         macs_pred.append(q)
         meas.append(m)
-        exact.append(hit)
+        exact.append(f["exact_share"])
         rounds.append(measured[v["key"]]["rounds"])
         per_variant.append({"aligned": v["aligned"], "seed": v["seed"], "measured_ms": m, "predicted_ms": p,
-                            "macs_predicted_ms": q, "exact_cell_share": hit})
+                            "macs_predicted_ms": q, "exact_cell_share": f["exact_share"], "features": f})
+
+    def subset(values, aligned):
+        return [x for x, v in zip(values, heldout) if v["aligned"] == aligned]
+
     table.fidelity = dict(error_figures(predicted, meas), n_variants=len(heldout), seed=options.seed,
                           exact_cell_share=sum(exact) / len(exact), noise_ceiling=noise_ceiling(rounds),
                           macs=error_figures(macs_pred, meas),
-                          aligned=error_figures([p for p, v in zip(predicted, heldout) if v["aligned"]],
-                                                [m for m, v in zip(meas, heldout) if v["aligned"]]),
-                          arbitrary=error_figures([p for p, v in zip(predicted, heldout) if not v["aligned"]],
-                                                  [m for m, v in zip(meas, heldout) if not v["aligned"]]),
+                          aligned=error_figures(subset(predicted, True), subset(meas, True)),
+                          arbitrary=error_figures(subset(predicted, False), subset(meas, False)),
+                          macs_arbitrary=error_figures(subset(macs_pred, False), subset(meas, False)),
                           variants=per_variant)

@@ -47,19 +47,51 @@ def noise_ceiling(rounds: list) -> float | None:
     return float((np.abs(a - b) / np.minimum(a, b) <= 0.10).mean())
 
 
-def choose_calibration(raw_dense: float, measured_dense: float, calib_raw: list, calib_measured: list) -> dict:
-    """Ratio (measured ÷ Σ cells) or additive (measured − Σ cells), whichever predicts calibration variants better.
+LAYOUT_KEYS = ("cells_ms", "layout_on_step_m", "layout_off_step_m")
 
-    The calibration variants are separate from the held-out fidelity variants, so the choice never sees them.
+
+def _fit_layout(points: list, measured: list) -> np.ndarray:
+    """Least squares (on relative error) of measured ≈ r·Σcells + b_on·L_on + b_off·L_off."""
+    x = np.array([[p[k] for k in LAYOUT_KEYS] for p in points], float)
+    y = np.array(measured, float)
+    coef, *_ = np.linalg.lstsq(x / y[:, None], np.ones_like(y), rcond=None)
+    return coef
+
+
+def choose_calibration(dense: dict, measured_dense: float, calib: list, calib_measured: list) -> dict:
+    """Pick the calibration that best predicts the calibration variants, and record every candidate's error.
+
+    Candidates: a ratio (measured ÷ Σ cells) and an additive term (measured − Σ cells), both from the dense
+    model alone; and `layout`, a least-squares fit over the dense and calibration models of Σ cells plus the
+    elements on-step and off-step convs move through layout changes (judged leave-one-out). The calibration
+    variants are separate from the held-out fidelity variants, so the choice never sees those.
     """
+    raw_dense = dense["cells_ms"]
     ratio = measured_dense / raw_dense
     additive = measured_dense - raw_dense
     out = {"dense_measured_ms": measured_dense, "dense_predicted_ms": raw_dense, "ratio": ratio,
            "additive_ms": additive, "kind": "ratio", "value": ratio}
-    if calib_raw:
-        err_ratio = float(np.mean([abs(r * ratio - m) / m for r, m in zip(calib_raw, calib_measured)]))
-        err_add = float(np.mean([abs(r + additive - m) / m for r, m in zip(calib_raw, calib_measured)]))
-        out.update(choice_mape={"ratio": err_ratio, "additive": err_add}, n_calibration_variants=len(calib_raw))
-        if err_add < err_ratio:
-            out.update(kind="additive", value=additive)
+    if not calib:
+        return out
+    errors = {
+        "ratio": float(np.mean([abs(f["cells_ms"] * ratio - m) / m for f, m in zip(calib, calib_measured)])),
+        "additive": float(np.mean([abs(f["cells_ms"] + additive - m) / m for f, m in zip(calib, calib_measured)])),
+    }
+    if len(calib) >= 3:
+        loo = []
+        for j in range(len(calib)):
+            rest = [i for i in range(len(calib)) if i != j]
+            coef = _fit_layout([dense] + [calib[i] for i in rest], [measured_dense] + [calib_measured[i] for i in rest])
+            pred = float(np.dot(coef, [calib[j][k] for k in LAYOUT_KEYS]))
+            loo.append(abs(pred - calib_measured[j]) / calib_measured[j])
+        errors["layout"] = float(np.mean(loo))
+        coef = _fit_layout([dense] + calib, [measured_dense] + list(calib_measured))
+        out.update(layout_ratio=float(coef[0]), layout_on_step_ms_per_m=float(coef[1]),
+                   layout_off_step_ms_per_m=float(coef[2]))
+    out.update(choice_mape=errors, n_calibration_variants=len(calib))
+    best = min(errors, key=errors.get)
+    if best == "additive":
+        out.update(kind="additive", value=additive)
+    elif best == "layout":
+        out.update(kind="layout", value=out["layout_ratio"])
     return out

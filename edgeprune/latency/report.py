@@ -17,7 +17,8 @@ def layer_rows(table: LatencyTable) -> list:
         block = Block(name, layer["kind"], sig, layer["c_in"], layer["c_out"])
         raw, exact = table.block_ms(block)
         rows.append({"layer": name, "kind": layer["kind"], "c_in": layer["c_in"], "c_out": layer["c_out"],
-                     "ms": table.calibrate(raw) if table.calibration.get("kind") == "ratio" else raw,
+                     "ms": raw * table.calibration.get("value", 1.0) if table.calibration.get("kind") in
+                     ("ratio", "layout") else raw,
                      "exact": exact, "signature": layer["signature"]})
     total = sum(r["ms"] for r in rows) or 1.0
     for r in rows:

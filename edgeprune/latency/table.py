@@ -119,18 +119,37 @@ class LatencyTable:
             exact += hit
         return total, (exact / len(blocks) if blocks else 1.0)
 
-    def calibrate(self, raw: float) -> float:
-        """Apply the table's calibration to a Σ-cells figure."""
-        cal = self.calibration
-        if not cal:
-            return raw
-        if cal["kind"] == "ratio":
-            return raw * cal["value"]
-        return raw + cal["value"]
+    def features(self, blocks: list) -> dict:
+        """What calibration reads: Σ cells, and the elements convs move through layout changes, in millions.
+
+        A micro-model pays its input/output layout conversion (e.g. ONNX Runtime's NCHW <-> NCHWc reorders)
+        that an on-step conv inside the whole model does not, while an off-step conv pays them in the model too.
+        """
+        raw, exact = self.raw_ms(blocks)
+        on = sum(b.io_elems for b in blocks if b.kind == "conv" and b.on_step(self.step)) / 1e6
+        off = sum(b.io_elems for b in blocks if b.kind == "conv" and not b.on_step(self.step)) / 1e6
+        return {"cells_ms": raw, "exact_share": exact, "layout_on_step_m": on, "layout_off_step_m": off}
+
+    def calibrate(self, raw: float, layout_on_step_m: float = 0.0, layout_off_step_m: float = 0.0) -> float:
+        """Apply the table's calibration to Σ cells (and, for the `layout` kind, the layout features)."""
+        return apply_calibration(self.calibration, raw, layout_on_step_m, layout_off_step_m)
 
     def predict_ms(self, blocks: list) -> float:
         """Predicted end-to-end latency of a graph's blocks, in the table's estimator."""
-        return self.calibrate(self.raw_ms(blocks)[0])
+        f = self.features(blocks)
+        return self.calibrate(f["cells_ms"], f["layout_on_step_m"], f["layout_off_step_m"])
+
+
+def apply_calibration(cal: dict, raw: float, layout_on_step_m: float = 0.0, layout_off_step_m: float = 0.0) -> float:
+    """ratio: r·Σ; additive: Σ + a; layout: r·Σ + b_on·L_on + b_off·L_off (fitted on measured models)."""
+    if not cal:
+        return raw
+    if cal["kind"] == "ratio":
+        return raw * cal["value"]
+    if cal["kind"] == "additive":
+        return raw + cal["value"]
+    return raw * cal["value"] + cal["layout_on_step_ms_per_m"] * layout_on_step_m \
+        + cal["layout_off_step_ms_per_m"] * layout_off_step_m
 
 
 def cell_record(block_kind: str, sig_key: str, c_in: int, c_out: int, stats: dict) -> tuple:

@@ -71,9 +71,13 @@ def test_noise_ceiling():
     assert noise_ceiling([[1.0, 1.1001]]) == 0.0
 
 
+def F(cells, on=0.0, off=0.0):
+    return {"cells_ms": cells, "layout_on_step_m": on, "layout_off_step_m": off}
+
+
 def test_calibration_picks_additive_when_the_gap_is_constant():
     # dense: 10 ms predicted, 12 measured; variants follow measured = raw + 2
-    out = choose_calibration(10.0, 12.0, [5.0, 8.0], [7.0, 10.0])
+    out = choose_calibration(F(10.0), 12.0, [F(5.0), F(8.0)], [7.0, 10.0])
     assert out["kind"] == "additive"
     assert out["value"] == pytest.approx(2.0)
     assert out["ratio"] == pytest.approx(1.2) and out["additive_ms"] == pytest.approx(2.0)
@@ -84,7 +88,7 @@ def test_calibration_picks_additive_when_the_gap_is_constant():
 
 
 def test_calibration_picks_ratio_when_the_gap_scales():
-    out = choose_calibration(10.0, 12.0, [5.0, 8.0], [6.0, 9.6])
+    out = choose_calibration(F(10.0), 12.0, [F(5.0), F(8.0)], [6.0, 9.6])
     assert out["kind"] == "ratio"
     assert out["value"] == pytest.approx(1.2)
     assert out["choice_mape"]["ratio"] == pytest.approx(0.0, abs=1e-12)
@@ -92,6 +96,22 @@ def test_calibration_picks_ratio_when_the_gap_scales():
 
 
 def test_calibration_without_variants_is_ratio():
-    out = choose_calibration(4.0, 5.0, [], [])
+    out = choose_calibration(F(4.0), 5.0, [], [])
     assert out["kind"] == "ratio" and out["value"] == pytest.approx(1.25)
     assert "choice_mape" not in out
+
+
+def test_calibration_picks_layout_fit_when_layout_changes_explain_the_gap():
+    # measured = 0.9·Σcells − 0.5·L_on + 1.0·L_off: a ratio or a constant cannot follow it, the fit can.
+    def truth(f):
+        return 0.9 * f["cells_ms"] - 0.5 * f["layout_on_step_m"] + 1.0 * f["layout_off_step_m"]
+
+    dense = F(20.0, on=4.0)
+    calib = [F(12.0, on=3.0), F(9.0, on=0.5, off=2.0), F(7.0, on=2.0), F(10.0, on=1.0, off=3.0)]
+    out = choose_calibration(dense, truth(dense), calib, [truth(f) for f in calib])
+    assert out["kind"] == "layout"
+    assert out["choice_mape"]["layout"] == pytest.approx(0.0, abs=1e-9)
+    assert out["choice_mape"]["ratio"] > 0.01 and out["choice_mape"]["additive"] > 0.01
+    assert out["value"] == pytest.approx(0.9)
+    assert out["layout_on_step_ms_per_m"] == pytest.approx(-0.5)
+    assert out["layout_off_step_ms_per_m"] == pytest.approx(1.0)
