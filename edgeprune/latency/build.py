@@ -43,7 +43,9 @@ class ProfileOptions:
     seed: int = 0
     keep_range: tuple = (0.3, 1.0)
     batch_cells: int = 200
-    estimator: dict = field(default_factory=lambda: {"passes": 3, "runs": 20, "warmup_runs": 50, "warmup_s": 2.0,
+    # Cells: 50 warm-up runs or 50 ms, whichever comes first (measured: estimates indistinguishable from a
+    # 2 s warm-up, because each estimate is built from per-pass minima; docs/profiling.md).
+    estimator: dict = field(default_factory=lambda: {"passes": 3, "runs": 20, "warmup_runs": 50, "warmup_s": 0.05,
                                                      "pass_s": 0.02, "max_spread": 0.10, "extra_passes": 2})
     # Whole models get longer passes: one noise burst must not decide a fidelity figure.
     model_estimator: dict = field(default_factory=lambda: {"passes": 3, "runs": 200, "warmup_runs": 50,

@@ -13,9 +13,9 @@ import math
 from dataclasses import dataclass, field
 
 DENSITY = {
-    "coarse": {"aligned": (1 / 3, 2 / 3), "off": (0.5, 1.0)},
-    "normal": {"aligned": (0.25, 0.5, 0.75), "off": (0.4, 0.7, 1.0)},
-    "fine": {"aligned": (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875), "off": (0.25, 0.5, 0.75, 1.0)},
+    "coarse": {"aligned": (1 / 3, 2 / 3), "off": (0.5, 1.0), "low_off": False},
+    "normal": {"aligned": (0.25, 0.5, 0.75), "off": (0.4, 0.7, 1.0), "low_off": True},
+    "fine": {"aligned": (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875), "off": (0.25, 0.5, 0.75, 1.0), "low_off": True},
 }
 
 
@@ -67,7 +67,7 @@ def axis_for(current: set, step: int, fixed: bool, density: str = "normal", unit
             if w > 0 and not is_aligned(w, step):
                 off.add(w)
         low = ((step // 2 + 1) // unit) * unit  # lowest regime point: no off-step width extrapolated below it
-        if low > 0 and not is_aligned(low, step):
+        if fractions["low_off"] and low > 0 and not is_aligned(low, step):
             off.add(low)
     aligned = {w for w in aligned if w <= top}
     return Axis(sorted(aligned), sorted(off))

@@ -48,10 +48,16 @@ def test_axis_normal_density_at_64_step_8():
 
 
 def test_axis_has_both_regimes_over_the_range():
-    axis = axis_for({512}, 8, fixed=False, density="coarse")
+    axis = axis_for({512}, 8, fixed=False, density="normal")
     assert min(axis.aligned) == 8 and max(axis.aligned) == 512
     assert min(axis.off) == 5  # off-step widths below the first step are not extrapolated from above
     assert max(axis.off) > 256
+
+
+def test_coarse_axis_spends_off_step_points_on_the_upper_half_only():
+    axis = axis_for({512}, 8, fixed=False, density="coarse")
+    assert min(axis.aligned) == 8 and max(axis.aligned) == 512
+    assert len(axis.off) == 2 and min(axis.off) > 200 and all(w % 8 for w in axis.off)
 
 
 def test_axis_below_one_step():
