@@ -10,7 +10,8 @@ from .latency.table import LatencyTable
 
 def profile(model: str, device: str, out: str | Path | None = None, *, host: str | None = None,
             weights: str | None = None, model_args: dict | None = None, input_shape: tuple | None = None,
-            seq_len: int | None = None, regime: str = "prefill", threads: int = 1, backend: str | None = None, provider: str | None = None,
+            seq_len: int | None = None, regime: str = "prefill", threads: int = 1, backend: str | None = None,
+            provider: str | None = None,
             precision: str = "fp32", density: str = "coarse", variants: int = 20, seed: int = 0,
             cache: str | Path | None = None, reporter: Reporter | None = None, force: bool = False,
             lock_clocks: bool = False, **ssh_options) -> ProfileResult:

@@ -129,7 +129,8 @@ def load_weights(module, path: str | Path) -> None:
     except RuntimeError as err:
         first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
         raise BadInputError(f"weights {path} do not fit the model: {first[:200]}",
-                            "check --model and --model-arg (e.g. num_classes) match how the weights were trained") from None
+                            "check --model and --model-arg (e.g. num_classes) match how the weights were trained") \
+            from None
 
 
 def _torchvision(name: str, args: dict):
@@ -254,7 +255,8 @@ def _torchscript(path: Path, input_shape, notes) -> LoadedModel:
     except Exception as err:
         raise BadInputError(f"{path} is neither ONNX nor a loadable TorchScript file: "
                             f"{str(err).splitlines()[0][:120]}",
-                            "give an .onnx file, a TorchScript file, torchvision:NAME or a Hugging Face directory") from None
+                            "give an .onnx file, a TorchScript file, torchvision:NAME or a Hugging Face directory") \
+            from None
     module.eval()
     notes.append("TorchScript files get a table and calibration but no held-out variants (not slimmable)")
     return LoadedModel(str(path), module, None, input_shape or DEFAULT_IMAGE_SHAPE, "vision", False,

@@ -43,7 +43,8 @@ def main(argv=None):
 
             _emit(collect())
         elif args.command == "doctor":
-            from .sysinfo import collect, doctor as run_doctor
+            from .sysinfo import collect
+            from .sysinfo import doctor as run_doctor
 
             _emit({"checks": run_doctor(collect(), args.backend, args.provider)})
         elif args.command == "lock-clocks":

@@ -225,7 +225,8 @@ def _gemm_block(graph, node, index, covered):
         rows = int(np.prod(x_shape[:-1]))
         bias = False
         add = graph.only_consumer(out)
-        if add is not None and add.op_type == "Add" and add.name not in covered and any(i in graph.consts for i in add.input):
+        if add is not None and add.op_type == "Add" and add.name not in covered \
+                and any(i in graph.consts for i in add.input):
             bias = True
             nodes.append(add)
             out = add.output[0]
@@ -244,8 +245,10 @@ def _pool_block(graph, node, index):
         return None
     signature = {"kind": "pool", "op": node.op_type, "hw": list(x_shape[2:])}
     if node.op_type != "GlobalAveragePool":
-        signature.update(kernel=list(graph.attr(node, "kernel_shape")), stride=list(graph.attr(node, "strides", [1, 1])),
-                         pads=list(graph.attr(node, "pads", [0, 0, 0, 0])), ceil_mode=int(graph.attr(node, "ceil_mode", 0)))
+        signature.update(kernel=list(graph.attr(node, "kernel_shape")),
+                         stride=list(graph.attr(node, "strides", [1, 1])),
+                         pads=list(graph.attr(node, "pads", [0, 0, 0, 0])),
+                         ceil_mode=int(graph.attr(node, "ceil_mode", 0)))
         if node.op_type == "AveragePool":
             signature["count_include_pad"] = int(graph.attr(node, "count_include_pad", 0))
     c = x_shape[1]

@@ -225,7 +225,6 @@ def plan_cells(graph: GraphBlocks, step: int, density: str) -> tuple:
 def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, cache: MeasurementCache,
                   reporter: Reporter | None = None, step: int | None = None) -> ProfileResult:
     """Measure a latency table for `loaded` on `device` through `target`, then its fidelity."""
-    import onnx
 
     reporter = reporter or Reporter()
     warnings = list(loaded.notes)

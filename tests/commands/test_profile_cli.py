@@ -25,7 +25,6 @@ def run_cli(*args: str, cache: Path | None = None, timeout: float = 600) -> subp
 def tiny_onnx(tmp_path_factory) -> Path:
     """A small CNN exported to ONNX: conv+relu, strided conv+relu with a residual-free path, pool, linear."""
     import torch
-
     from edgeprune.exporters.onnx import export_onnx
 
     torch.manual_seed(0)
@@ -130,7 +129,6 @@ def test_show_prints_layers_and_writes_plot(tiny_onnx, tmp_path):
 
 def test_unsynthesisable_op_is_a_named_warning_not_an_error(tmp_path):
     import torch
-
     from edgeprune.exporters.onnx import export_onnx
 
     class Upsampler(torch.nn.Module):

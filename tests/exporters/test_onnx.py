@@ -7,9 +7,9 @@ import onnx
 import pytest
 import torch
 import torch.nn as nn
+from edgeprune.exporters.onnx import OPSET, Parity, compare, export_onnx
 
 from edgeprune.errors import CheckFailedError
-from edgeprune.exporters.onnx import OPSET, Parity, compare, export_onnx
 
 
 class SmallCNN(nn.Module):

@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from edgeprune.exporters.onnx import export_onnx
 from onnx import TensorProto, helper
 
-from edgeprune.exporters.onnx import export_onnx
 from edgeprune.latency.blocks import Block, cell_key, extract_blocks, layer_name, signature_key
 
 SHAPE = (1, 3, 64, 64)
