@@ -329,7 +329,7 @@ def _variant_models(loaded, options: ProfileOptions, step: int, workdir: Path, d
 
     dense_key = hashlib.sha256(dense_path.read_bytes()).hexdigest()
     models = {dense_key: dense_path}
-    info = {"dense": dense_key, "calibration": [], "heldout": []}
+    info = {"dense": dense_key, "calibration": [], "heldout": [], "slimmable": loaded.slimmable}
     if not loaded.slimmable or options.variants + options.calibration_variants == 0:
         return models, info
     from edgeprune.prune.variants import make_variant
@@ -374,7 +374,8 @@ def _calibrate_and_score(table: LatencyTable, graph: GraphBlocks, measured: dict
     table.calibration = choose_calibration(table.features(graph.blocks), dense_ms, calib, calib_meas)
     heldout = info["heldout"]
     if not heldout:
-        table.fidelity = {"n_variants": 0, "status": "not measured: no slimmable source"}
+        table.fidelity = {"n_variants": 0, "status": "not measured: no slimmable source" if not info["slimmable"]
+                          else "not measured: --variants 0"}
         return
     predicted, macs_pred, meas, exact, rounds, per_variant = [], [], [], [], [], []
     for v in heldout:

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 DENSITY = {
-    "coarse": {"aligned": (1 / 3, 2 / 3), "off": (0.5, 1.0), "low_off": False},
+    "coarse": {"aligned": (1 / 3, 2 / 3), "off": (0.5, 1.0), "low_off": True},
     "normal": {"aligned": (0.25, 0.5, 0.75), "off": (0.4, 0.7, 1.0), "low_off": True},
     "fine": {"aligned": (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875), "off": (0.25, 0.5, 0.75, 1.0), "low_off": True},
 }

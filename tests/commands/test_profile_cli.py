@@ -237,3 +237,36 @@ def test_lock_clocks_runs_the_device_command_and_reports_its_failure(tiny_onnx, 
     assert proc.returncode == 0, proc.stderr
     assert marker.exists()
     assert json.loads(out.read_text())["fingerprint"]["device"] == "cpu-test-locks"
+
+
+def test_torchscript_and_weights_inputs(tmp_path):
+    """A TorchScript file gets a table without variants; --weights loads the user's state_dict or says why not."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(1)
+    net = torchvision.models.get_model("mobilenet_v3_small", weights=None, num_classes=10).eval()
+    scripted = torch.jit.trace(net, torch.randn(1, 3, 32, 32))
+    ts = tmp_path / "net.pt"
+    scripted.save(str(ts))
+    out = tmp_path / "ts.json"
+    proc = run_cli("--json", "profile", "--device", "cpu", "--model", str(ts), "--input-shape", "1x3x32x32",
+                   "--out", str(out), cache=tmp_path / "c.sqlite")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["fidelity"]["status"] == "not measured: no slimmable source"
+
+    weights = tmp_path / "w.pt"
+    torch.save(net.state_dict(), weights)
+    wrong = run_cli("profile", "--device", "cpu", "--model", "torchvision:mobilenet_v3_small", "--weights",
+                    str(weights), "--input-shape", "1x3x32x32", "--variants", "0", "--out", str(tmp_path / "w.json"),
+                    cache=tmp_path / "c.sqlite")
+    assert wrong.returncode == 2 and "num_classes" in wrong.stderr and "Traceback" not in wrong.stderr
+    right = run_cli("--json", "profile", "--device", "cpu", "--model", "torchvision:mobilenet_v3_small", "--weights",
+                    str(weights), "--model-arg", "num_classes=10", "--input-shape", "1x3x32x32", "--variants", "0",
+                    "--out", str(tmp_path / "w.json"), cache=tmp_path / "c.sqlite")
+    assert right.returncode == 0, right.stderr
+    from edgeprune.models import state_dict_sha256
+
+    table = json.loads((tmp_path / "w.json").read_text())
+    assert table["model"]["sha256"] == state_dict_sha256(net)
+    assert "randomly initialised" not in right.stderr

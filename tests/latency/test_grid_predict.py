@@ -54,10 +54,10 @@ def test_axis_has_both_regimes_over_the_range():
     assert max(axis.off) > 256
 
 
-def test_coarse_axis_spends_off_step_points_on_the_upper_half_only():
+def test_coarse_axis_has_three_off_step_points_low_middle_top():
     axis = axis_for({512}, 8, fixed=False, density="coarse")
     assert min(axis.aligned) == 8 and max(axis.aligned) == 512
-    assert len(axis.off) == 2 and min(axis.off) > 200 and all(w % 8 for w in axis.off)
+    assert len(axis.off) == 3 and axis.off[0] == 5 and axis.off[-1] > 500 and all(w % 8 for w in axis.off)
 
 
 def test_axis_below_one_step():
