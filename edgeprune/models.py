@@ -26,35 +26,41 @@ class LoadedModel:
     module: object | None  # torch.nn.Module, None for ONNX files
     onnx_path: Path | None  # set for ONNX inputs
     input_shape: tuple
-    family: str  # "vision" or "language"
+    family: str  # "vision" (images), "language" (causal LM) or "encoder" (BERT-style text encoder)
     slimmable: bool
     source_sha256: str
     notes: list = field(default_factory=list)
     seq_len: int | None = None
     regime: str | None = None  # language models: "prefill" (seq_len new tokens) or "decode" (1 token, past seq_len)
 
-    def export_module(self, module=None):
-        """The module as it is exported: language models become a tensors-in, logits-out wrapper."""
-        module = self.module if module is None else module
-        if self.family != "language":
-            return module
-        from .latency.lm import DecodeStep, Prefill
+    @property
+    def huggingface(self) -> bool:
+        return hasattr(getattr(self.module, "config", None), "model_type")
 
-        return DecodeStep(module) if self.regime == "decode" else Prefill(module)
+    def export_module(self, module=None):
+        """The module as it is exported: Hugging Face models become tensors-in, tensor-out wrappers."""
+        module = self.module if module is None else module
+        if not self.huggingface:
+            return module
+        from .latency.lm import DecodeStep, Encoder, Prefill
+
+        if self.family == "language":
+            return DecodeStep(module) if self.regime == "decode" else Prefill(module)
+        return Encoder(module, pixels=self.family == "vision")
 
     def example_inputs(self, wrapped=None) -> tuple:
         """Seeded inputs for export and parity of `wrapped` (default: this model's export module)."""
         import torch
 
         gen = torch.Generator().manual_seed(0)
-        if self.family == "language":
+        if self.family in ("language", "encoder"):
             wrapped = self.export_module() if wrapped is None else wrapped
             return wrapped.example_inputs(self.seq_len, gen)
         return (torch.randn(self.input_shape, generator=gen),)
 
     @property
     def head_dim(self) -> int | None:
-        if self.family != "language":
+        if not self.huggingface:
             return None
         from .prune.transformer import head_dim_of
 
@@ -172,9 +178,13 @@ def _huggingface(path: Path, args: dict):
     except Exception as err:
         raise BadInputError(f"cannot read the Hugging Face config in {path}: {str(err).splitlines()[0][:160]}",
                             "check config.json") from None
-    family = "language" if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel")
-                               for a in (config.architectures or [])) or config.model_type in (
-        "llama", "gpt2", "mistral", "qwen2") else "encoder"
+    if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in (config.architectures or [])) \
+            or config.model_type in ("llama", "gpt2", "mistral", "qwen2"):
+        family = "language"
+    elif hasattr(config, "image_size") and hasattr(config, "num_channels"):
+        family = "vision"  # ViT-style encoders read pixel_values
+    else:
+        family = "encoder"  # BERT-style encoders read input_ids
     has_weights = any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))
     auto = transformers.AutoModelForCausalLM if family == "language" else transformers.AutoModel
     try:
@@ -219,19 +229,22 @@ def load_model(spec: str, weights: str | None = None, model_args: dict | None = 
         elif not has_weights:
             notes.append(f"{path} has no weights; the model is randomly initialised from its config")
         module.eval()
-        if family != "language":
-            raise BadInputError(f"{path} is a {module.config.model_type} model; profiling supports Hugging Face "
-                                "causal LMs (LLaMA, Mistral, Qwen2 layouts) so far",
-                                "export it to ONNX and profile the .onnx file")
         from .prune.transformer import decoder_layout
 
-        if decoder_layout(module) is None:
-            raise BadInputError(f"{path} ({module.config.model_type}) does not have the LLaMA layout "
-                                "(q/k/v/o and gate/up/down projections)",
-                                "export it to ONNX and profile the .onnx file (no held-out variants then)")
+        slimmable = family == "language" and decoder_layout(module) is not None
+        if not slimmable:
+            notes.append(f"{module.config.model_type} models get a table and calibration but no held-out variants "
+                         "(width variants are built for the LLaMA layout: q/k/v/o and gate/up/down projections)")
+            if regime == "decode":
+                raise BadInputError(f"the decode regime needs the LLaMA layout; {path} is "
+                                    f"{module.config.model_type}", "profile --regime prefill")
+        if family == "vision":
+            size = int(module.config.image_size)
+            shape = input_shape or (1, int(module.config.num_channels), size, size)
+            return LoadedModel(spec, module, None, shape, family, False, state_dict_sha256(module), notes)
         n = seq_len or DEFAULT_SEQ_LEN
-        return LoadedModel(spec, module, None, (1, n), family, True, state_dict_sha256(module), notes,
-                           seq_len=n, regime=regime)
+        return LoadedModel(spec, module, None, (1, n), family, slimmable, state_dict_sha256(module), notes,
+                           seq_len=n, regime=regime if family == "language" else None)
     if path.suffix == ".onnx":
         import onnx
 

@@ -292,6 +292,10 @@ def build_norm(sig, c_in, c_out, rng):
     inits += [_init("gamma", np.ones(c_in, np.float32)), _init("eps", np.array(1e-6, np.float32)),
               _init("two", np.array(2.0, np.float32))]
     x = "X"
+    if sig.get("type") == "layer_fused":  # opset-17 LayerNormalization, as the exporter writes nn.LayerNorm
+        inits.append(_init("beta", np.zeros(c_in, np.float32)))
+        nodes.append(helper.make_node("LayerNormalization", ["X", "gamma", "beta"], ["Y"], axis=-1, epsilon=1e-5))
+        return nodes, inputs, [1, s, c_in], inits
     if sig.get("type", "rms") == "layer":
         nodes += [helper.make_node("ReduceMean", ["X"], ["mean"], axes=[-1], keepdims=1),
                   helper.make_node("Sub", ["X", "mean"], ["xc"])]

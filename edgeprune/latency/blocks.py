@@ -108,9 +108,14 @@ class _Graph:
             if node.op_type == "Constant":
                 self.consts.update(node.output)
         self.shapes = {}
+        inputs = [i for i in g.input if i.name not in self.inits]
+        first = inputs[0].type.tensor_type.shape.dim if inputs else []
+        batch = first[0].dim_value if first and first[0].dim_value > 0 else None
         for vi in list(g.input) + list(g.value_info) + list(g.output):
-            dims = vi.type.tensor_type.shape.dim
-            self.shapes[vi.name] = [d.dim_value if d.dim_value > 0 else None for d in dims]
+            dims = [d.dim_value if d.dim_value > 0 else None for d in vi.type.tensor_type.shape.dim]
+            if dims and dims[0] is None and vi.name not in self.inits:
+                dims[0] = batch  # shape inference can lose a static batch behind mask arithmetic
+            self.shapes[vi.name] = dims
         for name, init in self.inits.items():
             self.shapes[name] = list(init.dims)
         self.graph_inputs = {i.name for i in g.input} - self.consts
@@ -373,13 +378,14 @@ def _mlp_block(graph, scope: str, nodes: list):
 
 
 def _norm_block(graph, scope: str, nodes: list):
-    if not any(n.op_type == "ReduceMean" for n in nodes):
+    fused = any(n.op_type == "LayerNormalization" for n in nodes)
+    if not fused and not any(n.op_type == "ReduceMean" for n in nodes):
         return None
     x_shape = graph.shapes.get(nodes[0].input[0])
     if not x_shape or len(x_shape) != 3 or None in x_shape:
         return None
-    signature = {"kind": "norm", "tokens": x_shape[0] * x_shape[1],
-                 "type": "layer" if any(n.op_type == "Sub" for n in nodes) else "rms"}
+    kind = "layer_fused" if fused else "layer" if any(n.op_type == "Sub" for n in nodes) else "rms"
+    signature = {"kind": "norm", "tokens": x_shape[0] * x_shape[1], "type": kind}
     c = x_shape[-1]
     return Block(layer_name(nodes[0].name, scope), "norm", signature, c, c, in_fixed=True, out_fixed=True,
                  nodes=tuple(n.name for n in nodes))
@@ -396,7 +402,7 @@ def _transformer_blocks(graph, head_dim: int | None) -> list:
                 break
         else:
             parts = node.name.split("/")
-            if len(parts) > 2 and ("norm" in parts[-2] or parts[-2].startswith("ln")):
+            if len(parts) > 2 and ("norm" in parts[-2].lower() or parts[-2].startswith("ln")):
                 scopes.setdefault(("norm", "/".join(parts[:-1]) + "/"), []).append(node)
     blocks = []
     for (kind, scope), nodes in scopes.items():

@@ -1,4 +1,4 @@
-"""The two latency regimes of a causal LM, as exportable tensors-in, logits-out modules.
+"""Hugging Face models as exportable tensors-in, tensor-out modules: the two regimes of a causal LM, encoders.
 
 Prefill runs `seq_len` new tokens with no cache; decode runs one new token against a KV cache of `seq_len`
 past tokens (the cache enters as inputs, one key and one value tensor per layer, sized per layer so slimmed
@@ -52,3 +52,20 @@ class DecodeStep(torch.nn.Module):
                 past.append(torch.randn((1, kv, seq_len, layout.head_dim), generator=gen))
         ids = torch.randint(0, self.inner.config.vocab_size, (1, 1), generator=gen)
         return (ids, *past)
+
+
+class Encoder(torch.nn.Module):
+    """input_ids [1, seq_len] (BERT-style) or pixel_values (ViT-style) -> last hidden state."""
+
+    def __init__(self, inner, pixels: bool = False):
+        super().__init__()
+        self.inner = inner
+        self.pixels = pixels
+
+    def forward(self, x):
+        if self.pixels:
+            return self.inner(pixel_values=x).last_hidden_state
+        return self.inner(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state
+
+    def example_inputs(self, seq_len: int, gen: torch.Generator) -> tuple:
+        return (torch.randint(0, self.inner.config.vocab_size, (1, seq_len), generator=gen),)
