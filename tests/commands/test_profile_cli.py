@@ -270,3 +270,20 @@ def test_torchscript_and_weights_inputs(tmp_path):
     table = json.loads((tmp_path / "w.json").read_text())
     assert table["model"]["sha256"] == state_dict_sha256(net)
     assert "randomly initialised" not in right.stderr
+
+
+@pytest.mark.slow
+def test_full_size_profile_over_ssh_with_variants(sshd_server, tmp_path):
+    """The README's main job at full size, run through the SSH path: variants are exported here, timed there."""
+    out = tmp_path / "r18.json"
+    proc = run_cli("--json", "profile", "--device", "cpu", "--model", "torchvision:resnet18", "--variants", "4",
+                   "--out", str(out), "--host", sshd_server.host, "--identity", str(sshd_server.identity),
+                   "--known-hosts", str(sshd_server.known_hosts), "--remote-python", sys.executable,
+                   cache=tmp_path / "c.sqlite", timeout=1800)
+    assert proc.returncode == 0, proc.stderr
+    table = json.loads(out.read_text())
+    assert table["model"]["input_shape"] == [1, 3, 224, 224] and len(table["layers"]) == 23
+    fid = table["fidelity"]
+    assert fid["n_variants"] == 4 and fid["macs"]["n"] == 4
+    assert table["calibration"]["n_calibration_variants"] == 6
+    assert all(v["measured_ms"] > 0 for v in fid["variants"])

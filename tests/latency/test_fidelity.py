@@ -115,3 +115,16 @@ def test_calibration_picks_layout_fit_when_layout_changes_explain_the_gap():
     assert out["value"] == pytest.approx(0.9)
     assert out["layout_on_step_ms_per_m"] == pytest.approx(-0.5)
     assert out["layout_off_step_ms_per_m"] == pytest.approx(1.0)
+
+
+def test_layout_fit_that_discards_the_cells_is_never_chosen():
+    # Measurements that only the layout terms can follow (Σ-cells coefficient near 0) are noise, not a model.
+    dense = F(20.0, on=4.0)
+    calib = [F(12.0, on=3.0), F(9.0, on=0.5, off=2.0), F(7.0, on=2.0), F(10.0, on=1.0, off=3.0)]
+
+    def truth(f):
+        return 0.05 * f["cells_ms"] + 2.0 * f["layout_on_step_m"] + 3.0 * f["layout_off_step_m"] + 1e-9
+
+    out = choose_calibration(dense, truth(dense), calib, [truth(f) for f in calib])
+    assert out["kind"] in ("ratio", "additive")
+    assert "layout" not in out["choice_mape"] and "outside" in out["layout_rejected"]
