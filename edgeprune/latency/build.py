@@ -254,6 +254,12 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
         signatures, cells, reference = plan_cells(graph, step, options.density)
         t0 = time.time()
         stats, cached = measurer.cells(cells, reference, options.batch_cells, reporter.stage("cells", len(cells)))
+        extra = _refinements(signatures, cells, stats, step)
+        if extra:  # denser where neighbouring cells jump: one more, small round
+            more, more_cached = measurer.cells(extra, reference, options.batch_cells, reporter.stage("cells"))
+            stats.update(more)
+            cells += extra
+            cached += more_cached
         reporter.done("cells")
         table_s = time.time() - t0
         table_cells = {}
@@ -301,6 +307,23 @@ def _sha(proto) -> str:
     import hashlib
 
     return hashlib.sha256(proto.SerializeToString()).hexdigest()
+
+
+def _refinements(signatures: dict, cells: list, stats: dict, step: int) -> list:
+    """New cells at on-step midpoints where neighbouring measured cells jump (grid.refine), per signature."""
+    from .grid import refine
+
+    by_sig = {}
+    for cell in cells:
+        by_sig.setdefault(cell["sig_key"], {})[(cell["c_in"], cell["c_out"])] = stats[cell["key"]]["estimate_ms"]
+    template = {cell["sig_key"]: cell for cell in cells}
+    extra = []
+    for sig_key, entry in signatures.items():
+        for c_in, c_out in refine(entry, by_sig.get(sig_key, {}), step):
+            key = f"{sig_key}@{c_in}x{c_out}"
+            if (c_in, c_out) not in by_sig.get(sig_key, {}):
+                extra.append(dict(template[sig_key], key=key, c_in=c_in, c_out=c_out))
+    return extra
 
 
 def _variant_key(loaded, dense_key: str, seed: int, aligned: bool, step: int, options: ProfileOptions) -> str:

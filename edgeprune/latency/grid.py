@@ -126,3 +126,48 @@ def plan_signature(signature: dict, blocks: list, step: int, density: str = "nor
         return SignatureGrid(signature, merged, merged, True, cells)
     cells = [(i, o) for i in in_axis.points() for o in out_axis.points() if _valid(signature, i, o)]
     return SignatureGrid(signature, in_axis, out_axis, False, cells)
+
+
+JUMP = 1.25  # a segment whose latency grows 25 % faster than its width hides a step edge
+
+
+def _jumps(points: list, value, step: int) -> list:
+    """Aligned midpoints of segments where latency jumps faster than width, largest excess first."""
+    found = []
+    for a, b in zip(points, points[1:]):
+        ta, tb = value(a), value(b)
+        if ta is None or tb is None or ta <= 0 or b - a <= step:
+            continue
+        excess = (tb / ta) / (b / a)
+        mid = round((a + b) / 2 / step) * step
+        if excess > JUMP and a < mid < b:
+            found.append((excess, mid))
+    return [mid for _, mid in sorted(found, reverse=True)]
+
+
+def refine(entry: dict, values: dict, step: int, limit: int = 2) -> list:
+    """Add on-step points where neighbouring cells jump; returns the new (c_in, c_out) cells to measure.
+
+    `entry` is a signature's grid dict (updated in place), `values` maps measured (c_in, c_out) -> ms. Rows are
+    read at the top width of the other axis, where a block's cost is largest.
+    """
+    c_in, c_out = Axis.from_dict(entry["c_in"]), Axis.from_dict(entry["c_out"])
+    groups = entry["signature"].get("groups", 1)
+    if entry["signature"]["kind"] == "attention" or (isinstance(groups, int) and groups > 1):
+        return []  # head counts are all measured; grouped widths must stay multiples of the group count
+    if entry["tied"]:
+        new = _jumps(sorted(c_in.aligned), lambda w: values.get((w, w)), step)[:limit]
+        if not new:
+            return []
+        c_in.aligned = sorted(set(c_in.aligned) | set(new))
+        entry["c_in"] = entry["c_out"] = c_in.to_dict()
+        return [(w, w) for w in new]
+    top_in, top_out = max(c_in.points()), max(c_out.points())
+    new_out = [] if c_out.fixed else _jumps(sorted(c_out.aligned), lambda w: values.get((top_in, w)), step)[:limit]
+    new_in = [] if c_in.fixed else _jumps(sorted(c_in.aligned), lambda w: values.get((w, top_out)), step)[:limit]
+    if not new_out and not new_in:
+        return []
+    c_in.aligned = sorted(set(c_in.aligned) | set(new_in))
+    c_out.aligned = sorted(set(c_out.aligned) | set(new_out))
+    entry["c_in"], entry["c_out"] = c_in.to_dict(), c_out.to_dict()
+    return sorted({(i, o) for i in c_in.points() for o in c_out.points() if i in new_in or o in new_out})

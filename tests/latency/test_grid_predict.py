@@ -302,3 +302,37 @@ def test_grouped_conv_off_step_width_is_predictable_from_its_own_grid():
         values, grid.c_in, grid.c_out, False, 30, 60, 8
     )  # 30 and 60 are valid: divisible by 6
     assert ms > 0
+
+
+def _entry(tied=False):
+    from edgeprune.latency.grid import Axis
+
+    axis = Axis([8, 40, 64], [29, 61])
+    sig = {"kind": "pool", "op": "MaxPool"} if tied else {"kind": "conv", "groups": 1}
+    return {"signature": sig, "c_in": axis.to_dict(), "c_out": axis.to_dict(), "tied": tied}
+
+
+def test_refine_adds_an_on_step_point_where_neighbouring_cells_jump():
+    from edgeprune.latency.grid import refine
+
+    entry = _entry()
+    # Latency proportional to c_in·c_out, except a cliff between 40 and 64 output channels.
+    values = {(i, o): i * o * (2.0 if o > 40 else 1.0) for i in (8, 29, 40, 61, 64) for o in (8, 29, 40, 61, 64)}
+    new = refine(entry, values, step=8)
+    assert {o for _, o in new} >= {48} or {o for _, o in new} >= {56}
+    added = set(entry["c_out"]["aligned"]) - {8, 40, 64}
+    assert len(added) == 1 and all(w % 8 == 0 and 40 < w < 64 for w in added)
+    assert entry["c_in"]["aligned"] == [8, 40, 64]  # no jump along c_in: that axis is unchanged
+    assert sorted(new) == sorted((i, o) for i in (8, 29, 40, 61, 64) for o in added)
+
+
+def test_refine_leaves_a_smooth_grid_alone_and_handles_tied_widths():
+    from edgeprune.latency.grid import refine
+
+    smooth = {(i, o): 0.1 + i * o for i in (8, 29, 40, 61, 64) for o in (8, 29, 40, 61, 64)}
+    entry = _entry()
+    assert refine(entry, smooth, step=8) == [] and entry["c_out"]["aligned"] == [8, 40, 64]
+    tied = _entry(tied=True)
+    values = {(w, w): (w * 3.0 if w > 40 else float(w)) for w in (8, 29, 40, 61, 64)}
+    new = refine(tied, values, step=8)
+    assert len(new) == 1 and new[0][0] == new[0][1] and 40 < new[0][0] < 64
