@@ -20,27 +20,24 @@ def profile(model: str, device: str, out: str | Path | None = None, *, host: str
     Clocks are only read and recorded, unless `lock_clocks` runs the device's own locking commands first.
     """
     from .atomic import check_writable
-    from .devices import lookup_device, resolve_device
+    from .devices import load_registry, lookup_device, open_device
     from .latency.build import profile_model
     from .latency.cache import MeasurementCache
     from .models import load_model
-    from .targets import open_target
 
     if out is not None:
         check_writable(out, force)
-    lookup_device(device)  # an unknown device name fails before the model is loaded or a host contacted
+    registry = load_registry()
+    lookup_device(device, registry)  # an unknown device name fails before the model is loaded or a host contacted
     loaded = load_model(model, weights=weights, model_args=model_args, input_shape=input_shape, seq_len=seq_len,
                         regime=regime)
     options = ProfileOptions(threads=threads, precision=precision, backend=backend, provider=provider,
                              density=density, variants=variants, seed=seed)
     measurements = MeasurementCache(cache)
     try:
-        with open_target(host, **ssh_options) as target:
-            facts = target.run_profilers(["info"])
-            spec = resolve_device(device, host=host, facts=facts)
-            if lock_clocks:
-                facts = _lock_clocks(target, spec)
-            result = profile_model(loaded, spec, facts, target, options, measurements, reporter)
+        with open_device(device, host, ssh_options, registry) as session:
+            facts = _lock_clocks(session.target, session.spec) if lock_clocks else session.facts
+            result = profile_model(loaded, session.spec, facts, session.target, options, measurements, reporter)
     finally:
         measurements.close()
     if out is not None:

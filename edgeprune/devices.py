@@ -8,15 +8,16 @@ the device, so that `--device jetson` on an x86 VM fails with one clear line ins
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -595,3 +596,27 @@ def _mismatch(candidates: list[DeviceSpec], family: bool, host: str | None, fact
 
 def _article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+class DeviceSession(NamedTuple):
+    """A resolved device, the facts it reported, and the open target that runs jobs on it."""
+
+    spec: DeviceSpec
+    facts: dict
+    target: Any
+
+
+@contextlib.contextmanager
+def open_device(device: str, host: str | None, ssh: Mapping[str, Any],
+                registry: Mapping[str, DeviceSpec] | None = None) -> Iterator[DeviceSession]:
+    """Connect to the device (or this machine), read its facts, and resolve `device` against them.
+
+    An unknown name fails before any connection is made.
+    """
+    from .targets import open_target
+
+    registry = registry if registry is not None else load_registry()
+    lookup_device(device, registry)
+    with open_target(host, **ssh) as target:
+        facts = target.run_profilers(["info"])
+        yield DeviceSession(resolve_device(device, host=host, facts=facts, registry=registry), facts, target)

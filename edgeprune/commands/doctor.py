@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..devices import BACKENDS, PROVIDERS
+from ..devices import BACKENDS, PROVIDERS, open_device
 from ..errors import CheckFailedError
-from .options import device_options, open_device
+from .options import device_options
 
 
 @click.command()

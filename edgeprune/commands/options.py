@@ -1,20 +1,18 @@
 """Options that mean the same in every command: --model and its settings, --device, --host and SSH.
 
 `device_options` adds --device, --host and the SSH settings; the command receives the SSH settings as one dict
-argument `ssh`, to pass on untouched as `open_target(host, **ssh)`. `open_device` connects, reads the device's
-facts and resolves --device against them, so every command fails the same way on a wrong device.
+argument `ssh`, to pass on untouched as `open_target(host, **ssh)`. `edgeprune.devices.open_device` connects,
+reads the device's facts and resolves --device against them, so every command fails the same way on a wrong
+device.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any
 
 import click
-
-from ..devices import DeviceSpec, load_registry, lookup_device, resolve_device
 
 SSH_OPTION_NAMES = ("identity", "known_hosts", "accept_new_host_key", "remote_python", "connect_timeout")
 
@@ -90,23 +88,3 @@ def model_options(func: Callable) -> Callable:
         click.option("--regime", type=click.Choice(["prefill", "decode"]), default="prefill", show_default=True,
                      help="Latency regime of a language model: N new tokens, or one token after N cached."),
     ])
-
-
-class DeviceSession(NamedTuple):
-    """A resolved device, the facts it reported, and the open target that runs jobs on it."""
-
-    spec: DeviceSpec
-    facts: dict
-    target: Any
-
-
-@contextlib.contextmanager
-def open_device(device: str, host: str | None, ssh: dict[str, Any]) -> Iterator[DeviceSession]:
-    """Connect to the device (or this machine), read its facts, and resolve `device` against them."""
-    from ..targets import open_target
-
-    registry = load_registry()
-    lookup_device(device, registry)  # an unknown name fails before any connection is made
-    with open_target(host, **ssh) as target:
-        facts = target.run_profilers(["info"])
-        yield DeviceSession(resolve_device(device, host=host, facts=facts, registry=registry), facts, target)
