@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .latency.build import ProfileOptions, ProfileResult, Reporter
@@ -56,6 +58,130 @@ def _lock_clocks(target, spec) -> dict:
                             "drop --lock-clocks; the clock state is recorded in the table as it is")
     target.run_profilers(["lock-clocks", json.dumps([list(argv) for argv in spec.clocks.lock])])
     return target.run_profilers(["info"])
+
+
+def prune(model, table, out: str | Path | None = None, *, budget: str | None = None, target: str | None = None,
+          criterion: str = "l2", mode: str = "latency", ratio: float | None = None, macs: float | None = None,
+          round_to: int | None = None, min_keep: float = 0.1, calib: str | None = None, calib_samples: int = 64,
+          device: str | None = None, host: str | None = None, measure: bool = True, weights: str | None = None,
+          model_args: dict | None = None, input_shape: tuple | None = None, seq_len: int | None = None,
+          regime: str | None = None, seed: int = 0, max_rounds: int = 3, threads: int | None = None,
+          precision: str | None = None, cache: str | Path | None = None, reporter: Reporter | None = None,
+          force: bool = False, **ssh_options):
+    """Prune `model` to `budget` (`"4.2ms"` or `"2x"`; `target` is the same) against latency `table`.
+
+    `model` is a `--model` spec, a LoadedModel, or a torch module (shaped like the table's model). When the
+    table's device is this machine (or `host` reaches it), the result is exported and timed against the dense
+    model interleaved, and re-solved tighter if it misses (`measure=False` skips this). Saved to `out` as a
+    pruned-model directory when given. Returns a PruneResult (module, widths, predicted and measured latency).
+    """
+    from .atomic import check_writable
+    from .latency.cache import MeasurementCache
+    from .pruning.engine import PruneOptions, prune_model
+
+    if budget is not None and target is not None and budget != target:
+        from .errors import BadInputError
+
+        raise BadInputError("both budget and target given", "they are the same option; pass one")
+    if out is not None:
+        check_writable(out, force)
+    table = table if isinstance(table, LatencyTable) else LatencyTable.load(table)
+    loaded = _as_loaded(model, table, weights, model_args, input_shape, seq_len, regime)
+    options = PruneOptions(criterion=criterion, budget=budget or target, mode=mode, ratio=ratio, macs=macs,
+                           round_to=round_to, min_keep=min_keep, calib=calib, calib_samples=calib_samples, seed=seed,
+                           measure=measure, max_rounds=max_rounds, threads=threads, precision=precision)
+    from .pruning.checkpoint import module_sizes
+
+    dense_sizes = module_sizes(loaded.module) if loaded.module is not None else {}
+    measurements = MeasurementCache(cache) if measure else None
+    try:
+        with _measuring_device(table, device, host, measure, ssh_options) as (session, note):
+            result = prune_model(loaded, table, options, session, measurements, reporter)
+    finally:
+        if measurements is not None:
+            measurements.close()
+    if note:
+        result.notes.insert(0, note)
+    result.provenance = _provenance(loaded, table, options, result)
+    if out is not None:
+        from .pruning.checkpoint import save_pruned
+
+        save_pruned(out, result.module, loaded, result.widths, dense_sizes, result.provenance, force=force)
+    return result
+
+
+def load(path: str | Path, base=None):
+    """Rebuild a pruned (or distilled) model directory as a torch module in eval mode; no pickle involved.
+
+    `base`: a fresh instance of the dense architecture, only for models pruned from a Python module object.
+    """
+    from .pruning.checkpoint import load_pruned
+
+    return load_pruned(path, base)[0]
+
+
+def _as_loaded(model, table, weights, model_args, input_shape, seq_len, regime):
+    from .models import LoadedModel, load_model, state_dict_sha256
+
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, (str, Path)):
+        vision = table.model.get("family") == "vision"
+        return load_model(str(model), weights=weights, model_args=model_args,
+                          input_shape=input_shape or (tuple(table.model["input_shape"]) if vision else None),
+                          seq_len=seq_len or table.model.get("seq_len"),
+                          regime=regime or table.model.get("regime") or "prefill")
+    shape = tuple(input_shape or table.model["input_shape"])
+    return LoadedModel(f"python:{type(model).__qualname__}", model.eval(), None, shape, "vision", True,
+                       state_dict_sha256(model), [])
+
+
+@contextmanager
+def _measuring_device(table, device, host, measure, ssh_options):
+    """(DeviceSession or None, note): the table's device when it is this machine or reachable at `host`."""
+    from .devices import load_registry, open_device
+    from .errors import DeviceError
+
+    if not measure:
+        yield None, None
+        return
+    registry = load_registry()
+    name = device or table.fingerprint.get("device")
+    try:
+        ctx = open_device(name, host, ssh_options, registry)
+        session = ctx.__enter__()
+    except DeviceError as err:
+        if device or host:
+            raise
+        yield None, f"not measured: {err.message}"
+        return
+    try:
+        yield session, None
+    except BaseException:
+        ctx.__exit__(*sys.exc_info())
+        raise
+    else:
+        ctx.__exit__(None, None, None)
+
+
+def _provenance(loaded, table, options, result) -> dict:
+    import dataclasses
+    import time
+
+    from . import __version__
+
+    return {
+        "format_version": 1, "kind": "provenance", "tool": f"edgeprune {__version__}",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source": {"spec": loaded.spec, "sha256": loaded.source_sha256},
+        "options": dataclasses.asdict(options), "criterion": options.criterion, "budget": options.budget,
+        "budget_ms": result.budget_ms,
+        "table": {"id": table.id, "device": table.fingerprint.get("device"), "runtime": table.runtime,
+                  "fidelity": {k: table.fidelity.get(k) for k in ("within_10", "mape", "noise_ceiling")}},
+        "dense_predicted_ms": result.dense_predicted_ms, "predicted_ms": result.predicted_ms,
+        "measured": result.measured, "widths": result.widths, "macs": result.macs, "dense_macs": result.dense_macs,
+        "rounds": [{k: v for k, v in r.items() if k != "units"} for r in result.rounds], "notes": result.notes,
+    }
 
 
 def load_table(path: str | Path) -> LatencyTable:

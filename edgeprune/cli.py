@@ -14,6 +14,7 @@ from .errors import EdgepruneError
 # name -> "module:attribute" of a click.Command; imported only when that command runs or shows help.
 COMMANDS = {
     "profile": ("edgeprune.commands.profile:profile", "Measure a per-layer latency table on the device."),
+    "prune": ("edgeprune.commands.prune:prune", "Prune a model to a latency budget from its table; measure it."),
     "show": ("edgeprune.commands.show:show", "Print a latency table's layers and plot its staircases."),
     "devices": ("edgeprune.commands.devices:devices", "List the known devices."),
     "doctor": ("edgeprune.commands.doctor:doctor", "Say what a device lacks before anything is measured."),

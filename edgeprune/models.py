@@ -32,6 +32,9 @@ class LoadedModel:
     notes: list = field(default_factory=list)
     seq_len: int | None = None
     regime: str | None = None  # language models: "prefill" (seq_len new tokens) or "decode" (1 token, past seq_len)
+    model_args: dict = field(default_factory=dict)
+    pruned_source: dict | None = None  # for an edgeprune pruned-model directory: the source it was pruned from
+    provenance: dict = field(default_factory=dict)
 
     @property
     def huggingface(self) -> bool:
@@ -62,7 +65,7 @@ class LoadedModel:
     def head_dim(self) -> int | None:
         if not self.huggingface:
             return None
-        from .prune.transformer import head_dim_of
+        from .pruning.transformer import head_dim_of
 
         return head_dim_of(self.module)
 
@@ -186,6 +189,7 @@ def _huggingface(path: Path, args: dict):
     else:
         family = "encoder"  # BERT-style encoders read input_ids
     has_weights = any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))
+    transformers.utils.logging.disable_progress_bar()  # edgeprune draws its own progress; stderr stays one line
     auto = transformers.AutoModelForCausalLM if family == "language" else transformers.AutoModel
     try:
         if has_weights:
@@ -215,12 +219,17 @@ def load_model(spec: str, weights: str | None = None, model_args: dict | None = 
             notes.append(f"{spec} is randomly initialised (no --weights given); latency does not depend on weights")
         module.eval()
         shape = input_shape or _default_image_shape(module, model_args)
-        return LoadedModel(spec, module, None, shape, "vision", True, state_dict_sha256(module), notes)
+        return LoadedModel(spec, module, None, shape, "vision", True, state_dict_sha256(module), notes,
+                           model_args=model_args)
     path = Path(spec)
     if not path.exists():
         raise BadInputError(f"model '{spec}' does not exist",
                             "give torchvision:NAME, timm:NAME, a Hugging Face directory, an .onnx or TorchScript file")
     if path.is_dir():
+        from .pruning.checkpoint import is_pruned_dir
+
+        if is_pruned_dir(path):
+            return _pruned(path, weights, input_shape, seq_len, regime)
         if not (path / "config.json").is_file():
             raise BadInputError(f"{path} has no config.json", "give a Hugging Face model directory")
         module, family, has_weights = _huggingface(path, model_args)
@@ -229,7 +238,7 @@ def load_model(spec: str, weights: str | None = None, model_args: dict | None = 
         elif not has_weights:
             notes.append(f"{path} has no weights; the model is randomly initialised from its config")
         module.eval()
-        from .prune.transformer import decoder_layout
+        from .pruning.transformer import decoder_layout
 
         slimmable = family == "language" and decoder_layout(module) is not None
         if not slimmable:
@@ -258,6 +267,26 @@ def load_model(spec: str, weights: str | None = None, model_args: dict | None = 
         return LoadedModel(spec, None, path, input_shape or tuple(dims), "vision", False, sha256_file(path),
                            ["ONNX files get a table and calibration but no held-out variants (not slimmable)"])
     return _torchscript(path, input_shape, notes)
+
+
+def _pruned(path: Path, weights: str | None, input_shape, seq_len, regime: str) -> LoadedModel:
+    """An edgeprune pruned-model directory: the slim module, described like its source model."""
+    from .pruning.checkpoint import load_pruned
+    from .pruning.transformer import decoder_layout
+
+    module, section, provenance = load_pruned(path)
+    if weights:
+        load_weights(module, weights)
+    source = section["source"]
+    family = source.get("family", "vision")
+    if family == "vision":
+        shape = tuple(input_shape or source.get("input_shape") or DEFAULT_IMAGE_SHAPE)
+        return LoadedModel(str(path), module, None, shape, family, True, state_dict_sha256(module), [],
+                           model_args=source.get("model_args") or {}, pruned_source=source, provenance=provenance)
+    n = seq_len or source.get("seq_len") or DEFAULT_SEQ_LEN
+    slimmable = family == "language" and decoder_layout(module) is not None
+    return LoadedModel(str(path), module, None, (1, n), family, slimmable, state_dict_sha256(module), [], seq_len=n,
+                       regime=regime if family == "language" else None, pruned_source=source, provenance=provenance)
 
 
 def _torchscript(path: Path, input_shape, notes) -> LoadedModel:

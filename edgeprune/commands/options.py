@@ -45,15 +45,21 @@ def ssh_options(func: Callable) -> Callable:
     ])
 
 
-def device_options(func: Callable) -> Callable:
+def device_options(func: Callable, required: bool = True) -> Callable:
     """--device NAME|FILE.yaml, --host user@addr[:port], and the SSH settings (as `ssh`)."""
+    extra = "" if required else " Default: the device the latency table was measured on."
     return _apply(ssh_options(func), [
-        click.option("--device", required=True, metavar="NAME|FILE.yaml",
+        click.option("--device", required=required, metavar="NAME|FILE.yaml",
                      help="Device kind: a name or alias from `edgeprune devices` (a family such as `jetson` "
-                          "picks the model it finds), or a device YAML file."),
+                          "picks the model it finds), or a device YAML file." + extra),
         click.option("--host", metavar="USER@ADDR[:PORT]", default=None,
                      help="Reach the device over SSH (absent: this machine, which must be the --device)."),
     ])
+
+
+def measuring_device_options(func: Callable) -> Callable:
+    """Like device_options, with --device optional (commands that default to the table's device)."""
+    return device_options(func, required=False)
 
 
 def _model_args(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict:

@@ -185,9 +185,13 @@ class Measurer:
     def has_model(self, key: str) -> bool:
         return bool(self.cache.get_many(self.fp_key, "model", [key]))
 
-    def models(self, models: dict, rounds: int, on_progress) -> dict:
-        """{model key: [estimate per round]} for ONNX files {key: path}; cached by file hash."""
-        have = self.cache.get_many(self.fp_key, "model", list(models))
+    def models(self, models: dict, rounds: int, on_progress, fresh: bool = False) -> dict:
+        """{model key: [estimate per round]} for ONNX files {key: path}; cached by file hash.
+
+        `fresh` times every model again (interleaved with the others) instead of reusing cached timings: a
+        speedup is only trusted when both sides were measured in the same run.
+        """
+        have = {} if fresh else self.cache.get_many(self.fp_key, "model", list(models))
         todo = {k: p for k, p in models.items() if k not in have}
         if todo:
             entries = [{"key": k, "file": f"m_{k[:16]}.onnx"} for k in todo]
@@ -355,7 +359,7 @@ def _variant_models(loaded, options: ProfileOptions, step: int, workdir: Path, d
     info = {"dense": dense_key, "calibration": [], "heldout": [], "slimmable": loaded.slimmable}
     if not loaded.slimmable or options.variants + options.calibration_variants == 0:
         return models, info
-    from edgeprune.prune.variants import make_variant
+    from edgeprune.pruning.variants import make_variant
 
     module = None
     total = options.calibration_variants + options.variants

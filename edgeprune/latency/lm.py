@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from edgeprune.prune.transformer import decoder_layout
+from edgeprune.pruning.transformer import decoder_layout
 
 
 class Prefill(torch.nn.Module):

@@ -6,8 +6,8 @@ import torch.nn as nn
 import torchvision
 
 from edgeprune.errors import BadInputError
-from edgeprune.prune.groups import dependency_groups, output_layers, prune_group
-from edgeprune.prune.variants import make_variant, make_variants
+from edgeprune.pruning.groups import dependency_groups, output_layers, prune_group
+from edgeprune.pruning.variants import make_variant, make_variants
 
 EXAMPLE = (torch.zeros(1, 3, 64, 64),)
 

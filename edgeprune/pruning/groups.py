@@ -6,6 +6,9 @@ DependencyGraph traces the model once and hands back each coupled group with the
 
 from __future__ import annotations
 
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from edgeprune.errors import BadInputError
@@ -30,14 +33,47 @@ def output_layers(module) -> list:
     return linears[-1:] if linears else convs[-1:]
 
 
-def dependency_groups(module, example_inputs: tuple, ignored: list | None = None) -> list:
+class GraphTimeout(Exception):
+    pass
+
+
+@contextmanager
+def time_limit(seconds: float):
+    """Raise GraphTimeout if the body runs longer than `seconds` (main thread only; elsewhere no limit).
+
+    Torch-Pruning's graph construction can loop forever (VainF/Torch-Pruning#527, Hugging Face LLaMA attention);
+    a user gets a clear error instead of a hung command.
+    """
+    if threading.current_thread() is not threading.main_thread() or not seconds:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise GraphTimeout()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def dependency_groups(module, example_inputs: tuple, ignored: list | None = None, timeout_s: float = 60.0) -> list:
     """All prunable channel groups of `module` (conv / linear roots), each with its coupled layers."""
     import torch.nn as nn
     import torch_pruning as tp
 
     ignored = output_layers(module) if ignored is None else ignored
     try:
-        graph = tp.DependencyGraph().build_dependency(module, example_inputs=example_inputs)
+        with time_limit(timeout_s):
+            graph = tp.DependencyGraph().build_dependency(module, example_inputs=example_inputs)
+    except GraphTimeout:
+        raise BadInputError(f"Torch-Pruning's dependency graph did not finish in {timeout_s:.0f} s "
+                            f"on {type(module).__name__}",
+                            "known upstream hang (VainF/Torch-Pruning#527) on Hugging Face attention; LLaMA-layout "
+                            "models use edgeprune's own transformer pruner") from None
     except Exception as err:
         raise BadInputError(f"cannot trace the model's dependency graph: {str(err).splitlines()[0][:200]}",
                             "the model must run on the example input; unsupported layers are named above") from None

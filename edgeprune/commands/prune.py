@@ -1,0 +1,82 @@
+"""`edgeprune prune`: slim a model to a latency budget measured in a table, then prove it on the device."""
+
+from __future__ import annotations
+
+import click
+
+from .options import measuring_device_options, model_options
+
+
+@click.command()
+@model_options
+@click.option("--table", "table_path", required=True, type=click.Path(dir_okay=False),
+              help="Latency table from edgeprune profile (same model, device, runtime, threads).")
+@click.option("--budget", default=None, metavar="4.2ms|2x",
+              help="Latency budget in the table's estimator, or a speedup over the dense model.")
+@click.option("--criterion", default="l2", show_default=True,
+              help="Importance criterion: l1, l2, bn_scale, taylor, random, wanda_sp, flap.")
+@click.option("--calib", default=None, metavar="PATH",
+              help="Calibration data for taylor / wanda_sp / flap: .npz/.pt/.safetensors, image folder, text file, "
+                   "or 'digits'.")
+@click.option("--calib-samples", default=64, show_default=True, type=click.IntRange(1),
+              help="How many calibration samples to read.")
+@click.option("--mode", type=click.Choice(["latency", "uniform", "global"]), default="latency", show_default=True,
+              help="latency: knapsack on the table; uniform / global: the baselines' ratio pruning.")
+@click.option("--ratio", type=click.FloatRange(0, 0.99), default=None,
+              help="uniform / global: fraction of units to remove.")
+@click.option("--macs", type=click.FloatRange(0.01, 1.0), default=None,
+              help="uniform / global: fraction of the dense MACs to keep (ratio found by bisection).")
+@click.option("--round-to", type=click.IntRange(1), default=None, help="uniform / global: round kept channels.")
+@click.option("--min-keep", type=click.FloatRange(0.01, 1.0), default=0.1, show_default=True,
+              help="Never keep less than this fraction of any group.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="Runtime threads of the target (must be the table's; default: the table's).")
+@click.option("--no-measure", is_flag=True, help="Trust the table; do not time the result on the device.")
+@measuring_device_options
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--cache", "cache_path", type=click.Path(dir_okay=False), envvar="EDGEPRUNE_CACHE",
+              help="SQLite measurement cache (default: the user cache dir; env EDGEPRUNE_CACHE).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Pruned-model directory to write.")
+@click.option("--force", is_flag=True, help="Replace an existing --out.")
+@click.pass_obj
+def prune(out_obj, model, weights, model_arg, input_shape, seq_len, regime, table_path, budget, criterion, calib,
+          calib_samples, mode, ratio, macs, round_to, min_keep, threads, no_measure, device, host, ssh, seed, cache_path, out,
+          force):
+    """Prune MODEL to --budget on the table's device; measure the result there; write a pruned-model dir."""
+    from edgeprune.api import prune as run_prune
+    from edgeprune.atomic import check_writable
+    from edgeprune.progress import RichReporter
+
+    check_writable(out, force)
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("regime") == click.core.ParameterSource.DEFAULT:
+        regime = None  # the table's regime
+    with RichReporter(enabled=not out_obj.quiet) as reporter:
+        result = run_prune(model, table_path, out, budget=budget, criterion=criterion, mode=mode, ratio=ratio,
+                           macs=macs, round_to=round_to, min_keep=min_keep, calib=calib, calib_samples=calib_samples,
+                           device=device, host=host, measure=not no_measure, weights=weights, model_args=model_arg,
+                           input_shape=input_shape, seq_len=seq_len, regime=regime, seed=seed, threads=threads,
+                           cache=cache_path,
+                           reporter=reporter, force=force, **ssh)
+    for note in result.notes:
+        out_obj.warn(note)
+    out_obj.print(summary_text(result, out))
+    out_obj.result({"out": str(out), "widths": result.widths, "dense_predicted_ms": result.dense_predicted_ms,
+                    "predicted_ms": result.predicted_ms, "budget_ms": result.budget_ms, "macs": result.macs,
+                    "dense_macs": result.dense_macs, "measured": result.measured, "notes": result.notes})
+
+
+def summary_text(result, out) -> str:
+    lines = [f"[bold]pruned model[/] {out}",
+             f"  predicted {result.predicted_ms:.3f} ms (dense {result.dense_predicted_ms:.3f} ms, "
+             f"{result.dense_predicted_ms / result.predicted_ms:.2f}x)"
+             + (f", budget {result.budget_ms:.3f} ms" if result.budget_ms else ""),
+             f"  MACs {result.macs / 1e6:.1f} M of {result.dense_macs / 1e6:.1f} M "
+             f"({result.macs / max(result.dense_macs, 1):.0%})"]
+    m = result.measured
+    if m:
+        ok = m["pruned_ms"] <= m["budget_ms"] * 1.03
+        lines.append(f"  measured {m['pruned_ms']:.3f} ms vs dense {m['dense_ms']:.3f} ms ({m['speedup']:.2f}x, "
+                     f"interleaved) — {'[green]meets[/]' if ok else '[red]misses[/]'} {m['budget_ms']:.3f} ms "
+                     f"after {len(result.rounds)} round(s)")
+    return "\n".join(lines)

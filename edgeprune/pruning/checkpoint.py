@@ -1,0 +1,209 @@
+"""The pruned-model directory (DESIGN.md): config.json + model.safetensors + provenance.json, never a pickle.
+
+config.json carries an `edgeprune` section: how to rebuild the source architecture (its `--model` spec and
+constructor args, or the Hugging Face config itself), the kept units per group, and the new sizes of every
+module pruning changed. `load_pruned` rebuilds the dense architecture, resizes those modules, and loads the
+safetensors strictly. For Hugging Face models config.json is also the model's own config, so a pruned model
+whose layers all kept the same widths loads with `AutoModel*.from_pretrained` as well.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgeprune.errors import BadInputError
+
+FORMAT_VERSION = 1
+SIZE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
+              "normalized_shape", "num_heads", "num_key_value_heads", "num_key_value_groups", "embed_dim",
+              "head_dim", "kdim", "vdim", "hidden_size", "intermediate_size", "num_attention_heads",
+              "attention_head_size", "all_head_size", "split_size", "nf")
+
+
+def module_sizes(module) -> dict:
+    """{module name: {size attribute: value}} for every module that has one (ints and int tuples only)."""
+    out = {}
+    for name, mod in module.named_modules():
+        attrs = {}
+        for attr in SIZE_ATTRS:
+            value = mod.__dict__.get(attr)
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, int) or (isinstance(value, tuple) and all(isinstance(v, int) for v in value)):
+                attrs[attr] = list(value) if isinstance(value, tuple) else value
+        if attrs:
+            out[name] = attrs
+    return out
+
+
+def changed_sizes(dense_sizes: dict, module) -> dict:
+    now = module_sizes(module)
+    return {name: attrs for name, attrs in now.items() if dense_sizes.get(name) != attrs}
+
+
+def save_pruned(out: str | Path, module, loaded, widths: dict, dense_sizes: dict, provenance: dict,
+                force: bool = False) -> Path:
+    """Write the directory atomically (a temporary sibling renamed into place)."""
+    from safetensors.torch import save_file
+
+    from edgeprune.atomic import atomic_dir, check_writable
+
+    section = {"format_version": FORMAT_VERSION, "kind": "pruned_model",
+               "source": source_record(loaded), "widths": widths, "modules": changed_sizes(dense_sizes, module)}
+    config = {}
+    hf = getattr(module, "config", None)
+    if hf is not None and hasattr(hf, "to_dict"):
+        config = hf_config_for(module, widths)
+    config["edgeprune"] = section
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    state = _untie(state)
+    check_writable(out, force)
+    with atomic_dir(out) as tmp:
+        tmp = Path(tmp)
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str) + "\n")
+    return Path(out)
+
+
+def _untie(state: dict) -> dict:
+    """safetensors refuses shared storage: give tied tensors (e.g. embedding / LM head) their own copy."""
+    seen, out = {}, {}
+    for k, v in state.items():
+        ptr = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        out[k] = v.clone() if ptr in seen else v
+        seen[ptr] = k
+    return out
+
+
+def source_record(loaded) -> dict:
+    src = {"spec": loaded.spec, "sha256": loaded.source_sha256, "family": loaded.family,
+           "input_shape": list(loaded.input_shape), "seq_len": loaded.seq_len, "regime": loaded.regime,
+           "model_args": getattr(loaded, "model_args", {}) or {}}
+    if getattr(loaded, "pruned_source", None):
+        src = dict(loaded.pruned_source)  # pruning a pruned model: the architecture is still the original's
+    return src
+
+
+def hf_config_for(module, widths: dict) -> dict:
+    """The Hugging Face config of the slim model: uniform widths are written as the config's own sizes."""
+    config = module.config.to_dict()
+    heads = {n: w for n, w in widths.items() if n.endswith("self_attn")}
+    mlps = {n: w for n, w in widths.items() if n.endswith(".mlp")}
+    head_dim = getattr(module.config, "head_dim", None) or \
+        module.config.hidden_size // module.config.num_attention_heads
+    config["head_dim"] = int(head_dim)  # the hidden size no longer divides into heads: say the head size outright
+    if heads and len(set(heads.values())) == 1:
+        kv = next(iter(heads.values()))
+        groups = module.config.num_attention_heads // (module.config.num_key_value_heads or
+                                                       module.config.num_attention_heads)
+        config["num_key_value_heads"] = int(kv)
+        config["num_attention_heads"] = int(kv * groups)
+    if mlps and len(set(mlps.values())) == 1:
+        config["intermediate_size"] = int(next(iter(mlps.values())))
+    return config
+
+
+def is_pruned_dir(path: str | Path) -> bool:
+    path = Path(path)
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        return False
+    try:
+        return "edgeprune" in json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
+def read_section(path: Path) -> dict:
+    try:
+        config = json.loads((path / "config.json").read_text())
+        section = config["edgeprune"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise BadInputError(f"{path} is not an edgeprune pruned-model directory (config.json unreadable)",
+                            "give the directory edgeprune prune or distill wrote") from None
+    if section.get("format_version") != FORMAT_VERSION:
+        raise BadInputError(f"{path} has pruned-model format {section.get('format_version')}, this edgeprune reads "
+                            f"{FORMAT_VERSION}", "re-run edgeprune prune")
+    return config
+
+
+def load_pruned(path: str | Path, base=None):
+    """(module in eval mode, config section, provenance) rebuilt from a pruned-model directory, no pickle.
+
+    `base` is a fresh instance of the dense architecture, needed only for models pruned from a Python module
+    object (the CLI's `--model` specs are rebuilt from the spec).
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_dir():
+        raise BadInputError(f"pruned model {path} does not exist", "give the directory edgeprune prune wrote")
+    config = read_section(path)
+    section = config["edgeprune"]
+    module = base if base is not None else _rebuild(config, section["source"])
+    try:
+        state = load_file(str(path / "model.safetensors"))
+    except Exception as err:
+        raise BadInputError(f"cannot read {path / 'model.safetensors'}: {str(err).splitlines()[0][:160]}",
+                            "the file is damaged; re-run edgeprune prune") from None
+    resize(module, section["modules"], state)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise BadInputError(f"{path}: weights do not fit the recorded architecture ({str(err).splitlines()[0][:160]})",
+                            "the directory was modified; re-run edgeprune prune") from None
+    provenance = {}
+    if (path / "provenance.json").is_file():
+        provenance = json.loads((path / "provenance.json").read_text())
+    return module.eval(), section, provenance
+
+
+def _rebuild(config: dict, source: dict):
+    """The dense source architecture, randomly initialised (its weights are replaced right after)."""
+    import torch
+
+    torch.manual_seed(0)
+    spec = source["spec"]
+    if spec.startswith("torchvision:") or spec.startswith("timm:"):
+        from edgeprune.models import _timm, _torchvision
+
+        kind, name = spec.split(":", 1)
+        args = source.get("model_args") or {}
+        return _torchvision(name, args) if kind == "torchvision" else _timm(name, args)
+    import transformers
+
+    hf = {k: v for k, v in config.items() if k != "edgeprune"}
+    model_type = hf.pop("model_type", None)
+    if model_type is None:
+        raise BadInputError(f"cannot rebuild {spec}: it was pruned from a Python module object, not a --model spec",
+                            "pass a fresh instance of that architecture: edgeprune.load(path, base=MyModel())")
+    hf_config = transformers.AutoConfig.for_model(model_type, **hf)
+    auto = transformers.AutoModelForCausalLM if source.get("family") == "language" else transformers.AutoModel
+    return auto.from_config(hf_config)
+
+
+def resize(module, sizes: dict, state: dict) -> None:
+    """Give every module the recorded sizes and parameters/buffers the shapes found in `state`."""
+    import torch
+
+    modules = dict(module.named_modules())
+    for name, attrs in sizes.items():
+        mod = modules.get(name)
+        if mod is None:
+            raise BadInputError(f"pruned model records module {name}, which the architecture lacks",
+                                "the source model changed since pruning; re-run edgeprune prune")
+        for attr, value in attrs.items():
+            setattr(mod, attr, tuple(value) if isinstance(value, list) else value)
+    for key, tensor in state.items():
+        owner_name, _, leaf = key.rpartition(".")
+        owner = modules.get(owner_name)
+        if owner is None:
+            continue
+        current = getattr(owner, leaf, None)
+        if current is not None and tuple(current.shape) == tuple(tensor.shape):
+            continue
+        if leaf in owner._buffers:
+            owner._buffers[leaf] = torch.empty(tensor.shape, dtype=tensor.dtype)
+        else:
+            setattr(owner, leaf, torch.nn.Parameter(torch.empty(tensor.shape, dtype=tensor.dtype)))

@@ -1,0 +1,288 @@
+"""Importance criteria (`--criterion NAME`): one score per removable unit of every group.
+
+The baselines the research methods must beat, written to their papers' definitions:
+
+- `l1`, `l2` (no data): Σ|w|^p over the unit's weights in each coupled layer, averaged over the layers
+  (Torch-Pruning's group magnitude).
+- `bn_scale` (no data): |γ| of the unit's BatchNorm channels (Network Slimming); groups without BatchNorm stay whole.
+- `taylor` (data): Σ|w·∂L/∂w| per coupled layer, averaged (first-order Taylor, Molchanov et al. 2019).
+- `random` (no data): seeded uniform noise.
+- `wanda_sp` (data): Σ_j Σ_i |W_ij|·‖X_j‖₂ over the unit's input columns j of the output projection (An et al.,
+  FLAP's Wanda-sp baseline).
+- `flap` (data): Σ_j Var(X_j)·‖W_:,j‖₂² (FLAP's fluctuation metric), standardised per group kind; the removed
+  columns' mean input goes into the projection's bias.
+
+Scores are compared across groups by the solver after normalisation: magnitude-style scores are divided by
+their group's mean (Torch-Pruning's default), FLAP scores are standardised per kind (attention / MLP) as in
+the paper, Taylor scores are used as they are (they estimate a loss change, already comparable).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgeprune.errors import BadInputError
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    needs_data: bool
+    normalize: str  # "mean", "standard" or "none"
+    transformers_only: bool = False
+    summary: str = ""
+
+
+CRITERIA = {c.name: c for c in (
+    Criterion("l1", False, "mean", summary="group L1 magnitude"),
+    Criterion("l2", False, "mean", summary="group L2 magnitude (sum of squares)"),
+    Criterion("bn_scale", False, "mean", summary="BatchNorm scale |γ| (Network Slimming)"),
+    Criterion("taylor", True, "none", summary="first-order Taylor |w·grad| on calibration batches"),
+    Criterion("random", False, "none", summary="seeded random scores (a floor every criterion must beat)"),
+    Criterion("wanda_sp", True, "mean", transformers_only=True, summary="structured Wanda: |W|·‖X‖ per head / channel"),
+    Criterion("flap", True, "standard", transformers_only=True,
+              summary="FLAP fluctuation Var(X)·‖W‖², with bias compensation"),
+)}
+
+
+@dataclass
+class Scores:
+    """Raw and normalised per-unit scores per group (None: the criterion cannot score it; the group stays whole)."""
+
+    criterion: str
+    raw: list
+    normalized: list
+    input_mean: dict = field(default_factory=dict)  # group index -> mean input per column (FLAP compensation)
+
+
+def get_criterion(name: str) -> Criterion:
+    if name not in CRITERIA:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(CRITERIA), n=2)
+        raise BadInputError(f"unknown criterion '{name}'",
+                            f"did you mean {', '.join(close)}?" if close else f"choose one of {', '.join(CRITERIA)}")
+    return CRITERIA[name]
+
+
+def score_groups(name: str, groups: list, module, batches: list | None = None, loss_fn=None, seed: int = 0) -> Scores:
+    """Score every unit of every group with criterion `name`.
+
+    `batches` is a list of model inputs (tuples); `loss_fn(module, inputs)` returns the scalar loss Taylor needs.
+    """
+    crit = get_criterion(name)
+    transformer = any(g.kind in ("heads", "mlp") for g in groups)
+    if crit.transformers_only and not transformer:
+        raise BadInputError(f"criterion {name} scores attention heads and MLP channels of transformers",
+                            "use l1, l2, bn_scale, taylor or random for this model")
+    if crit.needs_data and not batches:
+        raise BadInputError(f"criterion {name} needs calibration data", "pass --calib PATH (or choose l1 / l2)")
+    input_mean = {}
+    if name in ("l1", "l2"):
+        raw = [_magnitude(g, 1 if name == "l1" else 2) for g in groups]
+    elif name == "bn_scale":
+        raw = [_bn_scale(g) for g in groups]
+        if all(r is None for r in raw):
+            raise BadInputError("criterion bn_scale needs BatchNorm layers and this model has none in its groups",
+                                "use l1, l2 or taylor")
+    elif name == "random":
+        rng = np.random.default_rng(seed)
+        raw = [rng.random(g.units) for g in groups]
+    elif name == "taylor":
+        raw = _taylor(groups, module, batches, loss_fn)
+    else:
+        stats = _input_stats(groups, module, batches)
+        raw = [_wanda_sp(g, stats[i]) if name == "wanda_sp" else _flap(g, stats[i]) for i, g in enumerate(groups)]
+        if name == "flap":
+            input_mean = {i: stats[i]["mean"] for i in range(len(groups))}
+    return Scores(name, raw, normalize(raw, groups, crit.normalize), input_mean)
+
+
+def normalize(raw: list, groups: list, how: str) -> list:
+    """Make scores comparable across groups (see the module docstring)."""
+    if how == "none":
+        return [None if r is None else np.asarray(r, dtype=np.float64) for r in raw]
+    if how == "mean":
+        return [None if r is None else np.asarray(r, np.float64) / max(float(np.mean(r)), 1e-12) for r in raw]
+    out = [None] * len(raw)
+    for kind in {g.kind for g in groups}:
+        members = [i for i, g in enumerate(groups) if g.kind == kind and raw[i] is not None]
+        if not members:
+            continue
+        allv = np.concatenate([np.asarray(raw[i], np.float64) for i in members])
+        mu, sd = float(allv.mean()), float(allv.std()) or 1.0
+        for i in members:
+            out[i] = (np.asarray(raw[i], np.float64) - mu) / sd
+    return out
+
+
+# -- weights of one unit --------------------------------------------------------------------------------
+def unit_slices(group) -> list:
+    """[(parameter, dim, [index lists per unit])] of a transformer group: rows (dim 0) or columns (dim 1)."""
+    layout = group.layout
+    if group.kind == "heads":
+        attn = group.handle.self_attn
+        hd, g = layout.head_dim, layout.kv_groups
+        kv = [list(range(u * hd, (u + 1) * hd)) for u in range(group.units)]
+        q = [[(u * g + j) * hd + i for j in range(g) for i in range(hd)] for u in range(group.units)]
+        return [(attn.q_proj.weight, 0, q), (attn.k_proj.weight, 0, kv), (attn.v_proj.weight, 0, kv),
+                (attn.o_proj.weight, 1, q)]
+    mlp = group.handle.mlp
+    ch = [[c] for c in range(group.units)]
+    return [(mlp.gate_proj.weight, 0, ch), (mlp.up_proj.weight, 0, ch), (mlp.down_proj.weight, 1, ch)]
+
+
+def _per_unit(tensor, dim: int, units: list) -> np.ndarray:
+    """Σ of `tensor` (already |w|^p or |w·g|) over each unit's rows/columns."""
+    t = tensor.detach().double()
+    per_index = t.sum(dim=1 - dim).cpu().numpy()
+    return np.array([per_index[idx].sum() for idx in units])
+
+
+def _magnitude(group, p: int) -> np.ndarray:
+    if group.kind == "channels":
+        import torch_pruning as tp
+
+        return _tp(tp.importance.GroupMagnitudeImportance(p=p, group_reduction="mean", normalizer=None), group)
+    parts = [_per_unit(w.abs().pow(p), dim, units) for w, dim, units in unit_slices(group)]
+    return np.mean(parts, axis=0)
+
+
+def _bn_scale(group):
+    if group.kind != "channels":
+        return None
+    import torch_pruning as tp
+
+    return _tp(tp.importance.BNScaleImportance(group_reduction="mean", normalizer=None), group)
+
+
+def _tp(importance, group):
+    scores = importance(group.handle)
+    return None if scores is None else scores.detach().double().cpu().numpy()
+
+
+def _taylor(groups: list, module, batches: list, loss_fn) -> list:
+    """Accumulate gradients over the batches, then score |w·grad| per unit (averaged over coupled layers)."""
+    import torch
+
+    module.zero_grad(set_to_none=True)
+    was_training = module.training
+    module.eval()
+    with torch.enable_grad():
+        for inputs in batches:
+            loss_fn(module, inputs).backward()
+    if was_training:
+        module.train()
+    raw = []
+    for group in groups:
+        if group.kind == "channels":
+            raw.append(_group_taylor(group.handle))
+        else:
+            parts = [_per_unit((w * (w.grad if w.grad is not None else torch.zeros_like(w))).abs(), dim, units)
+                     for w, dim, units in unit_slices(group)]
+            raw.append(np.mean(parts, axis=0))
+    module.zero_grad(set_to_none=True)
+    return raw
+
+
+def _group_taylor(handle) -> np.ndarray | None:
+    """Σ|w·grad| per channel in each parameterised layer of a Torch-Pruning group, averaged over the layers.
+
+    Written here rather than taken from torch_pruning.importance.GroupTaylorImportance: in Torch-Pruning 1.6 its
+    BatchNorm branch tests for the GroupNorm pruning function, so BatchNorm scales never enter the score.
+    """
+    import torch
+    import torch_pruning.pruner.function as fn
+
+    parts = []
+    for dep, idxs in handle:
+        layer, prune = dep.target.module, dep.handler
+        weight = getattr(layer, "weight", None)
+        if weight is None or weight.grad is None or not isinstance(weight, torch.Tensor):
+            continue
+        idxs = torch.as_tensor(sorted(idxs), dtype=torch.long)
+        wg = (weight.detach() * weight.grad).abs()
+        if prune in (fn.prune_conv_out_channels, fn.prune_linear_out_channels):
+            wg = wg.transpose(0, 1) if getattr(layer, "transposed", False) else wg
+            parts.append(wg.flatten(1).sum(1)[idxs])
+        elif prune in (fn.prune_conv_in_channels, fn.prune_linear_in_channels):
+            local = (wg if getattr(layer, "transposed", False) else wg.transpose(0, 1)).flatten(1).sum(1)
+            groups = getattr(layer, "groups", 1)
+            if prune is fn.prune_conv_in_channels and groups not in (1, layer.in_channels):
+                local = local.repeat(groups)
+            parts.append(local[idxs])
+        elif prune in (fn.prune_batchnorm_out_channels, fn.prune_layernorm_out_channels,
+                       fn.prune_groupnorm_out_channels) and wg.dim() == 1:
+            parts.append(wg[idxs])
+    if not parts:
+        return None
+    return torch.stack([p.double() for p in parts]).mean(0).cpu().numpy()
+
+
+def projection(group):
+    """The output projection whose input columns a transformer group owns (o_proj / down_proj)."""
+    return group.handle.self_attn.o_proj if group.kind == "heads" else group.handle.mlp.down_proj
+
+
+def _input_stats(groups: list, module, batches: list) -> list:
+    """Per group: Σx, Σx², n over every token of the output projection's input columns (one forward pass each)."""
+    import torch
+
+    stats = [{"sum": 0.0, "sq": 0.0, "n": 0} for _ in groups]
+    hooks = []
+    for i, group in enumerate(groups):
+        def hook(mod, args, i=i):
+            x = args[0].detach().double().reshape(-1, args[0].shape[-1])
+            stats[i]["sum"] = stats[i]["sum"] + x.sum(0)
+            stats[i]["sq"] = stats[i]["sq"] + (x * x).sum(0)
+            stats[i]["n"] += x.shape[0]
+        hooks.append(projection(group).register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            for inputs in batches:
+                module(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = []
+    for s in stats:
+        mean = s["sum"] / s["n"]
+        var = s["sq"] / s["n"] - mean * mean
+        out.append({"mean": mean.numpy(), "var": np.maximum(var.numpy(), 0.0), "norm": np.sqrt(s["sq"].numpy())})
+    return out
+
+
+def _columns(group) -> list:
+    return next(units for w, dim, units in unit_slices(group) if dim == 1)
+
+
+def _wanda_sp(group, stats: dict) -> np.ndarray:
+    w = projection(group).weight.detach().double().abs().cpu().numpy()
+    per_col = w.sum(0) * stats["norm"]
+    return np.array([per_col[idx].sum() for idx in _columns(group)])
+
+
+def _flap(group, stats: dict) -> np.ndarray:
+    w = projection(group).weight.detach().double().cpu().numpy()
+    per_col = stats["var"] * (w * w).sum(0)
+    return np.array([per_col[idx].sum() for idx in _columns(group)])
+
+
+def compensate_bias(group, removed_units: list, input_mean: np.ndarray) -> None:
+    """FLAP bias compensation: the removed columns' expected contribution W[:, removed]·E[x] joins the bias."""
+    import torch
+
+    if not removed_units:
+        return
+    cols = sorted(c for u in removed_units for c in _columns(group)[u])
+    proj = projection(group)
+    w = proj.weight.detach().double()
+    mean = torch.as_tensor(input_mean[cols], dtype=torch.float64)
+    delta = (w[:, cols] @ mean).to(proj.weight.dtype)
+    with torch.no_grad():
+        if proj.bias is None:
+            proj.bias = torch.nn.Parameter(delta.clone())
+        else:
+            proj.bias.add_(delta)

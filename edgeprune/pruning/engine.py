@@ -1,0 +1,326 @@
+"""`edgeprune prune` as a library call: table + model -> groups -> scores -> solve -> slim -> measure -> save.
+
+The table is checked against the model first (same layers and widths, same LM regime), and, when a device is
+reachable, against the device (same runtime, precision and threads). The solved model is exported and timed
+against the dense model interleaved on the device; if it misses the budget the internal budget tightens by the
+miss and the solve repeats (bounded rounds), so the saved model is the one that was measured.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeprune.errors import BadInputError
+
+FINGERPRINT_KEYS = ("device", "device_model", "machine", "cpu_count", "runtime", "runtime_version", "provider",
+                    "precision", "threads")
+
+
+@dataclass(frozen=True)
+class Budget:
+    kind: str  # "ms" or "speedup"
+    value: float
+
+    def __str__(self) -> str:
+        return f"{self.value:g}ms" if self.kind == "ms" else f"{self.value:g}x"
+
+    def ms(self, dense_ms: float) -> float:
+        return self.value if self.kind == "ms" else dense_ms / self.value
+
+
+def parse_budget(text: str | float | None) -> Budget | None:
+    """`4.2ms` (milliseconds in the table's estimator) or `2x` (speedup over the dense model)."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|x|×)\s*", str(text).lower())
+    if not m or float(m.group(1)) <= 0:
+        raise BadInputError(f"cannot read budget '{text}'", "write it like 4.2ms or 2x")
+    kind = "ms" if m.group(2) == "ms" else "speedup"
+    if kind == "speedup" and float(m.group(1)) < 1:
+        raise BadInputError(f"a speedup budget below 1x ({text}) asks for a slower model", "write e.g. 1.5x")
+    return Budget(kind, float(m.group(1)))
+
+
+@dataclass
+class PruneOptions:
+    """Everything that decides the pruned model (recorded in provenance)."""
+
+    criterion: str = "l2"
+    budget: str | None = None
+    mode: str = "latency"  # latency (knapsack on the table) | uniform | global
+    ratio: float | None = None  # uniform / global: fraction of units removed
+    macs: float | None = None  # uniform / global: fraction of dense MACs to keep
+    round_to: int | None = None
+    min_keep: float = 0.1
+    calib: str | None = None
+    calib_samples: int = 64
+    batch_size: int = 8
+    seed: int = 0
+    measure: bool = True
+    max_rounds: int = 3
+    tolerance: float = 0.03  # a measured latency within 3 % of the budget meets it (the estimator's noise)
+    threads: int | None = None  # the target's threads / precision: must be the table's (None: the table's)
+    precision: str | None = None
+
+
+@dataclass
+class PruneResult:
+    module: object
+    widths: dict
+    dense_predicted_ms: float
+    predicted_ms: float
+    budget_ms: float | None
+    macs: int
+    dense_macs: int
+    measured: dict | None
+    rounds: list
+    notes: list = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+
+
+def check_table(table, dense_blocks: list, loaded) -> None:
+    """Refuse a table measured for another model: its layers must be this model's, at these widths."""
+    have = {b.name: (b.kind, b.c_in, b.c_out) for b in dense_blocks}
+    want = {n: (layer["kind"], layer["c_in"], layer["c_out"]) for n, layer in table.layers.items()}
+    if have != want:
+        diff = sorted(set(have.items()) ^ set(want.items()))
+        example = diff[0][0] if diff else "?"
+        raise BadInputError(
+            f"the table was profiled for {table.model.get('spec')} "
+            f"(graph {str(table.model.get('graph_sha256'))[:12]}), not for {loaded.spec}: {len(diff)} layer(s) "
+            f"differ, e.g. {example}",
+            f"profile this model: edgeprune profile --model {loaded.spec} --out table.json")
+    if loaded.regime != table.model.get("regime") or loaded.seq_len != table.model.get("seq_len"):
+        raise BadInputError(f"the table is for regime {table.model.get('regime')} at seq_len "
+                            f"{table.model.get('seq_len')}, the model is loaded as {loaded.regime} at {loaded.seq_len}",
+                            "pass the table's --regime and --seq-len, or profile again")
+
+
+def check_fingerprint(table, fp: dict) -> None:
+    """Refuse to judge a model on a device/runtime/precision/thread count other than the table's."""
+    diff = [k for k in FINGERPRINT_KEYS if table.fingerprint.get(k) != fp.get(k)]
+    if diff:
+        shown = "; ".join(f"{k}: table {table.fingerprint.get(k)!r} vs device {fp.get(k)!r}" for k in diff)
+        raise BadInputError(f"the table was measured under another device fingerprint ({shown})",
+                            "profile on this device with these settings, or measure on the table's device")
+
+
+def calibration_batches(loaded, options: PruneOptions) -> tuple:
+    """(list of input tuples, loss function) for criteria that need data; ([], None) without --calib."""
+    if not options.calib:
+        return [], None
+    import torch.nn.functional as F
+
+    from edgeprune.data import load_samples
+
+    samples = load_samples(options.calib, loaded.input_shape, loaded.family,
+                           tokenizer_dir=loaded.spec if loaded.huggingface else None, seq_len=loaded.seq_len)
+    batches, labels = [], []
+    for x, y in samples.batches(options.batch_size, options.calib_samples):
+        batches.append((x,))
+        labels.append(y)
+    by_id = {id(b[0]): y for b, y in zip(batches, labels)}
+
+    if loaded.family == "language":
+        def loss_fn(module, inputs):
+            ids = inputs[0]
+            return module(input_ids=ids, labels=ids, use_cache=False).loss
+    else:
+        def loss_fn(module, inputs):
+            out = module(*inputs)
+            out = getattr(out, "logits", out)
+            if out.dim() > 2:
+                out = out.flatten(1)
+            y = by_id.get(id(inputs[0]))
+            if y is None:  # unlabeled: the model's own predictions are the targets (test-time setting)
+                y = out.detach().argmax(-1)
+            return F.cross_entropy(out, y)
+    return batches, loss_fn
+
+
+def solve(options: PruneOptions, cost, groups: list, scores: list, budget_ms: float | None, step: int,
+          dense_macs: int) -> list:
+    """Unit counts per group for the chosen mode."""
+    from . import solver
+
+    if options.mode == "latency":
+        if budget_ms is None:
+            raise BadInputError("latency mode needs --budget", "write e.g. --budget 2x or --budget 4.2ms")
+        return solver.solve_latency(cost, groups, scores, budget_ms, step, options.min_keep).units
+    make = solver.uniform_units if options.mode == "uniform" else solver.global_units
+    if options.ratio is not None:
+        return make(groups, scores, options.ratio, options.round_to)
+    if options.macs is not None:
+        ratio = solver.ratio_for(lambda r: cost.widths.macs(make(groups, scores, r, options.round_to)) / dense_macs,
+                                 options.macs)
+    elif budget_ms is not None:
+        ratio = solver.ratio_for(lambda r: cost.predict(make(groups, scores, r, options.round_to)), budget_ms)
+    else:
+        raise BadInputError(f"{options.mode} mode needs --ratio, --macs or --budget", "e.g. --ratio 0.3")
+    return make(groups, scores, ratio, options.round_to)
+
+
+def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, reporter=None) -> PruneResult:
+    """Prune `loaded` (a LoadedModel) against `table`; measure on `session` (a DeviceSession) when given."""
+    from edgeprune.latency.build import Reporter
+
+    from .criteria import compensate_bias, get_criterion, score_groups
+    from .solver import CostModel, UnreachableBudgetError, fastest
+    from .space import build_space
+    from .widths import probe_width_model
+
+    reporter = reporter or Reporter()
+    if not loaded.slimmable:
+        raise BadInputError(f"{loaded.spec} cannot be slimmed (ONNX, TorchScript or an unsupported family)",
+                            "give the PyTorch model: torchvision:NAME, timm:NAME or a LLaMA-layout Hugging Face "
+                            "directory")
+    if loaded.family != table.model.get("family"):
+        raise BadInputError(f"the table was profiled for {table.model.get('spec')} ({table.model.get('family')}), "
+                            f"not for {loaded.spec} ({loaded.family})",
+                            f"profile this model: edgeprune profile --model {loaded.spec} --out table.json")
+    for name in ("threads", "precision"):
+        want, have = getattr(options, name), table.runtime.get(name)
+        if want is not None and want != have:
+            raise BadInputError(f"the table was measured at {name} {have}, the target asks for {want}",
+                                f"profile again with --{name} {want}; a model is never judged on another "
+                                f"{name} setting")
+    crit = get_criterion(options.criterion)
+    if crit.needs_data and not options.calib:
+        raise BadInputError(f"criterion {crit.name} needs calibration data", "pass --calib PATH (or use l1 / l2)")
+    budget = parse_budget(options.budget)
+    module = loaded.module
+    pristine = copy.deepcopy(module)
+    example = loaded.example_inputs()
+    notes = []
+
+    def space(mod):
+        wrapped = loaded.export_module(mod)
+        return build_space(wrapped, loaded.example_inputs(wrapped))
+
+    progress = reporter.stage("structure", None)
+    widths = probe_width_model(loaded, module, example, space, head_dim=loaded.head_dim)
+    reporter.done("structure")
+    check_table(table, [r.block for r in widths.rules], loaded)
+    cost = CostModel(table, widths)
+    groups = space(module)
+    batches, loss_fn = calibration_batches(loaded, options)
+    progress = reporter.stage("scores", None)
+    scores = score_groups(options.criterion, groups, module, batches, loss_fn, options.seed)
+    reporter.done("scores")
+    del progress
+    dense_units = [g.units for g in groups]
+    dense_pred = cost.predict(dense_units)
+    dense_macs = widths.macs(dense_units)
+    budget_ms = budget.ms(dense_pred) if budget else None
+    if budget_ms is not None:
+        floor = fastest(cost, groups, scores.normalized, table.step, options.min_keep)
+        if floor > budget_ms:
+            raise UnreachableBudgetError(
+                f"budget {budget} ({budget_ms:.3g} ms) is below the fastest reachable latency {floor:.3g} ms "
+                f"(dense {dense_pred:.3g} ms, every group at {options.min_keep:.0%})",
+                f"ask for at least {dense_pred / floor:.2f}x / {floor:.3g} ms, or lower --min-keep")
+    target_ms = budget_ms
+    rounds, measured = [], None
+    fp_checked = False
+    for round_index in range(max(1, options.max_rounds if session is not None and options.measure else 1)):
+        units = solve(options, cost, groups, scores.normalized, target_ms, table.step, dense_macs)
+        candidate = copy.deepcopy(pristine)
+        cand_groups = space(candidate)
+        keep = {}
+        for i, g in enumerate(cand_groups):
+            order = sorted(range(g.units), key=lambda u: -float(scores.raw[i][u]) if scores.raw[i] is not None
+                           else 0.0)
+            keep[i] = sorted(order[: units[i]])
+            if scores.input_mean and units[i] < g.units:
+                compensate_bias(g, [u for u in range(g.units) if u not in set(keep[i])], scores.input_mean[i])
+        from .space import apply_keep
+
+        kept = apply_keep(cand_groups, keep)
+        record = {"round": round_index, "target_ms": target_ms, "predicted_ms": cost.predict(units),
+                  "macs": widths.macs(units), "units": units}
+        if session is not None and options.measure and budget_ms is not None:
+            if not fp_checked:
+                check_fingerprint(table, _fingerprint(session, table))
+                fp_checked = True
+            measured = measure_pair(loaded, pristine, candidate, table, session, cache, reporter)
+            record["measured"] = measured
+            rounds.append(record)
+            limit = budget.ms(measured["dense_ms"]) if budget.kind == "speedup" else budget_ms
+            measured["budget_ms"] = limit
+            if measured["pruned_ms"] <= limit * (1 + options.tolerance):
+                break
+            if round_index + 1 < options.max_rounds:
+                target_ms = target_ms * limit / measured["pruned_ms"]
+                notes.append(f"round {round_index + 1}: measured {measured['pruned_ms']:.3g} ms misses "
+                             f"{limit:.3g} ms; tightening the internal budget to {target_ms:.3g} ms")
+        else:
+            rounds.append(record)
+            break
+    if session is None and budget_ms is not None and options.measure:
+        notes.append("not measured on the device (no device given): the result rests on the table's prediction")
+    if table.fidelity.get("within_10") is not None and table.fidelity["within_10"] < 0.8 and measured is None:
+        notes.append(f"low-fidelity table ({table.fidelity['within_10']:.0%} within ±10 %): measure the result "
+                     "(--device) before trusting the prediction")
+    if measured is not None and measured["pruned_ms"] > measured["budget_ms"] * (1 + options.tolerance):
+        notes.append(f"after {len(rounds)} rounds the measured {measured['pruned_ms']:.3g} ms still misses the budget "
+                     f"{measured['budget_ms']:.3g} ms")
+    final = rounds[-1]
+    return PruneResult(candidate, kept, dense_pred, final["predicted_ms"], budget_ms, final["macs"], dense_macs,
+                       measured, rounds, notes)
+
+
+def _fingerprint(session, table) -> dict:
+    from edgeprune.latency.build import fingerprint, runtime_version
+
+    runtime = dict(table.runtime)
+    runtime["version"] = runtime_version(session.facts, runtime["backend"])
+    return fingerprint(session.spec, session.facts, runtime)
+
+
+def measure_pair(loaded, dense, pruned, table, session, cache, reporter) -> dict:
+    """Dense and pruned exported and timed interleaved on the device, in the table's model estimator."""
+    got = measure_modules(loaded, {"dense": dense, "pruned": pruned}, table, session, cache, reporter)
+    dense_ms, pruned_ms = got["dense"]["ms"], got["pruned"]["ms"]
+    return {"dense_ms": dense_ms, "pruned_ms": pruned_ms, "speedup": dense_ms / pruned_ms,
+            "dense_rounds": got["dense"]["rounds"], "pruned_rounds": got["pruned"]["rounds"],
+            "wall_s": got["dense"]["wall_s"], "estimator": "median_of_pass_min, min of 2 interleaved rounds"}
+
+
+def measure_modules(loaded, modules: dict, table, session, cache=None, reporter=None, rounds: int = 2) -> dict:
+    """{name: {ms, rounds, wall_s}}: every module exported and timed interleaved with the others in one run."""
+    import hashlib
+
+    from edgeprune.exporters.onnx import export_onnx
+    from edgeprune.latency.build import Measurer, Reporter, model_ms
+    from edgeprune.latency.cache import MeasurementCache
+
+    reporter = reporter or Reporter()
+    own_cache = cache is None
+    cache = cache or MeasurementCache(None)
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgeprune-measure-") as tmp:
+            paths = {}
+            for name, mod in modules.items():
+                wrapped = loaded.export_module(mod)
+                path = Path(tmp) / f"{len(paths)}.onnx"
+                export_onnx(wrapped, loaded.example_inputs(wrapped), path)
+                paths[name] = path
+            keys = {n: hashlib.sha256(p.read_bytes()).hexdigest() for n, p in paths.items()}
+            estimator = {k: v for k, v in table.estimator.items() if k not in ("name", "models")}
+            model_est = table.estimator.get("models") or estimator
+            measurer = Measurer(session.target, cache, _fingerprint(session, table), table.runtime, estimator,
+                                model_est, Path(tmp))
+            started = time.time()
+            unique = {keys[n]: paths[n] for n in paths}
+            got = measurer.models(unique, rounds, reporter.stage("measure"), fresh=True)
+            reporter.done("measure")
+    finally:
+        if own_cache:
+            cache.close()
+    wall = time.time() - started
+    return {n: {"ms": model_ms(got[keys[n]]), "rounds": got[keys[n]]["rounds"], "wall_s": wall} for n in modules}

@@ -1,0 +1,86 @@
+"""The pruning space of a model: its unit groups, each removable one unit at a time.
+
+A unit is what must go as a whole: one channel of a Torch-Pruning dependency group (a conv's output channel
+with every coupled layer), one key/value head of a decoder layer together with the query heads that share it
+(GQA groups stay consistent), or one MLP channel (gate/up rows and the down column). Every consumer — criteria,
+the width model, the solver, slimming — sees the same list in the same order, so a group is addressed by its
+index in any copy of the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from edgeprune.errors import BadInputError
+
+
+@dataclass
+class UnitGroup:
+    """One prunable group: `units` removable units of `unit_size` channels each."""
+
+    name: str
+    kind: str  # "channels" (dependency group), "heads" (kv heads of one attention layer), "mlp" (MLP channels)
+    units: int
+    unit_size: int
+    remove: Callable[[list], None]  # physically remove these unit indices (ascending) from the module
+    handle: object = None  # torch_pruning Group for "channels", the layer module for "heads"/"mlp"
+    layout: object = None  # DecoderLayout for transformer groups
+
+
+def build_space(module, example_inputs: tuple, timeout_s: float = 60.0) -> list:
+    """All unit groups of `module`, in a deterministic order (same order for every deep copy)."""
+    from .transformer import decoder_layout
+
+    inner = getattr(module, "inner", module)
+    layout = decoder_layout(inner)
+    if layout is not None:
+        return decoder_space(layout)
+    from .groups import dependency_groups, prune_group
+
+    groups = []
+    for group in dependency_groups(module, example_inputs, timeout_s=timeout_s):
+        groups.append(UnitGroup(group.root, "channels", group.channels, 1,
+                                (lambda g: lambda idx: prune_group(g, idx))(group), group.handle))
+    if not groups:
+        raise BadInputError("the model has no prunable channel group (no Conv2d / Linear outside the output layer)",
+                            "edgeprune prunes convolutions, linear layers, attention heads and MLP channels")
+    return groups
+
+
+def decoder_space(layout) -> list:
+    """Per decoder layer: its kv heads (with their query heads), then its MLP channels."""
+    from .transformer import layer_widths, slim_attention, slim_mlp
+
+    groups = []
+    for i, (kv_heads, channels) in layer_widths(layout).items():
+        layer = layout.layers[i]
+        q_per_kv = layout.kv_groups
+        groups.append(UnitGroup(f"layers.{i}.self_attn", "heads", kv_heads, layout.head_dim * q_per_kv,
+                                _keep_complement(lambda keep, a=layer.self_attn: slim_attention(a, keep, layout),
+                                                 kv_heads),
+                                layer, layout))
+        groups.append(UnitGroup(f"layers.{i}.mlp", "mlp", channels, 1,
+                                _keep_complement(lambda keep, m=layer.mlp: slim_mlp(m, keep), channels), layer, layout))
+    return groups
+
+
+def _keep_complement(slim: Callable[[list], None], n: int) -> Callable[[list], None]:
+    """Turn a keep-list slimming function into a remove-list one."""
+    def remove(idx: list) -> None:
+        gone = set(int(i) for i in idx)
+        if gone:
+            slim([i for i in range(n) if i not in gone])
+    return remove
+
+
+def apply_keep(groups: list, keep: dict) -> dict:
+    """Remove units so that group i keeps the units listed in keep[i]; returns {group name: kept units}."""
+    widths = {}
+    for i, group in enumerate(groups):
+        kept = sorted(int(u) for u in keep.get(i, range(group.units)))
+        if not kept:
+            raise BadInputError(f"group {group.name} would lose every unit", "raise the budget or min_keep")
+        group.remove([u for u in range(group.units) if u not in set(kept)])
+        widths[group.name] = len(kept)
+    return widths

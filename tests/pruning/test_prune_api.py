@@ -1,0 +1,161 @@
+"""edgeprune.prune / edgeprune.load end to end on real tables, real ONNX Runtime, real slimming."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import edgeprune
+from edgeprune.errors import BadInputError
+from edgeprune.models import LoadedModel, state_dict_sha256
+from edgeprune.pruning.checkpoint import load_pruned
+from tests.pruning.conftest import tiny_loaded
+from tests.pruning.tiny import tiny_cnn, tiny_llama
+
+
+def ort_parity(module, example, path):
+    """Export `module` and compare ONNX Runtime with PyTorch (max abs difference)."""
+    import onnxruntime as ort
+    from edgeprune.exporters.onnx import export_onnx
+
+    export_onnx(module, example, path)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: example[0].numpy()})[0]
+    with torch.no_grad():
+        ref = module(*example)
+    return float(np.abs(got - ref.numpy()).max())
+
+
+def test_prune_to_a_speedup_measures_interleaved_and_round_trips(tiny_table, tmp_path):
+    table, path = tiny_table
+    loaded = tiny_loaded()
+    out = tmp_path / "pruned"
+    result = edgeprune.prune(loaded, path, out, budget="1.5x", criterion="l1", cache=tmp_path / "c.sqlite")
+    assert result.budget_ms == pytest.approx(result.dense_predicted_ms / 1.5)
+    assert result.predicted_ms <= result.budget_ms
+    assert result.macs < result.dense_macs
+    m = result.measured
+    assert m is not None and m["dense_ms"] > 0 and m["pruned_ms"] > 0
+    assert len(m["dense_rounds"]) == 2 and len(m["pruned_rounds"]) == 2  # both timed, interleaved, two rounds
+    assert 1 <= len(result.rounds) <= 3
+    # the directory: config + safetensors + provenance, no pickle
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "provenance.json"]
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["table"]["id"] == table.id and prov["criterion"] == "l1" and prov["budget"] == "1.5x"
+    assert prov["predicted_ms"] == pytest.approx(result.predicted_ms) and prov["measured"]["pruned_ms"] > 0
+    config = json.loads((out / "config.json").read_text())["edgeprune"]
+    assert config["widths"] == result.widths
+    # load rebuilds the slim model exactly, with no pickle
+    with pytest.raises(BadInputError, match="base=MyModel"):
+        edgeprune.load(out)  # pruned from a Python object: the architecture must be given
+    module = edgeprune.load(out, base=tiny_cnn())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(module(x), result.module(x), atol=1e-6)
+    assert ort_parity(module, (x[:1],), tmp_path / "p.onnx") <= 1e-4
+
+
+def test_table_of_another_model_is_refused_naming_both(tiny_table, tmp_path):
+    _, path = tiny_table
+    other = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 2))
+    loaded = LoadedModel("other", other.eval(), None, (1, 3, 32, 32), "vision", True, state_dict_sha256(other), [])
+    with pytest.raises(BadInputError, match="profiled for tiny-cnn.*not for other"):
+        edgeprune.prune(loaded, path, tmp_path / "x", budget="2x", measure=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_unreachable_budget_says_the_best_reachable(tiny_table, tmp_path):
+    _, path = tiny_table
+    with pytest.raises(BadInputError, match=r"fastest reachable latency .* ms"):
+        edgeprune.prune(tiny_loaded(), path, tmp_path / "x", budget="50x", measure=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_data_criterion_without_data_is_refused(tiny_table, tmp_path):
+    _, path = tiny_table
+    with pytest.raises(BadInputError, match="taylor needs calibration data"):
+        edgeprune.prune(tiny_loaded(), path, tmp_path / "x", budget="1.5x", criterion="taylor", measure=False)
+
+
+def test_taylor_with_digits_and_baseline_modes_through_the_same_code(tiny_table, tmp_path):
+    _, path = tiny_table
+    res = edgeprune.prune(tiny_loaded(), path, None, budget="1.3x", criterion="taylor", calib="digits",
+                          calib_samples=16, measure=False)
+    assert res.predicted_ms <= res.budget_ms
+    uni = edgeprune.prune(tiny_loaded(), path, None, mode="uniform", ratio=0.5, round_to=8, measure=False)
+    assert set(uni.widths.values()) <= {8, 16, 24, 32, 40}
+    glob = edgeprune.prune(tiny_loaded(), path, None, mode="global", macs=0.5, measure=False)
+    assert glob.macs <= 0.5 * glob.dense_macs * 1.02
+
+
+def test_table_from_another_device_or_thread_count_is_refused(tiny_table, tmp_path):
+    table, path = tiny_table
+    with pytest.raises(BadInputError, match="measured at threads 1, the target asks for 2"):
+        edgeprune.prune(tiny_loaded(), path, None, budget="1.2x", threads=2, measure=False)
+    data = table.to_dict()
+    data["fingerprint"] = dict(data["fingerprint"], device_model="Other CPU 9000", runtime_version="0.1")
+    from edgeprune.latency.table import LatencyTable
+
+    other_path = tmp_path / "other.json"
+    LatencyTable.from_dict(data).save(other_path)
+    with pytest.raises(BadInputError, match="device_model: table 'Other CPU 9000' vs device") as err:
+        edgeprune.prune(tiny_loaded(), other_path, None, budget="1.2x", cache=tmp_path / "c.sqlite")
+    assert "runtime_version: table '0.1'" in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llama") / "tiny-llama"
+    tiny_llama(layers=2, hidden=64, heads=8, kv_heads=4, intermediate=96, vocab=128).save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def llama_table(llama_dir, tmp_path_factory):
+    from edgeprune.models import load_model
+    from tests.pruning.conftest import measure_table
+
+    loaded = load_model(str(llama_dir), seq_len=16)
+    path = tmp_path_factory.mktemp("ltable") / "llama.json"
+    measure_table(loaded, path.with_suffix(".sqlite")).save(path)
+    return path
+
+
+@pytest.mark.parametrize("criterion", ["wanda_sp", "flap"])
+def test_llama_gqa_heads_and_mlp_prune_save_load_export(llama_dir, llama_table, tmp_path, criterion):
+    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(1))
+    np.savez(tmp_path / "calib.npz", input_ids=ids.numpy())
+    out = tmp_path / "pruned"
+    res = edgeprune.prune(str(llama_dir), llama_table, out, budget="1.4x", criterion=criterion,
+                          calib=str(tmp_path / "calib.npz"), measure=False)
+    heads = {k: v for k, v in res.widths.items() if k.endswith("self_attn")}
+    assert heads and all(1 <= v <= 4 for v in heads.values())
+    module, section, prov = load_pruned(out)
+    for i, layer in enumerate(module.model.layers):
+        kv = heads[f"layers.{i}.self_attn"]
+        assert layer.self_attn.k_proj.out_features == kv * 8
+        assert layer.self_attn.q_proj.out_features == kv * 2 * 8  # GQA: 2 query heads per kept kv head
+    with torch.no_grad():
+        ref = res.module(input_ids=ids).logits
+        got = module(input_ids=ids).logits
+    assert torch.allclose(ref, got, atol=1e-5)
+    if criterion == "flap":
+        assert module.model.layers[0].mlp.down_proj.bias is not None  # compensation bias survived the round trip
+    from edgeprune.latency.lm import Prefill
+
+    wrapped = Prefill(module)
+    assert ort_parity(wrapped, (ids[:1],), tmp_path / "l.onnx") <= 1e-4
+
+
+def test_uniform_llama_widths_load_with_from_pretrained(llama_dir, llama_table, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "uniform"
+    res = edgeprune.prune(str(llama_dir), llama_table, out, mode="uniform", ratio=0.5, criterion="l2", measure=False)
+    assert set(v for k, v in res.widths.items() if k.endswith("self_attn")) == {2}
+    hf = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    ids = torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(hf(input_ids=ids).logits, res.module(input_ids=ids).logits, atol=1e-5)
