@@ -162,8 +162,8 @@ def markdown(data: dict) -> str:
            "interleaved in one run (median of per-pass minima, lower of two rounds). Torch-Pruning baselines: its "
            "MetaPruner with group L2 magnitude and round_to=8, pruning ratio bisected to the MACs edgeprune's "
            "result kept. edgeprune: criterion l2, knapsack on the profile's table, measure-and-correct on.", "",
-           "| model | threads | requested | edgeprune measured | ≥ 0.97× requested | TP uniform | TP global | MACs kept "
-           "| rounds |", "|---|---|---|---|---|---|---|---|---|"]
+           "| model | threads | requested | edgeprune measured | ≥ 0.97× requested | TP uniform | TP global "
+           "| MACs kept | rounds |", "|---|---|---|---|---|---|---|---|---|"]
     for r in data["speed"]:
         s = r["speedup"]
         out.append(f"| {r['model']} | {r['threads']} | {r['budget_x']:g}× | {s['edgeprune']:.2f}× | "

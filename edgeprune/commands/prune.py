@@ -40,8 +40,8 @@ from .options import measuring_device_options, model_options
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 @click.pass_obj
 def prune(out_obj, model, weights, model_arg, input_shape, seq_len, regime, table_path, budget, criterion, calib,
-          calib_samples, mode, ratio, macs, round_to, min_keep, threads, no_measure, device, host, ssh, seed, cache_path, out,
-          force):
+          calib_samples, mode, ratio, macs, round_to, min_keep, threads, no_measure, device, host, ssh, seed,
+          cache_path, out, force):
     """Prune MODEL to --budget on the table's device; measure the result there; write a pruned-model dir."""
     from edgeprune.api import prune as run_prune
     from edgeprune.atomic import check_writable
