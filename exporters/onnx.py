@@ -81,7 +81,10 @@ def export_onnx(model, example: tuple, path: str | Path | None = None, *, input_
 
     model = model.eval()
     input_names = input_names or [f"input{i}" if i else "input" for i in range(len(example))]
-    with torch.no_grad():
+    # nn.MultiheadAttention takes its fused inference kernel (aten::_native_multi_head_attention, which has no
+    # ONNX symbolic) under no_grad; with grad enabled it traces the decomposed ops the exporter knows.
+    mha = any(isinstance(m, torch.nn.MultiheadAttention) for m in model.modules())
+    with torch.enable_grad() if mha else torch.no_grad():
         data = _to_bytes(model, example, input_names, output_names, dynamic_axes)
     proto = onnx.load_from_string(data)
     parity = None

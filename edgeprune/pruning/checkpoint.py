@@ -18,7 +18,7 @@ FORMAT_VERSION = 1
 SIZE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
               "normalized_shape", "num_heads", "num_key_value_heads", "num_key_value_groups", "embed_dim",
               "head_dim", "kdim", "vdim", "hidden_size", "intermediate_size", "num_attention_heads",
-              "attention_head_size", "all_head_size", "split_size", "nf")
+              "attention_head_size", "all_head_size", "split_size", "nf", "hidden_dim", "mlp_dim")
 
 
 def module_sizes(module) -> dict:

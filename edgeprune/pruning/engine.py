@@ -240,7 +240,7 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
                 compensate_bias(g, [u for u in range(g.units) if u not in set(keep[i])], scores.input_mean[i])
         from .space import apply_keep
 
-        kept = apply_keep(cand_groups, keep)
+        kept = apply_keep(cand_groups, keep, candidate)
         record = {"round": round_index, "target_ms": target_ms, "predicted_ms": cost.predict(units),
                   "macs": widths.macs(units), "units": units}
         if session is not None and options.measure and budget_ms is not None:

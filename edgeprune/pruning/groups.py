@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -67,7 +68,11 @@ def dependency_groups(module, example_inputs: tuple, ignored: list | None = None
 
     ignored = output_layers(module) if ignored is None else ignored
     try:
-        with time_limit(timeout_s):
+        with time_limit(timeout_s), warnings.catch_warnings():
+            # Torch-Pruning warns about parameters outside layers (ViT class token, position embedding) and
+            # prunes their last non-singleton dimension: the hidden size, which is right for them.
+            warnings.filterwarnings("ignore", message=".*unwrapped parameters.*")
+            warnings.filterwarnings("ignore", message=".*Unwrapped parameters.*")
             graph = tp.DependencyGraph().build_dependency(module, example_inputs=example_inputs)
     except GraphTimeout:
         raise BadInputError(f"Torch-Pruning's dependency graph did not finish in {timeout_s:.0f} s "

@@ -80,6 +80,7 @@ def candidate_units(group, step: int, min_keep: float) -> list:
         every = 1
     else:
         every = step // math.gcd(step, group.unit_size)
+    every = every * group.multiple // math.gcd(every, group.multiple)
     options = {u for u in range(every, n + 1, every) if u >= floor}
     options.add(n)
     if not any(u >= floor for u in options - {n}) and floor < n:
@@ -227,9 +228,19 @@ def round_units(n: int, keep: float, round_to: int | None) -> int:
     return min(n, k)
 
 
+def _rounded(group, keep: float, round_to: int | None) -> int:
+    """Kept units after round_to (channels only) and the group's head multiple."""
+    import math
+
+    step = round_to if group.kind != "heads" else None
+    if group.multiple > 1:
+        step = group.multiple if not step else step * group.multiple // math.gcd(step, group.multiple)
+    return round_units(group.units, keep, step)
+
+
 def uniform_units(groups: list, scores: list, ratio: float, round_to: int | None = None) -> list:
     """Every prunable group loses the same fraction `ratio` of its units."""
-    return [round_units(g.units, g.units * (1 - ratio), round_to if g.kind != "heads" else None)
+    return [_rounded(g, g.units * (1 - ratio), round_to)
             if scores[i] is not None and g.units > 1 else g.units for i, g in enumerate(groups)]
 
 
@@ -244,7 +255,7 @@ def global_units(groups: list, scores: list, ratio: float, round_to: int | None 
     for _, i in pool[:drop]:
         if removed[i] < int(max_group_ratio * groups[i].units):
             removed[i] += 1
-    return [round_units(g.units, g.units - removed[i], round_to if g.kind != "heads" else None)
+    return [_rounded(g, g.units - removed[i], round_to)
             if scores[i] is not None and g.units > 1 else g.units for i, g in enumerate(groups)]
 
 

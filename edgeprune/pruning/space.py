@@ -26,6 +26,7 @@ class UnitGroup:
     remove: Callable[[list], None]  # physically remove these unit indices (ascending) from the module
     handle: object = None  # torch_pruning Group for "channels", the layer module for "heads"/"mlp"
     layout: object = None  # DecoderLayout for transformer groups
+    multiple: int = 1  # kept units must be a multiple of this (a hidden size shared with attention: its heads)
 
 
 def build_space(module, example_inputs: tuple, timeout_s: float = 60.0) -> list:
@@ -41,11 +42,34 @@ def build_space(module, example_inputs: tuple, timeout_s: float = 60.0) -> list:
     groups = []
     for group in dependency_groups(module, example_inputs, timeout_s=timeout_s):
         groups.append(UnitGroup(group.root, "channels", group.channels, 1,
-                                (lambda g: lambda idx: prune_group(g, idx))(group), group.handle))
+                                (lambda g: lambda idx: prune_group(g, idx))(group), group.handle,
+                                multiple=_head_multiple(group.handle)))
     if not groups:
         raise BadInputError("the model has no prunable channel group (no Conv2d / Linear outside the output layer)",
                             "edgeprune prunes convolutions, linear layers, attention heads and MLP channels")
     return groups
+
+
+def _head_multiple(handle) -> int:
+    """Channels shared with nn.MultiheadAttention must stay divisible by its head count."""
+    import math
+
+    import torch.nn as nn
+
+    multiple = 1
+    for dep, _ in handle:
+        layer = dep.target.module
+        if isinstance(layer, nn.MultiheadAttention):
+            multiple = multiple * layer.num_heads // math.gcd(multiple, layer.num_heads)
+    return multiple
+
+
+def refresh_attributes(module) -> None:
+    """Attributes that cache a width torch code reads in forward (torchvision's ViT keeps hidden_dim)."""
+    for mod in module.modules():
+        conv = getattr(mod, "conv_proj", None)
+        if hasattr(mod, "hidden_dim") and conv is not None and hasattr(conv, "out_channels"):
+            mod.hidden_dim = conv.out_channels
 
 
 def decoder_space(layout) -> list:
@@ -74,13 +98,21 @@ def _keep_complement(slim: Callable[[list], None], n: int) -> Callable[[list], N
     return remove
 
 
-def apply_keep(groups: list, keep: dict) -> dict:
-    """Remove units so that group i keeps the units listed in keep[i]; returns {group name: kept units}."""
+def apply_keep(groups: list, keep: dict, module=None) -> dict:
+    """Remove units so that group i keeps the units listed in keep[i]; returns {group name: kept units}.
+
+    `module` (the model the groups belong to) gets its cached width attributes refreshed afterwards.
+    """
     widths = {}
     for i, group in enumerate(groups):
         kept = sorted(int(u) for u in keep.get(i, range(group.units)))
         if not kept:
             raise BadInputError(f"group {group.name} would lose every unit", "raise the budget or min_keep")
+        if len(kept) % group.multiple and len(kept) != group.units:
+            raise BadInputError(f"group {group.name} must keep a multiple of {group.multiple} units (attention "
+                                f"heads share it), not {len(kept)}", "this is a bug in the caller; report it")
         group.remove([u for u in range(group.units) if u not in set(kept)])
         widths[group.name] = len(kept)
+    if module is not None:
+        refresh_attributes(module)
     return widths

@@ -7,6 +7,7 @@ on arbitrary (not step-aligned) widths, because aligned widths cannot tell a tab
 from __future__ import annotations
 
 import copy
+import math
 import random
 from dataclasses import dataclass
 
@@ -23,50 +24,34 @@ class Variant:
 
 def make_variant(module, example_inputs: tuple, seed: int, aligned: bool, step: int,
                  keep_range: tuple = (0.3, 1.0), index: int = 0) -> Variant:
-    """A deep copy of `module` with each group kept at a random fraction of its channels.
+    """A deep copy of `module` with each unit group kept at a random fraction of its units.
 
-    `aligned` snaps every kept count to a multiple of `step`; otherwise counts are drawn off the step.
+    `aligned` snaps every kept channel count to a multiple of `step`; otherwise counts are drawn off the step.
+    Attention heads are whole units (a kv head with its query heads); hidden sizes shared with attention stay
+    divisible by the head count.
     """
-    from .groups import dependency_groups, prune_group
-    from .transformer import decoder_layout
+    from .space import apply_keep, build_space
 
     rng = random.Random(seed)
     clone = copy.deepcopy(module).eval()
-    layout = decoder_layout(getattr(clone, "inner", clone))
-    if layout is not None:
-        return Variant(index, clone, _decoder_widths(layout, rng, aligned, step, keep_range), aligned)
-    widths = {}
-    for group in dependency_groups(clone, example_inputs):
-        n = group.channels
-        keep = max(1, round(n * rng.uniform(*keep_range)))
-        if aligned:
-            keep = max(step, (keep // step) * step) if n >= step else n
-        elif n > step and keep % step == 0:
-            keep = keep - rng.randint(1, step - 1)
-        keep = min(keep, n)
-        remove = rng.sample(range(n), n - keep)
-        prune_group(group, remove)
-        widths[group.root] = keep
+    groups = build_space(clone, example_inputs)
+    keep = {}
+    for i, group in enumerate(groups):
+        n = group.units
+        k = max(1, round(n * rng.uniform(*keep_range)))
+        if group.kind != "heads":
+            unit = group.multiple
+            if aligned:
+                unit = unit * step // math.gcd(unit, step)
+                k = max(unit, (k // unit) * unit) if n >= unit else n
+            elif n > step and k % step == 0:
+                k = k - rng.randint(1, step - 1)
+            if group.multiple > 1 and not aligned:
+                k = max(group.multiple, (k // group.multiple) * group.multiple)
+        k = min(k, n)
+        keep[i] = sorted(rng.sample(range(n), k))
+    widths = apply_keep(groups, keep, clone)
     return Variant(index, clone, widths, aligned)
-
-
-def _decoder_widths(layout, rng: random.Random, aligned: bool, step: int, keep_range: tuple) -> dict:
-    """Slim each decoder layer to random kv-head and MLP-channel counts; returns the widths per layer."""
-    from .transformer import layer_widths, slim_attention, slim_mlp
-
-    widths = {}
-    for i, (kv_heads, channels) in layer_widths(layout).items():
-        keep_heads = max(1, round(kv_heads * rng.uniform(*keep_range)))
-        layer = layout.layers[i]
-        slim_attention(layer.self_attn, sorted(rng.sample(range(kv_heads), keep_heads)), layout)
-        keep = max(1, round(channels * rng.uniform(*keep_range)))
-        if aligned:
-            keep = max(step, (keep // step) * step) if channels >= step else channels
-        elif channels > step and keep % step == 0:
-            keep -= rng.randint(1, step - 1)
-        slim_mlp(layer.mlp, sorted(rng.sample(range(channels), min(keep, channels))))
-        widths[f"layers.{i}"] = {"kv_heads": keep_heads, "mlp": min(keep, channels)}
-    return widths
 
 
 def make_variants(module, example_inputs: tuple, count: int, seed: int, step: int,

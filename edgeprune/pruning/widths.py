@@ -2,9 +2,9 @@
 
 The latency table's blocks are read from the exported ONNX graph, while the pruner removes units of torch
 modules. To predict a candidate's latency without exporting it, each block side (c_in, c_out) is tied to the one
-group that sets it. Probe k removes one unit from every group whose index has bit k set, plus one probe removes
-one unit everywhere; a block side that shrinks by the same amount in exactly the probes of one group's code
-belongs to that group, with that many channels per unit. A side that follows no single group (e.g. a
+group that sets it. Probe k removes one unit (one head's worth where attention shares the width) from every group
+whose index has bit k set, plus one probe removes them everywhere; a block side that shrinks by the same amount
+in exactly the probes of one group's code belongs to that group, with that many channels per unit. A side that follows no single group (e.g. a
 concatenation of two pruned groups) is named in an error rather than guessed.
 """
 
@@ -108,25 +108,29 @@ def probe_width_model(loaded, module, example_inputs: tuple, build_space, head_d
     dense = blocks_of(module)
     n_bits = max(1, math.ceil(math.log2(len(groups) + 1)))
     codes = [i + 1 for i in range(len(groups))]
+    from .space import refresh_attributes
+
+    removed = [g.multiple if g.units > g.multiple else 0 for g in groups]  # units one probe takes from a group
     probes = []
     for k in list(range(n_bits)) + ["all"]:
         clone = copy.deepcopy(module)
         clone_groups = build_space(clone)
         for i, group in enumerate(clone_groups):
-            if (k == "all" or codes[i] >> k & 1) and group.units > 1:
-                group.remove([0])
+            if (k == "all" or codes[i] >> k & 1) and removed[i]:
+                group.remove(list(range(removed[i])))
+        refresh_attributes(clone)
         probes.append(blocks_of(clone))
     rules = []
     for name, block in dense.items():
         sides = []
         for attr in ("c_in", "c_out"):
-            sides.append(_side(name, attr, getattr(block, attr), probes, codes, n_bits, dense_units))
+            sides.append(_side(name, attr, getattr(block, attr), probes, codes, removed))
         in_sp, out_sp = _spatial(block)
         rules.append(BlockRule(block, sides[0], sides[1], in_sp, out_sp))
     return WidthModel(rules, dense_units, names)
 
 
-def _side(name: str, attr: str, dense: int, probes: list, codes: list, n_bits: int, dense_units: list) -> Side:
+def _side(name: str, attr: str, dense: int, probes: list, codes: list, removed: list) -> Side:
     deltas = []
     for probe in probes:
         if name not in probe:
@@ -141,9 +145,9 @@ def _side(name: str, attr: str, dense: int, probes: list, codes: list, n_bits: i
         if d not in (0, total):
             raise _coupling_error(name, attr)
         pattern |= (d == total) << k
-    if pattern not in codes or dense_units[pattern - 1] <= 1:
+    if pattern not in codes or not removed[pattern - 1] or total % removed[pattern - 1]:
         raise _coupling_error(name, attr)
-    return Side(pattern - 1, total)
+    return Side(pattern - 1, total // removed[pattern - 1])
 
 
 def _coupling_error(name: str, attr: str) -> BadInputError:
