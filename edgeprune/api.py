@@ -60,7 +60,7 @@ def _lock_clocks(target, spec) -> dict:
     return target.run_profilers(["info"])
 
 
-def prune(model, table, out: str | Path | None = None, *, budget: str | None = None, target: str | None = None,
+def prune(model, table=None, out: str | Path | None = None, *, budget: str | None = None, target: str | None = None,
           criterion: str = "l2", mode: str = "latency", ratio: float | None = None, macs: float | None = None,
           round_to: int | None = None, min_keep: float = 0.1, calib: str | None = None, calib_samples: int = 64,
           device: str | None = None, host: str | None = None, measure: bool = True, weights: str | None = None,
@@ -70,6 +70,7 @@ def prune(model, table, out: str | Path | None = None, *, budget: str | None = N
           force: bool = False, **ssh_options):
     """Prune `model` to `budget` (`"4.2ms"` or `"2x"`; `target` is the same) against latency `table`.
 
+    Without a table only the baselines' modes run (`mode="uniform"|"global"` with `ratio` or `macs`).
     `model` is a `--model` spec, a LoadedModel, or a torch module (shaped like the table's model). When the
     table's device is this machine (or `host` reaches it), the result is exported and timed against the dense
     model interleaved, and re-solved tighter if it misses (`measure=False` skips this). Saved to `out` as a
@@ -85,7 +86,8 @@ def prune(model, table, out: str | Path | None = None, *, budget: str | None = N
         raise BadInputError("both budget and target given", "they are the same option; pass one")
     if out is not None:
         check_writable(out, force)
-    table = table if isinstance(table, LatencyTable) else LatencyTable.load(table)
+    if table is not None and not isinstance(table, LatencyTable):
+        table = LatencyTable.load(table)
     loaded = _as_loaded(model, table, weights, model_args, input_shape, seq_len, regime)
     options = PruneOptions(criterion=criterion, budget=budget or target, mode=mode, ratio=ratio, macs=macs,
                            round_to=round_to, min_keep=min_keep, calib=calib, calib_samples=calib_samples, seed=seed,
@@ -95,7 +97,8 @@ def prune(model, table, out: str | Path | None = None, *, budget: str | None = N
     dense_sizes = module_sizes(loaded.module) if loaded.module is not None else {}
     measurements = MeasurementCache(cache) if measure else None
     try:
-        with _measuring_device(table, device, host, measure, ssh_options) as (session, note):
+        with _measuring_device(table, device, host, measure and table is not None and (budget or target),
+                               ssh_options) as (session, note):
             result = prune_model(loaded, table, options, session, measurements, reporter)
     finally:
         if measurements is not None:
@@ -125,13 +128,18 @@ def _as_loaded(model, table, weights, model_args, input_shape, seq_len, regime):
 
     if isinstance(model, LoadedModel):
         return model
+    recorded = table.model if table is not None else {}
     if isinstance(model, (str, Path)):
-        vision = table.model.get("family") == "vision"
+        vision = recorded.get("family") == "vision"
         return load_model(str(model), weights=weights, model_args=model_args,
-                          input_shape=input_shape or (tuple(table.model["input_shape"]) if vision else None),
-                          seq_len=seq_len or table.model.get("seq_len"),
-                          regime=regime or table.model.get("regime") or "prefill")
-    shape = tuple(input_shape or table.model["input_shape"])
+                          input_shape=input_shape or (tuple(recorded["input_shape"]) if vision else None),
+                          seq_len=seq_len or recorded.get("seq_len"),
+                          regime=regime or recorded.get("regime") or "prefill")
+    if input_shape is None and not recorded:
+        from .errors import BadInputError
+
+        raise BadInputError("a torch module without a table needs its input shape", "pass input_shape=(1, 3, H, W)")
+    shape = tuple(input_shape or recorded["input_shape"])
     return LoadedModel(f"python:{type(model).__qualname__}", model.eval(), None, shape, "vision", True,
                        state_dict_sha256(model), [])
 
@@ -176,8 +184,9 @@ def _provenance(loaded, table, options, result) -> dict:
         "source": {"spec": loaded.spec, "sha256": loaded.source_sha256},
         "options": dataclasses.asdict(options), "criterion": options.criterion, "budget": options.budget,
         "budget_ms": result.budget_ms,
-        "table": {"id": table.id, "device": table.fingerprint.get("device"), "runtime": table.runtime,
-                  "fidelity": {k: table.fidelity.get(k) for k in ("within_10", "mape", "noise_ceiling")}},
+        "table": None if table is None else {
+            "id": table.id, "device": table.fingerprint.get("device"), "runtime": table.runtime,
+            "fidelity": {k: table.fidelity.get(k) for k in ("within_10", "mape", "noise_ceiling")}},
         "dense_predicted_ms": result.dense_predicted_ms, "predicted_ms": result.predicted_ms,
         "measured": result.measured, "widths": result.widths, "macs": result.macs, "dense_macs": result.dense_macs,
         "rounds": [{k: v for k, v in r.items() if k != "units"} for r in result.rounds], "notes": result.notes,

@@ -238,19 +238,19 @@ def load_model(spec: str, weights: str | None = None, model_args: dict | None = 
         elif not has_weights:
             notes.append(f"{path} has no weights; the model is randomly initialised from its config")
         module.eval()
-        from .pruning.transformer import decoder_layout
+        from .pruning.transformer import decoder_layout, transformer_layout
 
-        slimmable = family == "language" and decoder_layout(module) is not None
+        slimmable = transformer_layout(module) is not None
         if not slimmable:
             notes.append(f"{module.config.model_type} models get a table and calibration but no held-out variants "
-                         "(width variants are built for the LLaMA layout: q/k/v/o and gate/up/down projections)")
-            if regime == "decode":
-                raise BadInputError(f"the decode regime needs the LLaMA layout; {path} is "
-                                    f"{module.config.model_type}", "profile --regime prefill")
+                         "(edgeprune slims the LLaMA, GPT-2, BERT and ViT layouts)")
+        if regime == "decode" and family == "language" and decoder_layout(module) is None:
+            raise BadInputError(f"the decode regime needs the LLaMA layout; {path} is {module.config.model_type}",
+                                "profile --regime prefill")
         if family == "vision":
             size = int(module.config.image_size)
             shape = input_shape or (1, int(module.config.num_channels), size, size)
-            return LoadedModel(spec, module, None, shape, family, False, state_dict_sha256(module), notes)
+            return LoadedModel(spec, module, None, shape, family, slimmable, state_dict_sha256(module), notes)
         n = seq_len or DEFAULT_SEQ_LEN
         return LoadedModel(spec, module, None, (1, n), family, slimmable, state_dict_sha256(module), notes,
                            seq_len=n, regime=regime if family == "language" else None)
@@ -272,7 +272,7 @@ def load_model(spec: str, weights: str | None = None, model_args: dict | None = 
 def _pruned(path: Path, weights: str | None, input_shape, seq_len, regime: str) -> LoadedModel:
     """An edgeprune pruned-model directory: the slim module, described like its source model."""
     from .pruning.checkpoint import load_pruned
-    from .pruning.transformer import decoder_layout
+    from .pruning.transformer import transformer_layout
 
     module, section, provenance = load_pruned(path)
     if weights:
@@ -284,7 +284,7 @@ def _pruned(path: Path, weights: str | None, input_shape, seq_len, regime: str) 
         return LoadedModel(str(path), module, None, shape, family, True, state_dict_sha256(module), [],
                            model_args=source.get("model_args") or {}, pruned_source=source, provenance=provenance)
     n = seq_len or source.get("seq_len") or DEFAULT_SEQ_LEN
-    slimmable = family == "language" and decoder_layout(module) is not None
+    slimmable = transformer_layout(module) is not None
     return LoadedModel(str(path), module, None, (1, n), family, slimmable, state_dict_sha256(module), [], seq_len=n,
                        regime=regime if family == "language" else None, pruned_source=source, provenance=provenance)
 

@@ -9,8 +9,9 @@ from .options import measuring_device_options, model_options
 
 @click.command()
 @model_options
-@click.option("--table", "table_path", required=True, type=click.Path(dir_okay=False),
-              help="Latency table from edgeprune profile (same model, device, runtime, threads).")
+@click.option("--table", "table_path", default=None, type=click.Path(dir_okay=False),
+              help="Latency table from edgeprune profile (same model, device, runtime, threads); needed for "
+                   "--budget.")
 @click.option("--budget", default=None, metavar="4.2ms|2x",
               help="Latency budget in the table's estimator, or a speedup over the dense model.")
 @click.option("--criterion", default="l2", show_default=True,
@@ -67,12 +68,16 @@ def prune(out_obj, model, weights, model_arg, input_shape, seq_len, regime, tabl
 
 
 def summary_text(result, out) -> str:
-    lines = [f"[bold]pruned model[/] {out}",
-             f"  predicted {result.predicted_ms:.3f} ms (dense {result.dense_predicted_ms:.3f} ms, "
-             f"{result.dense_predicted_ms / result.predicted_ms:.2f}x)"
-             + (f", budget {result.budget_ms:.3f} ms" if result.budget_ms else ""),
-             f"  MACs {result.macs / 1e6:.1f} M of {result.dense_macs / 1e6:.1f} M "
-             f"({result.macs / max(result.dense_macs, 1):.0%})"]
+    lines = [f"[bold]pruned model[/] {out}"]
+    if result.predicted_ms is not None:
+        lines.append(f"  predicted {result.predicted_ms:.3f} ms (dense {result.dense_predicted_ms:.3f} ms, "
+                     f"{result.dense_predicted_ms / result.predicted_ms:.2f}x)"
+                     + (f", budget {result.budget_ms:.3f} ms" if result.budget_ms else ""))
+    if result.macs is not None:
+        lines.append(f"  MACs {result.macs / 1e6:.1f} M of {result.dense_macs / 1e6:.1f} M "
+                     f"({result.macs / max(result.dense_macs, 1):.0%})")
+    lines.append("  widths: " + ", ".join(f"{k} {v}" for k, v in list(result.widths.items())[:8])
+                 + (" …" if len(result.widths) > 8 else ""))
     m = result.measured
     if m:
         ok = m["pruned_ms"] <= m["budget_ms"] * 1.03

@@ -105,7 +105,8 @@ class _Graph:
         self.inits = {i.name: i for i in g.initializer}
         self.consts = set(self.inits)
         for node in self.nodes:
-            if node.op_type == "Constant":
+            # the exporter shares equal initializers (e.g. zero biases) and names the others Identity outputs
+            if node.op_type == "Constant" or (node.op_type == "Identity" and node.input[0] in self.consts):
                 self.consts.update(node.output)
         self.shapes = {}
         inputs = [i for i in g.input if i.name not in self.inits]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from edgeprune.pruning.transformer import decoder_layout
+from edgeprune.pruning.transformer import decoder_layout, kv_heads
 
 
 class Prefill(torch.nn.Module):
@@ -47,7 +47,7 @@ class DecodeStep(torch.nn.Module):
         layout = decoder_layout(self.inner)
         past = []
         for layer in layout.layers:
-            kv = layer.self_attn.k_proj.out_features // layout.head_dim
+            kv = kv_heads(layer, layout)
             for _ in range(2):
                 past.append(torch.randn((1, kv, seq_len, layout.head_dim), generator=gen))
         ids = torch.randint(0, self.inner.config.vocab_size, (1, 1), generator=gen)

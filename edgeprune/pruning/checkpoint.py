@@ -87,19 +87,26 @@ def source_record(loaded) -> dict:
 
 
 def hf_config_for(module, widths: dict) -> dict:
-    """The Hugging Face config of the slim model: uniform widths are written as the config's own sizes."""
+    """The Hugging Face config of the slim model.
+
+    LLaMA-family configs state head_dim outright, so uniform widths are written as the config's own sizes and
+    `from_pretrained` loads the result. GPT-2 and BERT derive the head size from hidden_size / heads, which no
+    longer holds after head pruning: their config keeps the source sizes (the architecture edgeprune rebuilds
+    and then resizes), and `from_pretrained` refuses the mismatched shapes instead of loading a wrong model.
+    """
+    from .transformer import transformer_layout
+
     config = module.config.to_dict()
-    heads = {n: w for n, w in widths.items() if n.endswith("self_attn")}
+    layout = transformer_layout(module)
+    if layout is None or layout.family.name != "llama":
+        return config
+    heads = {n: w for n, w in widths.items() if n.endswith(".heads")}
     mlps = {n: w for n, w in widths.items() if n.endswith(".mlp")}
-    head_dim = getattr(module.config, "head_dim", None) or \
-        module.config.hidden_size // module.config.num_attention_heads
-    config["head_dim"] = int(head_dim)  # the hidden size no longer divides into heads: say the head size outright
+    config["head_dim"] = int(layout.head_dim)  # hidden_size no longer divides into the heads: say it outright
     if heads and len(set(heads.values())) == 1:
         kv = next(iter(heads.values()))
-        groups = module.config.num_attention_heads // (module.config.num_key_value_heads or
-                                                       module.config.num_attention_heads)
         config["num_key_value_heads"] = int(kv)
-        config["num_attention_heads"] = int(kv * groups)
+        config["num_attention_heads"] = int(kv * layout.kv_groups)
     if mlps and len(set(mlps.values())) == 1:
         config["intermediate_size"] = int(next(iter(mlps.values())))
     return config

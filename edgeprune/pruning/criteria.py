@@ -120,24 +120,15 @@ def normalize(raw: list, groups: list, how: str) -> list:
 
 # -- weights of one unit --------------------------------------------------------------------------------
 def unit_slices(group) -> list:
-    """[(parameter, dim, [index lists per unit])] of a transformer group: rows (dim 0) or columns (dim 1)."""
-    layout = group.layout
-    if group.kind == "heads":
-        attn = group.handle.self_attn
-        hd, g = layout.head_dim, layout.kv_groups
-        kv = [list(range(u * hd, (u + 1) * hd)) for u in range(group.units)]
-        q = [[(u * g + j) * hd + i for j in range(g) for i in range(hd)] for u in range(group.units)]
-        return [(attn.q_proj.weight, 0, q), (attn.k_proj.weight, 0, kv), (attn.v_proj.weight, 0, kv),
-                (attn.o_proj.weight, 1, q)]
-    mlp = group.handle.mlp
-    ch = [[c] for c in range(group.units)]
-    return [(mlp.gate_proj.weight, 0, ch), (mlp.up_proj.weight, 0, ch), (mlp.down_proj.weight, 1, ch)]
+    """[(projection module, side, index lists per unit)] of a transformer group (see transformer.unit_parts)."""
+    from .transformer import unit_parts
+
+    return unit_parts(group.handle, group.layout, group.kind)
 
 
-def _per_unit(tensor, dim: int, units: list) -> np.ndarray:
-    """Σ of `tensor` (already |w|^p or |w·g|) over each unit's rows/columns."""
-    t = tensor.detach().double()
-    per_index = t.sum(dim=1 - dim).cpu().numpy()
+def _per_unit(matrix, side: str, units: list) -> np.ndarray:
+    """Σ of an [out, in] `matrix` (already |w|^p or |w·g|) over each unit's output rows or input columns."""
+    per_index = matrix.detach().double().sum(dim=1 if side == "out" else 0).cpu().numpy()
     return np.array([per_index[idx].sum() for idx in units])
 
 
@@ -146,7 +137,9 @@ def _magnitude(group, p: int) -> np.ndarray:
         import torch_pruning as tp
 
         return _tp(tp.importance.GroupMagnitudeImportance(p=p, group_reduction="mean", normalizer=None), group)
-    parts = [_per_unit(w.abs().pow(p), dim, units) for w, dim, units in unit_slices(group)]
+    from .transformer import oriented
+
+    parts = [_per_unit(oriented(m.weight, m).abs().pow(p), side, units) for m, side, units in unit_slices(group)]
     return np.mean(parts, axis=0)
 
 
@@ -180,8 +173,12 @@ def _taylor(groups: list, module, batches: list, loss_fn) -> list:
         if group.kind == "channels":
             raw.append(_group_taylor(group.handle))
         else:
-            parts = [_per_unit((w * (w.grad if w.grad is not None else torch.zeros_like(w))).abs(), dim, units)
-                     for w, dim, units in unit_slices(group)]
+            from .transformer import oriented
+
+            parts = []
+            for m, side, units in unit_slices(group):
+                grad = m.weight.grad if m.weight.grad is not None else torch.zeros_like(m.weight)
+                parts.append(_per_unit(oriented(m.weight * grad, m).abs(), side, units))
             raw.append(np.mean(parts, axis=0))
     module.zero_grad(set_to_none=True)
     return raw
@@ -222,8 +219,17 @@ def _group_taylor(handle) -> np.ndarray | None:
 
 
 def projection(group):
-    """The output projection whose input columns a transformer group owns (o_proj / down_proj)."""
-    return group.handle.self_attn.o_proj if group.kind == "heads" else group.handle.mlp.down_proj
+    """The output projection whose input columns a transformer group owns (attention output / MLP down)."""
+    from .transformer import output_projection
+
+    return output_projection(group.handle, group.layout, group.kind)
+
+
+def _in_matrix(module):
+    """The projection's weight as [out, in] float64 numpy."""
+    from .transformer import oriented
+
+    return oriented(module.weight.detach(), module).double().cpu().numpy()
 
 
 def _input_stats(groups: list, module, batches: list) -> list:
@@ -255,17 +261,17 @@ def _input_stats(groups: list, module, batches: list) -> list:
 
 
 def _columns(group) -> list:
-    return next(units for w, dim, units in unit_slices(group) if dim == 1)
+    return next(units for m, side, units in unit_slices(group) if side == "in")
 
 
 def _wanda_sp(group, stats: dict) -> np.ndarray:
-    w = projection(group).weight.detach().double().abs().cpu().numpy()
+    w = np.abs(_in_matrix(projection(group)))
     per_col = w.sum(0) * stats["norm"]
     return np.array([per_col[idx].sum() for idx in _columns(group)])
 
 
 def _flap(group, stats: dict) -> np.ndarray:
-    w = projection(group).weight.detach().double().cpu().numpy()
+    w = _in_matrix(projection(group))
     per_col = stats["var"] * (w * w).sum(0)
     return np.array([per_col[idx].sum() for idx in _columns(group)])
 
@@ -278,7 +284,7 @@ def compensate_bias(group, removed_units: list, input_mean: np.ndarray) -> None:
         return
     cols = sorted(c for u in removed_units for c in _columns(group)[u])
     proj = projection(group)
-    w = proj.weight.detach().double()
+    w = torch.from_numpy(_in_matrix(proj))
     mean = torch.as_tensor(input_mean[cols], dtype=torch.float64)
     delta = (w[:, cols] @ mean).to(proj.weight.dtype)
     with torch.no_grad():

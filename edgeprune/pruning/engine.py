@@ -165,110 +165,133 @@ def solve(options: PruneOptions, cost, groups: list, scores: list, budget_ms: fl
     return make(groups, scores, ratio, options.round_to)
 
 
+def check_request(loaded, table, options: PruneOptions) -> None:
+    """Everything about the request that can be refused before any work: model, table, settings, criterion."""
+    from .criteria import get_criterion
+
+    if not loaded.slimmable:
+        raise BadInputError(f"{loaded.spec} cannot be slimmed (ONNX, TorchScript or an unsupported family)",
+                            "give the PyTorch model: torchvision:NAME, timm:NAME or a Hugging Face directory "
+                            "(LLaMA, GPT-2, BERT or ViT layout)")
+    if table is None:
+        if options.mode == "latency" or options.budget:
+            raise BadInputError("a latency budget needs a latency table",
+                                f"profile first: edgeprune profile --model {loaded.spec} --out table.json, then "
+                                "pass --table table.json")
+    else:
+        if loaded.family != table.model.get("family"):
+            raise BadInputError(f"the table was profiled for {table.model.get('spec')} "
+                                f"({table.model.get('family')}), not for {loaded.spec} ({loaded.family})",
+                                f"profile this model: edgeprune profile --model {loaded.spec} --out table.json")
+        for name in ("threads", "precision"):
+            want, have = getattr(options, name), table.runtime.get(name)
+            if want is not None and want != have:
+                raise BadInputError(f"the table was measured at {name} {have}, the target asks for {want}",
+                                    f"profile again with --{name} {want}; a model is never judged on another "
+                                    f"{name} setting")
+    crit = get_criterion(options.criterion)
+    if crit.needs_data and not options.calib:
+        raise BadInputError(f"criterion {crit.name} needs calibration data", "pass --calib PATH (or use l1 / l2)")
+    parse_budget(options.budget)
+
+
+def slim_copy(pristine, space, units: list, scores) -> tuple:
+    """(slim deep copy of `pristine`, {group: kept units}): each group keeps its best-scoring units."""
+    from .criteria import compensate_bias
+    from .space import apply_keep
+
+    candidate = copy.deepcopy(pristine)
+    groups = space(candidate)
+    keep = {}
+    for i, g in enumerate(groups):
+        raw = scores.raw[i]
+        order = sorted(range(g.units), key=lambda u: -float(raw[u])) if raw is not None else list(range(g.units))
+        keep[i] = sorted(order[: units[i]])
+        if scores.input_mean and units[i] < g.units:  # FLAP: removed columns' mean input joins the bias
+            compensate_bias(g, [u for u in range(g.units) if u not in set(keep[i])], scores.input_mean[i])
+    return candidate, apply_keep(groups, keep, candidate)
+
+
 def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, reporter=None) -> PruneResult:
-    """Prune `loaded` (a LoadedModel) against `table`; measure on `session` (a DeviceSession) when given."""
+    """Prune `loaded` (a LoadedModel) against `table`; measure on `session` (a DeviceSession) when given.
+
+    Without a table only the baselines' ratio / MACs modes run (nothing is predicted or measured).
+    """
     from edgeprune.latency.build import Reporter
 
-    from .criteria import compensate_bias, get_criterion, score_groups
+    from .criteria import score_groups
     from .solver import CostModel, UnreachableBudgetError, fastest
     from .space import build_space
     from .widths import probe_width_model
 
     reporter = reporter or Reporter()
-    if not loaded.slimmable:
-        raise BadInputError(f"{loaded.spec} cannot be slimmed (ONNX, TorchScript or an unsupported family)",
-                            "give the PyTorch model: torchvision:NAME, timm:NAME or a LLaMA-layout Hugging Face "
-                            "directory")
-    if loaded.family != table.model.get("family"):
-        raise BadInputError(f"the table was profiled for {table.model.get('spec')} ({table.model.get('family')}), "
-                            f"not for {loaded.spec} ({loaded.family})",
-                            f"profile this model: edgeprune profile --model {loaded.spec} --out table.json")
-    for name in ("threads", "precision"):
-        want, have = getattr(options, name), table.runtime.get(name)
-        if want is not None and want != have:
-            raise BadInputError(f"the table was measured at {name} {have}, the target asks for {want}",
-                                f"profile again with --{name} {want}; a model is never judged on another "
-                                f"{name} setting")
-    crit = get_criterion(options.criterion)
-    if crit.needs_data and not options.calib:
-        raise BadInputError(f"criterion {crit.name} needs calibration data", "pass --calib PATH (or use l1 / l2)")
+    check_request(loaded, table, options)
     budget = parse_budget(options.budget)
     module = loaded.module
     pristine = copy.deepcopy(module)
-    example = loaded.example_inputs()
     notes = []
 
     def space(mod):
         wrapped = loaded.export_module(mod)
         return build_space(wrapped, loaded.example_inputs(wrapped))
 
-    progress = reporter.stage("structure", None)
-    widths = probe_width_model(loaded, module, example, space, head_dim=loaded.head_dim)
-    reporter.done("structure")
-    check_table(table, [r.block for r in widths.rules], loaded)
-    cost = CostModel(table, widths)
+    cost = widths = None
+    if table is not None or options.macs is not None:
+        reporter.stage("structure", None)
+        widths = probe_width_model(loaded, module, loaded.example_inputs(), space, head_dim=loaded.head_dim)
+        reporter.done("structure")
+    if table is not None:
+        check_table(table, [r.block for r in widths.rules], loaded)
+        cost = CostModel(table, widths)
     groups = space(module)
     batches, loss_fn = calibration_batches(loaded, options)
-    progress = reporter.stage("scores", None)
+    reporter.stage("scores", None)
     scores = score_groups(options.criterion, groups, module, batches, loss_fn, options.seed)
     reporter.done("scores")
-    del progress
     dense_units = [g.units for g in groups]
-    dense_pred = cost.predict(dense_units)
-    dense_macs = widths.macs(dense_units)
+    dense_pred = cost.predict(dense_units) if cost else None
+    dense_macs = widths.macs(dense_units) if widths else None
     budget_ms = budget.ms(dense_pred) if budget else None
+    step = table.step if table is not None else 1
     if budget_ms is not None:
-        floor = fastest(cost, groups, scores.normalized, table.step, options.min_keep)
+        floor = fastest(cost, groups, scores.normalized, step, options.min_keep)
         if floor > budget_ms:
             raise UnreachableBudgetError(
                 f"budget {budget} ({budget_ms:.3g} ms) is below the fastest reachable latency {floor:.3g} ms "
                 f"(dense {dense_pred:.3g} ms, every group at {options.min_keep:.0%})",
                 f"ask for at least {dense_pred / floor:.2f}x / {floor:.3g} ms, or lower --min-keep")
-    target_ms = budget_ms
-    rounds, measured = [], None
-    fp_checked = False
-    for round_index in range(max(1, options.max_rounds if session is not None and options.measure else 1)):
-        units = solve(options, cost, groups, scores.normalized, target_ms, table.step, dense_macs)
-        candidate = copy.deepcopy(pristine)
-        cand_groups = space(candidate)
-        keep = {}
-        for i, g in enumerate(cand_groups):
-            order = sorted(range(g.units), key=lambda u: -float(scores.raw[i][u]) if scores.raw[i] is not None
-                           else 0.0)
-            keep[i] = sorted(order[: units[i]])
-            if scores.input_mean and units[i] < g.units:
-                compensate_bias(g, [u for u in range(g.units) if u not in set(keep[i])], scores.input_mean[i])
-        from .space import apply_keep
-
-        kept = apply_keep(cand_groups, keep, candidate)
-        record = {"round": round_index, "target_ms": target_ms, "predicted_ms": cost.predict(units),
-                  "macs": widths.macs(units), "units": units}
-        if session is not None and options.measure and budget_ms is not None:
-            if not fp_checked:
-                check_fingerprint(table, _fingerprint(session, table))
-                fp_checked = True
-            measured = measure_pair(loaded, pristine, candidate, table, session, cache, reporter)
-            record["measured"] = measured
-            rounds.append(record)
-            limit = budget.ms(measured["dense_ms"]) if budget.kind == "speedup" else budget_ms
-            measured["budget_ms"] = limit
-            if measured["pruned_ms"] <= limit * (1 + options.tolerance):
-                break
-            if round_index + 1 < options.max_rounds:
-                target_ms = target_ms * limit / measured["pruned_ms"]
-                notes.append(f"round {round_index + 1}: measured {measured['pruned_ms']:.3g} ms misses "
-                             f"{limit:.3g} ms; tightening the internal budget to {target_ms:.3g} ms")
-        else:
-            rounds.append(record)
+    measuring = session is not None and options.measure and budget_ms is not None
+    if measuring:
+        check_fingerprint(table, _fingerprint(session, table))
+    target_ms, rounds, measured = budget_ms, [], None
+    for round_index in range(options.max_rounds if measuring else 1):
+        units = solve(options, cost, groups, scores.normalized, target_ms, step, dense_macs)
+        candidate, kept = slim_copy(pristine, space, units, scores)
+        record = {"round": round_index, "target_ms": target_ms, "units": units,
+                  "predicted_ms": cost.predict(units) if cost else None,
+                  "macs": widths.macs(units) if widths else None}
+        rounds.append(record)
+        if not measuring:
             break
-    if session is None and budget_ms is not None and options.measure:
+        measured = measure_pair(loaded, pristine, candidate, table, session, cache, reporter)
+        limit = budget.ms(measured["dense_ms"]) if budget.kind == "speedup" else budget_ms
+        measured["budget_ms"] = limit
+        record["measured"] = measured
+        if measured["pruned_ms"] <= limit * (1 + options.tolerance):
+            break
+        if round_index + 1 < options.max_rounds:
+            target_ms = target_ms * limit / measured["pruned_ms"]
+            notes.append(f"round {round_index + 1}: measured {measured['pruned_ms']:.3g} ms misses {limit:.3g} ms; "
+                         f"tightening the internal budget to {target_ms:.3g} ms")
+    if budget_ms is not None and not measuring and options.measure:
         notes.append("not measured on the device (no device given): the result rests on the table's prediction")
-    if table.fidelity.get("within_10") is not None and table.fidelity["within_10"] < 0.8 and measured is None:
+    within = table.fidelity.get("within_10") if table is not None else None
+    if within is not None and within < 0.8 and measured is None:
         notes.append(f"low-fidelity table ({table.fidelity['within_10']:.0%} within ±10 %): measure the result "
                      "(--device) before trusting the prediction")
     if measured is not None and measured["pruned_ms"] > measured["budget_ms"] * (1 + options.tolerance):
-        notes.append(f"after {len(rounds)} rounds the measured {measured['pruned_ms']:.3g} ms still misses the budget "
-                     f"{measured['budget_ms']:.3g} ms")
+        notes.append(f"after {len(rounds)} rounds the measured {measured['pruned_ms']:.3g} ms still misses the "
+                     f"budget {measured['budget_ms']:.3g} ms")
     final = rounds[-1]
     return PruneResult(candidate, kept, dense_pred, final["predicted_ms"], budget_ms, final["macs"], dense_macs,
                        measured, rounds, notes)

@@ -34,7 +34,7 @@ def output_layers(module) -> list:
     return linears[-1:] if linears else convs[-1:]
 
 
-class GraphTimeout(Exception):
+class GraphTimeout(BaseException):  # not Exception: library code that catches Exception must not swallow it
     pass
 
 
@@ -67,24 +67,24 @@ def dependency_groups(module, example_inputs: tuple, ignored: list | None = None
     import torch_pruning as tp
 
     ignored = output_layers(module) if ignored is None else ignored
+    names = {m: n for n, m in module.named_modules()}
     try:
         with time_limit(timeout_s), warnings.catch_warnings():
             # Torch-Pruning warns about parameters outside layers (ViT class token, position embedding) and
             # prunes their last non-singleton dimension: the hidden size, which is right for them.
-            warnings.filterwarnings("ignore", message=".*unwrapped parameters.*")
-            warnings.filterwarnings("ignore", message=".*Unwrapped parameters.*")
+            warnings.filterwarnings("ignore", message=".*nwrapped parameters.*")
             graph = tp.DependencyGraph().build_dependency(module, example_inputs=example_inputs)
+            found = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]))
     except GraphTimeout:
         raise BadInputError(f"Torch-Pruning's dependency graph did not finish in {timeout_s:.0f} s "
                             f"on {type(module).__name__}",
-                            "known upstream hang (VainF/Torch-Pruning#527) on Hugging Face attention; LLaMA-layout "
-                            "models use edgeprune's own transformer pruner") from None
+                            "known upstream hang (VainF/Torch-Pruning#527) on Hugging Face attention; LLaMA, GPT-2, "
+                            "BERT and ViT layouts use edgeprune's own transformer pruner") from None
     except Exception as err:
         raise BadInputError(f"cannot trace the model's dependency graph: {str(err).splitlines()[0][:200]}",
                             "the model must run on the example input; unsupported layers are named above") from None
-    names = {m: n for n, m in module.named_modules()}
     groups = []
-    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
+    for group in found:
         dep = group[0].dep
         root = dep.target.module
         channels = len(group[0].idxs)

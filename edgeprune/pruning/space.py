@@ -25,18 +25,18 @@ class UnitGroup:
     unit_size: int
     remove: Callable[[list], None]  # physically remove these unit indices (ascending) from the module
     handle: object = None  # torch_pruning Group for "channels", the layer module for "heads"/"mlp"
-    layout: object = None  # DecoderLayout for transformer groups
+    layout: object = None  # TransformerLayout for transformer groups
     multiple: int = 1  # kept units must be a multiple of this (a hidden size shared with attention: its heads)
 
 
 def build_space(module, example_inputs: tuple, timeout_s: float = 60.0) -> list:
     """All unit groups of `module`, in a deterministic order (same order for every deep copy)."""
-    from .transformer import decoder_layout
+    from .transformer import transformer_layout
 
     inner = getattr(module, "inner", module)
-    layout = decoder_layout(inner)
+    layout = transformer_layout(inner)
     if layout is not None:
-        return decoder_space(layout)
+        return transformer_space(layout)
     from .groups import dependency_groups, prune_group
 
     groups = []
@@ -72,20 +72,19 @@ def refresh_attributes(module) -> None:
             mod.hidden_dim = conv.out_channels
 
 
-def decoder_space(layout) -> list:
-    """Per decoder layer: its kv heads (with their query heads), then its MLP channels."""
-    from .transformer import layer_widths, slim_attention, slim_mlp
+def transformer_space(layout) -> list:
+    """Per transformer layer: its kv heads (with their query heads), then its MLP channels."""
+    from .transformer import layer_widths, slim_heads, slim_mlp
 
     groups = []
     for i, (kv_heads, channels) in layer_widths(layout).items():
         layer = layout.layers[i]
-        q_per_kv = layout.kv_groups
-        groups.append(UnitGroup(f"layers.{i}.self_attn", "heads", kv_heads, layout.head_dim * q_per_kv,
-                                _keep_complement(lambda keep, a=layer.self_attn: slim_attention(a, keep, layout),
-                                                 kv_heads),
+        groups.append(UnitGroup(f"layers.{i}.heads", "heads", kv_heads, layout.head_dim * layout.kv_groups,
+                                _keep_complement(lambda keep, lay=layer: slim_heads(lay, keep, layout), kv_heads),
                                 layer, layout))
         groups.append(UnitGroup(f"layers.{i}.mlp", "mlp", channels, 1,
-                                _keep_complement(lambda keep, m=layer.mlp: slim_mlp(m, keep), channels), layer, layout))
+                                _keep_complement(lambda keep, lay=layer: slim_mlp(lay, keep, layout), channels),
+                                layer, layout))
     return groups
 
 

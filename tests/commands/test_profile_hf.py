@@ -56,14 +56,15 @@ def test_llama_directory_gets_attention_and_mlp_blocks_and_variants(hf_models, t
 
 
 @pytest.mark.parametrize("name", ["gpt2", "bert", "vit"])
-def test_other_hf_families_get_a_table_without_variants(hf_models, tmp_path, name):
+def test_other_hf_families_get_a_table_and_head_mlp_variants(hf_models, tmp_path, name):
     out = tmp_path / f"{name}.json"
     proc = run_cli("--json", "profile", "--device", "cpu", "--model", str(hf_models / name), "--seq-len", "16",
-                   "--out", str(out), cache=tmp_path / "c.sqlite")
+                   "--variants", "2", "--out", str(out), cache=tmp_path / "c.sqlite")
     assert proc.returncode == 0, proc.stderr
-    assert "no held-out variants" in proc.stderr
     table = json.loads(out.read_text())
-    assert table["fidelity"]["status"] == "not measured: no slimmable source"
+    fid = table["fidelity"]
+    assert fid["n_variants"] == 2  # the family pruner slims heads and MLP channels for the held-out variants
+    assert all(v["measured_ms"] > 0 and v["predicted_ms"] > 0 for v in fid["variants"])
     kinds = {layer["kind"] for layer in table["layers"].values()}
     assert {"gemm", "norm"} & kinds or {"attention"} & kinds
     if name in ("bert", "vit"):

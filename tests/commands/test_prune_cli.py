@@ -35,7 +35,7 @@ def test_prune_cli_measures_and_writes_a_loadable_directory(llama, tmp_path):
     reply = json.loads(proc.stdout)
     assert reply["predicted_ms"] <= reply["budget_ms"] + 1e-9
     assert reply["measured"]["dense_ms"] > 0 and reply["measured"]["pruned_ms"] > 0
-    assert {"layers.0.self_attn", "layers.0.mlp", "layers.1.self_attn", "layers.1.mlp"} == set(reply["widths"])
+    assert {"layers.0.heads", "layers.0.mlp", "layers.1.heads", "layers.1.mlp"} == set(reply["widths"])
     # the pruned directory is itself a --model: it profiles like any model
     proc = run_cli("--json", "profile", "--device", "cpu", "--model", str(out), "--seq-len", "16", "--variants", "0",
                    "--out", str(tmp_path / "t2.json"), cache=cache)

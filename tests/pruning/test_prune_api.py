@@ -130,11 +130,11 @@ def test_llama_gqa_heads_and_mlp_prune_save_load_export(llama_dir, llama_table, 
     out = tmp_path / "pruned"
     res = edgeprune.prune(str(llama_dir), llama_table, out, budget="1.4x", criterion=criterion,
                           calib=str(tmp_path / "calib.npz"), measure=False)
-    heads = {k: v for k, v in res.widths.items() if k.endswith("self_attn")}
+    heads = {k: v for k, v in res.widths.items() if k.endswith(".heads")}
     assert heads and all(1 <= v <= 4 for v in heads.values())
     module, section, prov = load_pruned(out)
     for i, layer in enumerate(module.model.layers):
-        kv = heads[f"layers.{i}.self_attn"]
+        kv = heads[f"layers.{i}.heads"]
         assert layer.self_attn.k_proj.out_features == kv * 8
         assert layer.self_attn.q_proj.out_features == kv * 2 * 8  # GQA: 2 query heads per kept kv head
     with torch.no_grad():
@@ -154,7 +154,7 @@ def test_uniform_llama_widths_load_with_from_pretrained(llama_dir, llama_table, 
 
     out = tmp_path / "uniform"
     res = edgeprune.prune(str(llama_dir), llama_table, out, mode="uniform", ratio=0.5, criterion="l2", measure=False)
-    assert set(v for k, v in res.widths.items() if k.endswith("self_attn")) == {2}
+    assert set(v for k, v in res.widths.items() if k.endswith(".heads")) == {2}
     hf = AutoModelForCausalLM.from_pretrained(str(out)).eval()
     ids = torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
