@@ -40,7 +40,6 @@ def hf_dir(tmp_path, family: str):
 
 def ort_max_diff(loaded, module, path) -> float:
     import onnxruntime as ort
-
     from edgeprune.exporters.onnx import export_onnx
 
     wrapped = loaded.export_module(module)
