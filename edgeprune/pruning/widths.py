@@ -4,8 +4,8 @@ The latency table's blocks are read from the exported ONNX graph, while the prun
 modules. To predict a candidate's latency without exporting it, each block side (c_in, c_out) is tied to the one
 group that sets it. Probe k removes one unit (one head's worth where attention shares the width) from every group
 whose index has bit k set, plus one probe removes them everywhere; a block side that shrinks by the same amount
-in exactly the probes of one group's code belongs to that group, with that many channels per unit. A side that follows no single group (e.g. a
-concatenation of two pruned groups) is named in an error rather than guessed.
+in exactly the probes of one group's code belongs to that group, with that many channels per unit. A side that
+follows no single group (e.g. a concatenation of two pruned groups) is named in an error rather than guessed.
 """
 
 from __future__ import annotations
