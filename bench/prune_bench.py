@@ -51,17 +51,24 @@ def tp_baseline(module, example, macs_keep: float, global_pruning: bool):
     dense_macs, _ = tp.utils.count_ops_and_params(module, example)
 
     def pruned(ratio):
+        import torch
+
+        from edgeprune.pruning.space import refresh_attributes
+
         clone = copy.deepcopy(module)
+        # as Torch-Pruning's own ViT example does: tell it the attention heads so the hidden size stays divisible
+        heads = {m: m.num_heads for m in clone.modules() if isinstance(m, torch.nn.MultiheadAttention)}
         pruner = tp.pruner.MetaPruner(clone, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
                                       pruning_ratio=ratio, global_pruning=global_pruning, round_to=8,
-                                      ignored_layers=output_layers(clone))
+                                      ignored_layers=output_layers(clone), num_heads=heads)
         pruner.step()
+        refresh_attributes(clone)
         macs, _ = tp.utils.count_ops_and_params(clone, example)
         return clone, macs / dense_macs
 
     lo, hi = 0.0, 0.9
     best = pruned(hi)
-    for _ in range(12):
+    for _ in range(7):  # ratio to within 0.007: finer than round_to=8 can follow
         mid = (lo + hi) / 2
         clone, keep = pruned(mid)
         if keep > macs_keep:

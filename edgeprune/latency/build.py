@@ -25,6 +25,7 @@ from .grid import plan_signature
 from .table import LatencyTable, cell_record
 
 PLAN_VERSION = 1
+VARIANT_BUILDER = 2  # bump when pruning.variants builds different models for the same seed (cached variants)
 LOW_FIDELITY = 0.80
 
 
@@ -334,7 +335,8 @@ def _variant_key(loaded, dense_key: str, seed: int, aligned: bool, step: int, op
     """Identity of one variant: the same model, seed, width rules and step build the same variant."""
     import hashlib
 
-    text = json.dumps({"source": loaded.source_sha256, "dense": dense_key, "seed": seed, "aligned": aligned,
+    text = json.dumps({"builder": VARIANT_BUILDER, "source": loaded.source_sha256, "dense": dense_key, "seed": seed,
+                       "aligned": aligned,
                        "step": step, "keep": list(options.keep_range), "regime": loaded.regime,
                        "seq_len": loaded.seq_len}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()

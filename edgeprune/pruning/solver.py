@@ -80,7 +80,6 @@ def candidate_units(group, step: int, min_keep: float) -> list:
         every = 1
     else:
         every = step // math.gcd(step, group.unit_size)
-    every = every * group.multiple // math.gcd(every, group.multiple)
     options = {u for u in range(every, n + 1, every) if u >= floor}
     options.add(n)
     if not any(u >= floor for u in options - {n}) and floor < n:
@@ -229,13 +228,8 @@ def round_units(n: int, keep: float, round_to: int | None) -> int:
 
 
 def _rounded(group, keep: float, round_to: int | None) -> int:
-    """Kept units after round_to (channels only) and the group's head multiple."""
-    import math
-
-    step = round_to if group.kind != "heads" else None
-    if group.multiple > 1:
-        step = group.multiple if not step else step * group.multiple // math.gcd(step, group.multiple)
-    return round_units(group.units, keep, step)
+    """Kept units after round_to (channels only; heads are whole units already)."""
+    return round_units(group.units, keep, round_to if group.kind != "heads" else None)
 
 
 def uniform_units(groups: list, scores: list, ratio: float, round_to: int | None = None) -> list:

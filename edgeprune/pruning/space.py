@@ -26,7 +26,6 @@ class UnitGroup:
     remove: Callable[[list], None]  # physically remove these unit indices (ascending) from the module
     handle: object = None  # torch_pruning Group for "channels", the layer module for "heads"/"mlp"
     layout: object = None  # TransformerLayout for transformer groups
-    multiple: int = 1  # kept units must be a multiple of this (a hidden size shared with attention: its heads)
 
 
 def build_space(module, example_inputs: tuple, timeout_s: float = 60.0) -> list:
@@ -41,27 +40,27 @@ def build_space(module, example_inputs: tuple, timeout_s: float = 60.0) -> list:
 
     groups = []
     for group in dependency_groups(module, example_inputs, timeout_s=timeout_s):
+        if _feeds_attention(group.handle):
+            continue
         groups.append(UnitGroup(group.root, "channels", group.channels, 1,
-                                (lambda g: lambda idx: prune_group(g, idx))(group), group.handle,
-                                multiple=_head_multiple(group.handle)))
+                                (lambda g: lambda idx: prune_group(g, idx))(group), group.handle))
     if not groups:
         raise BadInputError("the model has no prunable channel group (no Conv2d / Linear outside the output layer)",
                             "edgeprune prunes convolutions, linear layers, attention heads and MLP channels")
     return groups
 
 
-def _head_multiple(handle) -> int:
-    """Channels shared with nn.MultiheadAttention must stay divisible by its head count."""
-    import math
+def _feeds_attention(handle) -> bool:
+    """A width nn.MultiheadAttention shares (its embed dim): not prunable here.
 
+    nn.MultiheadAttention's packed projection ties its inner width to its input width, so removing channels can
+    only shrink every head (Torch-Pruning's choice), which changes the attention's own shapes and the table's
+    signatures with it. Models built on it (torchvision's ViT) are pruned in their MLP channels; Hugging Face
+    transformers get whole-head pruning from the family pruner.
+    """
     import torch.nn as nn
 
-    multiple = 1
-    for dep, _ in handle:
-        layer = dep.target.module
-        if isinstance(layer, nn.MultiheadAttention):
-            multiple = multiple * layer.num_heads // math.gcd(multiple, layer.num_heads)
-    return multiple
+    return any(isinstance(dep.target.module, nn.MultiheadAttention) for dep, _ in handle)
 
 
 def refresh_attributes(module) -> None:
@@ -107,9 +106,6 @@ def apply_keep(groups: list, keep: dict, module=None) -> dict:
         kept = sorted(int(u) for u in keep.get(i, range(group.units)))
         if not kept:
             raise BadInputError(f"group {group.name} would lose every unit", "raise the budget or min_keep")
-        if len(kept) % group.multiple and len(kept) != group.units:
-            raise BadInputError(f"group {group.name} must keep a multiple of {group.multiple} units (attention "
-                                f"heads share it), not {len(kept)}", "this is a bug in the caller; report it")
         group.remove([u for u in range(group.units) if u not in set(kept)])
         widths[group.name] = len(kept)
     if module is not None:

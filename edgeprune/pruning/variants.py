@@ -7,7 +7,6 @@ on arbitrary (not step-aligned) widths, because aligned widths cannot tell a tab
 from __future__ import annotations
 
 import copy
-import math
 import random
 from dataclasses import dataclass
 
@@ -27,8 +26,7 @@ def make_variant(module, example_inputs: tuple, seed: int, aligned: bool, step: 
     """A deep copy of `module` with each unit group kept at a random fraction of its units.
 
     `aligned` snaps every kept channel count to a multiple of `step`; otherwise counts are drawn off the step.
-    Attention heads are whole units (a kv head with its query heads); hidden sizes shared with attention stay
-    divisible by the head count.
+    Attention heads are whole units (a kv head with its query heads).
     """
     from .space import apply_keep, build_space
 
@@ -40,14 +38,10 @@ def make_variant(module, example_inputs: tuple, seed: int, aligned: bool, step: 
         n = group.units
         k = max(1, round(n * rng.uniform(*keep_range)))
         if group.kind != "heads":
-            unit = group.multiple
             if aligned:
-                unit = unit * step // math.gcd(unit, step)
-                k = max(unit, (k // unit) * unit) if n >= unit else n
+                k = max(step, (k // step) * step) if n >= step else n
             elif n > step and k % step == 0:
                 k = k - rng.randint(1, step - 1)
-            if group.multiple > 1 and not aligned:
-                k = max(group.multiple, (k // group.multiple) * group.multiple)
         k = min(k, n)
         keep[i] = sorted(rng.sample(range(n), k))
     widths = apply_keep(groups, keep, clone)

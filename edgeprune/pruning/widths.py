@@ -2,10 +2,10 @@
 
 The latency table's blocks are read from the exported ONNX graph, while the pruner removes units of torch
 modules. To predict a candidate's latency without exporting it, each block side (c_in, c_out) is tied to the one
-group that sets it. Probe k removes one unit (one head's worth where attention shares the width) from every group
-whose index has bit k set, plus one probe removes them everywhere; a block side that shrinks by the same amount
-in exactly the probes of one group's code belongs to that group, with that many channels per unit. A side that
-follows no single group (e.g. a concatenation of two pruned groups) is named in an error rather than guessed.
+group that sets it. Probe k removes one unit from every group whose index has bit k set, plus one probe removes
+one unit everywhere; a block side that shrinks by the same amount in exactly the probes of one group's code
+belongs to that group, with that many channels per unit. A side that follows no single group (e.g. a
+concatenation of two pruned groups) is named in an error rather than guessed.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def probe_width_model(loaded, module, example_inputs: tuple, build_space, head_d
     codes = [i + 1 for i in range(len(groups))]
     from .space import refresh_attributes
 
-    removed = [g.multiple if g.units > g.multiple else 0 for g in groups]  # units one probe takes from a group
+    removed = [1 if g.units > 1 else 0 for g in groups]  # units one probe takes from a group
     probes = []
     for k in list(range(n_bits)) + ["all"]:
         clone = copy.deepcopy(module)
