@@ -4,7 +4,7 @@ The public API mirrors the CLI verbs; heavy imports happen on first use so `impo
 """
 
 __version__ = "0.1.0"
-__all__ = ["profile", "prune", "load", "load_table"]
+__all__ = ["profile", "prune", "distill", "load", "export", "validate", "load_table"]
 
 
 def __getattr__(name):

@@ -92,9 +92,6 @@ def prune(model, table=None, out: str | Path | None = None, *, budget: str | Non
     options = PruneOptions(criterion=criterion, budget=budget or target, mode=mode, ratio=ratio, macs=macs,
                            round_to=round_to, min_keep=min_keep, calib=calib, calib_samples=calib_samples, seed=seed,
                            measure=measure, max_rounds=max_rounds, threads=threads, precision=precision)
-    from .pruning.checkpoint import module_sizes
-
-    dense_sizes = module_sizes(loaded.module) if loaded.module is not None else {}
     measurements = MeasurementCache(cache) if measure else None
     try:
         with _measuring_device(table, device, host, measure and table is not None and (budget or target),
@@ -109,7 +106,7 @@ def prune(model, table=None, out: str | Path | None = None, *, budget: str | Non
     if out is not None:
         from .pruning.checkpoint import save_pruned
 
-        save_pruned(out, result.module, loaded, result.widths, dense_sizes, result.provenance, force=force)
+        save_pruned(out, result.module, loaded, result.widths, result.provenance, force=force)
     return result
 
 
@@ -186,11 +183,75 @@ def _provenance(loaded, table, options, result) -> dict:
         "budget_ms": result.budget_ms,
         "table": None if table is None else {
             "id": table.id, "device": table.fingerprint.get("device"), "runtime": table.runtime,
+            "fingerprint": table.fingerprint, "estimator": table.estimator.get("models") or table.estimator,
             "fidelity": {k: table.fidelity.get(k) for k in ("within_10", "mape", "noise_ceiling")}},
         "dense_predicted_ms": result.dense_predicted_ms, "predicted_ms": result.predicted_ms,
         "measured": result.measured, "widths": result.widths, "macs": result.macs, "dense_macs": result.dense_macs,
         "rounds": [{k: v for k, v in r.items() if k != "units"} for r in result.rounds], "notes": result.notes,
     }
+
+
+def distill(student, teacher, data: str, out: str | Path, *, teacher_weights: str | None = None,
+            teacher_args: dict | None = None, epochs: int = 5, lr: float = 1e-3, batch_size: int = 32,
+            temperature: float = 4.0, alpha: float = 0.9, top_k: int | None = None, online: bool = False,
+            cache_dir: str | Path | None = None, holdout: float = 0.2, seed: int = 0, force: bool = False):
+    """Distil `teacher` (a `--model` spec) into `student` (a pruned-model dir) on `data`; save to `out`.
+
+    The teacher's outputs are computed once into `cache_dir` (default: beside `out`) and reused while the
+    teacher and data stay the same; `online=True` runs the teacher every step instead.
+    """
+    from .distillation.run import distill_model
+    from .distillation.train import DistillOptions
+    from .models import load_model
+
+    student_loaded = load_model(str(student))
+    source = student_loaded.pruned_source or {}
+    teacher_loaded = load_model(str(teacher), weights=teacher_weights,
+                                model_args=teacher_args if teacher_args is not None else source.get("model_args"),
+                                input_shape=student_loaded.input_shape if student_loaded.family == "vision" else None,
+                                seq_len=student_loaded.seq_len)
+    options = DistillOptions(epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature, alpha=alpha,
+                             top_k=top_k, seed=seed)
+    return distill_model(student_loaded, teacher_loaded, data, out, options=options, cache_dir=cache_dir,
+                         online=online, holdout=holdout, force=force)
+
+
+def export(model, out: str | Path, *, data: str | None = None, table=None, budget: str | None = None,
+           baseline_accuracy: float | None = None, atol: float = 1e-4, rtol: float = 1e-3, clean: bool = True,
+           weights: str | None = None, model_args: dict | None = None, input_shape: tuple | None = None,
+           seq_len: int | None = None, regime: str | None = None, force: bool = False):
+    """Export `model` (a `--model` spec, pruned-model dir or LoadedModel) to the bundle directory `out`.
+
+    Fails (CheckFailedError, nothing written) when ONNX Runtime and PyTorch disagree beyond the tolerance.
+    """
+    from .atomic import check_writable
+    from .bundles import export_bundle
+    from .models import LoadedModel, load_model
+
+    check_writable(out, force)
+    if table is not None and not isinstance(table, LatencyTable):
+        table = LatencyTable.load(table)
+    loaded = model if isinstance(model, LoadedModel) else load_model(
+        str(model), weights=weights, model_args=model_args, input_shape=input_shape, seq_len=seq_len,
+        regime=regime or "prefill")
+    return export_bundle(loaded, out, data=data, table=table, budget=budget, baseline_accuracy=baseline_accuracy,
+                         atol=atol, rtol=rtol, clean=clean)
+
+
+def validate(bundles, device: str | None = None, host: str | None = None, *, data: str | None = None,
+             budget: str | None = None, baseline: str | None = None, out: str | Path | None = None,
+             min_accuracy_ratio: float = 0.99, runs: int = 200, seconds: float = 10.0, threads: int | None = None,
+             force: bool = False, **ssh_options):
+    """Run bundle(s) on the device; gates on parity, latency ≤ budget, accuracy ≥ ratio × baseline.
+
+    Raises CheckFailedError listing every failed gate (after writing the report to `out`).
+    """
+    from .validation import validate as run
+
+    bundles = [bundles] if isinstance(bundles, (str, Path)) else list(bundles)
+    return run(bundles, device=device, host=host, data=data, budget=budget, baseline=baseline, out=out,
+               min_accuracy_ratio=min_accuracy_ratio, runs=runs, seconds=seconds, threads=threads,
+               ssh_options=ssh_options, force=force)
 
 
 def load_table(path: str | Path) -> LatencyTable:

@@ -14,6 +14,12 @@ from .errors import EdgepruneError
 # name -> "module:attribute" of a click.Command; imported only when that command runs or shows help.
 COMMANDS = {
     "profile": ("edgeprune.commands.profile:profile", "Measure a per-layer latency table on the device."),
+    "demo": ("edgeprune.commands.demo:demo", "Run the built-in example end to end on this CPU."),
+    "run": ("edgeprune.commands.run:run", "Run a recipe: profile, prune, distill, export, validate."),
+    "distill": ("edgeprune.commands.distill:distill", "Recover accuracy by distillation from cached teacher outputs."),
+    "export": ("edgeprune.commands.export:export", "Export a model to a bundle with a parity check."),
+    "inspect": ("edgeprune.commands.inspect:inspect", "Verify a bundle's checksums and print its manifest."),
+    "validate": ("edgeprune.commands.validate:validate", "Run bundles on the device and gate them."),
     "prune": ("edgeprune.commands.prune:prune", "Prune a model to a latency budget from its table; measure it."),
     "show": ("edgeprune.commands.show:show", "Print a latency table's layers and plot its staircases."),
     "devices": ("edgeprune.commands.devices:devices", "List the known devices."),

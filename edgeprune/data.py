@@ -2,8 +2,9 @@
 
 Formats: `.npz` / `.pt` / `.safetensors` with `inputs` (or `x`, `input_ids`, `pixel_values`) and optional
 `labels` (or `y`); an image folder (class sub-folders give labels) resized to the model's input shape; a text
-file for language models (needs a tokenizer in the model directory); `digits`, scikit-learn's bundled 8×8
-handwritten digits upscaled to the model's input shape (the built-in example, no network).
+file for language models (needs a tokenizer in the model directory); `digits` (or its fixed `digits:train` /
+`digits:test` split), scikit-learn's bundled 8×8 handwritten digits upscaled to the model's input shape (the
+built-in example, no network).
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ def load_samples(path: str | Path, input_shape: tuple, family: str = "vision", t
     import torch
 
     text = str(path)
-    if text == "digits":
-        return digits(input_shape)
+    if text in ("digits", "digits:train", "digits:test"):
+        return digits(input_shape, text.partition(":")[2] or "all")
     path = Path(path)
     if not path.exists():
         raise BadInputError(f"data {path} does not exist",

@@ -1,4 +1,4 @@
-"""Device-side entry point: `python -m profilers {info,doctor,run}`; prints one JSON object on stdout.
+"""Device-side entry point: `python -m profilers {info,doctor,lock-clocks,run,bundle}`; prints one JSON object.
 
 Failures the user can fix print `{"error": {kind, message, hint}}` and exit 2, so the host can show them as
 one line. Progress goes to stderr as JSON lines.
@@ -36,6 +36,9 @@ def main(argv=None):
     run = sub.add_parser("run", help="measure a plan")
     run.add_argument("plan")
     run.add_argument("--out", default=None, help="write the result here instead of stdout")
+    bundle = sub.add_parser("bundle", help="validate a bundle: checksums, parity, accuracy, latency")
+    bundle.add_argument("request")
+    bundle.add_argument("--out", default=None, help="write the report here instead of stdout")
     args = parser.parse_args(argv)
     try:
         if args.command == "info":
@@ -51,6 +54,12 @@ def main(argv=None):
             from .clocks import lock as lock_clocks
 
             _emit(lock_clocks(json.loads(args.commands)))
+        elif args.command == "bundle":
+            from .bundle import run_bundles
+
+            with open(args.request) as handle:
+                request = json.load(handle)
+            _emit(run_bundles(request, base_dir=os.path.dirname(os.path.abspath(args.request))), args.out)
         else:
             from .measure import run_plan
 

@@ -37,20 +37,18 @@ def module_sizes(module) -> dict:
     return out
 
 
-def changed_sizes(dense_sizes: dict, module) -> dict:
-    now = module_sizes(module)
-    return {name: attrs for name, attrs in now.items() if dense_sizes.get(name) != attrs}
+def save_pruned(out: str | Path, module, loaded, widths: dict, provenance: dict, force: bool = False) -> Path:
+    """Write the directory atomically (a temporary sibling renamed into place).
 
-
-def save_pruned(out: str | Path, module, loaded, widths: dict, dense_sizes: dict, provenance: dict,
-                force: bool = False) -> Path:
-    """Write the directory atomically (a temporary sibling renamed into place)."""
+    Every module's size attributes are recorded (not only the changed ones), so a model pruned again, or a
+    distilled student, rebuilds from the original source without knowing which sizes the dense model had.
+    """
     from safetensors.torch import save_file
 
     from edgeprune.atomic import atomic_dir, check_writable
 
     section = {"format_version": FORMAT_VERSION, "kind": "pruned_model",
-               "source": source_record(loaded), "widths": widths, "modules": changed_sizes(dense_sizes, module)}
+               "source": source_record(loaded), "widths": widths, "modules": module_sizes(module)}
     config = {}
     hf = getattr(module, "config", None)
     if hf is not None and hasattr(hf, "to_dict"):

@@ -1,0 +1,144 @@
+"""Publish the deploy-stage numbers: cached-teacher vs online KD, demo stage times, export parity across the
+model list, predicted vs measured latency of the exported bundles.
+
+Run from the repository root: `python bench/deploy_bench.py [--skip-demo]`. Writes bench/results/deploy.json and
+docs/results/deploy.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+ZOO = [("torchvision:resnet18", {}, (1, 3, 64, 64)), ("torchvision:resnet50", {}, (1, 3, 64, 64)),
+       ("torchvision:mobilenet_v2", {}, (1, 3, 64, 64)), ("torchvision:mobilenet_v3_small", {}, (1, 3, 64, 64)),
+       ("torchvision:efficientnet_b0", {}, (1, 3, 64, 64)),
+       ("torchvision:vit_b_16", {"image_size": 32}, (1, 3, 32, 32))]
+
+
+def kd_comparison(tmp: Path, epochs: int = 3) -> dict:
+    """Same pruned student, same data, same epochs and seed: teacher cached once vs run every step."""
+    import torch
+
+    import edgeprune
+    from edgeprune.examples import DIGITS_ARGS, DIGITS_SHAPE, DIGITS_SPEC, train_digits
+    from edgeprune.models import load_model
+
+    trained = train_digits(epochs=4)
+    weights = tmp / "teacher.pt"
+    torch.save(trained.module.state_dict(), weights)
+    loaded = load_model(DIGITS_SPEC, weights=str(weights), model_args=DIGITS_ARGS, input_shape=DIGITS_SHAPE)
+    pruned = tmp / "pruned"
+    edgeprune.prune(loaded, None, pruned, mode="global", macs=0.5, criterion="l2")
+    rows = {}
+    for mode in ("cached", "online"):
+        started = time.time()
+        done = edgeprune.distill(pruned, DIGITS_SPEC, "digits:train", tmp / f"student-{mode}",
+                                 teacher_weights=str(weights), epochs=epochs, online=mode == "online",
+                                 cache_dir=tmp / "cache", holdout=0.25, force=True)
+        rows[mode] = {"wall_s": time.time() - started, "train_s": done.result.train_s,
+                      "teacher_cache_s": done.result.teacher_s, "accuracy": done.accuracy}
+        print(f"   {mode}: {rows[mode]['wall_s']:.1f} s, accuracy {done.accuracy}", flush=True)
+    started = time.time()
+    reuse = edgeprune.distill(pruned, DIGITS_SPEC, "digits:train", tmp / "student-reuse", teacher_weights=str(weights),
+                              epochs=epochs, cache_dir=tmp / "cache", holdout=0.25, force=True)
+    rows["cached_reused"] = {"wall_s": time.time() - started, "train_s": reuse.result.train_s,
+                             "reused": reuse.cache_reused, "accuracy": reuse.accuracy}
+    return {"teacher_accuracy": trained.accuracy, "epochs": epochs, "rows": rows,
+            "train_time_ratio_online_over_cached": rows["online"]["train_s"] / rows["cached"]["train_s"],
+            "wall_ratio_online_over_cached_first": rows["online"]["wall_s"] / rows["cached"]["wall_s"]}
+
+
+def parity_rows(tmp: Path) -> list:
+    import edgeprune
+    from edgeprune.models import load_model
+
+    rows = []
+    for spec, args, shape in ZOO:
+        loaded = load_model(spec, model_args=args, input_shape=shape)
+        pruned = tmp / f"p-{spec.split(':')[1]}"
+        edgeprune.prune(loaded, None, pruned, mode="global", ratio=0.3, criterion="l2", force=True)
+        result = edgeprune.export(pruned, tmp / f"b-{spec.split(':')[1]}", force=True)
+        worst = max(result.parity["outputs"].values(), key=lambda r: r["max_abs"])
+        rows.append({"model": spec, "input_shape": list(shape), "max_abs": worst["max_abs"],
+                     "max_rel": worst["max_rel"], "cosine": worst["cosine"], "ok": result.parity["ok"],
+                     "cleanup": result.manifest["cleanup"]})
+        print(f"   {spec}: max abs {worst['max_abs']:.2e}, cosine {worst['cosine']:.8f}", flush=True)
+    return rows
+
+
+def demo_row(tmp: Path) -> dict:
+    from edgeprune.demo import run_demo
+
+    summary = run_demo(tmp / "demo", say=lambda *a: None)
+    report = json.loads((tmp / "demo" / "run" / "report" / "report.json").read_text())
+    r = report["bundles"][0]
+    summary["predicted_ms"] = r.get("predicted_ms")
+    summary["measured_estimate_ms"] = r["latency"]["estimate_ms"]
+    print(f"   demo: {summary['passed']}, {summary['speedup']:.2f}x, stages {summary['stages']}", flush=True)
+    return summary
+
+
+def markdown(data: dict) -> str:
+    m = data["meta"]
+    out = [f"# Deploy stages (this repository's VM, {m['date']})", "",
+           "Written by `python bench/deploy_bench.py`; raw data in `bench/results/deploy.json`.", ""]
+    kd = data.get("kd")
+    if kd:
+        rows = kd["rows"]
+        out += ["## Cached-teacher vs online distillation (digits, resnet18 80×80 pruned to 50 % MACs, "
+                f"{kd['epochs']} epochs, same seed)", "",
+                "| mode | wall (s) | training loop (s) | teacher pass (s) | held-out accuracy |",
+                "|---|---|---|---|---|"]
+        for mode in ("cached", "online", "cached_reused"):
+            r = rows[mode]
+            out.append(f"| {mode} | {r['wall_s']:.1f} | {r['train_s']:.1f} | {r.get('teacher_cache_s', 0):.1f} | "
+                       f"{r['accuracy'].get('student_after', float('nan')):.4f} |")
+        out += ["", f"Teacher accuracy {kd['teacher_accuracy']:.4f}. Training loop online ÷ cached: "
+                f"{kd['train_time_ratio_online_over_cached']:.2f}×.", ""]
+    if data.get("parity"):
+        out += ["## Export parity (pruned 30 %, ONNX Runtime CPU EP vs PyTorch)", "",
+                "| model | input | max abs | max rel | cosine |", "|---|---|---|---|---|"]
+        for r in data["parity"]:
+            out.append(f"| {r['model']} | {'x'.join(map(str, r['input_shape']))} | {r['max_abs']:.2e} | "
+                       f"{r['max_rel']:.2e} | {r['cosine']:.8f} |")
+        out.append("")
+    d = data.get("demo")
+    if d:
+        out += ["## `edgeprune demo`", "", "| stage | wall (s) |", "|---|---|"]
+        out += [f"| {s['stage']} | {s['wall_s']:.1f} |" for s in d["stages"]]
+        out += ["", f"Dense {d['dense_ms']:.2f} ms → pruned {d['pruned_ms']:.2f} ms ({d['speedup']:.2f}×, budget 2×); "
+                f"predicted {d['predicted_ms'] or float('nan'):.2f} ms, measured (validate) "
+                f"{d['measured_estimate_ms']:.2f} ms; accuracy {d['dense_accuracy']:.4f} → {d['pruned_accuracy']:.4f}; "
+                f"passed: {d['passed']}.", ""]
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--skip-demo", action="store_true")
+    args = parser.parse_args()
+    data = {"meta": {"date": time.strftime("%Y-%m-%d"), "machine": platform.node(), "python": sys.version.split()[0]}}
+    with tempfile.TemporaryDirectory(prefix="edgeprune-deploy-bench-") as tmp:
+        tmp = Path(tmp)
+        print("== KD cached vs online", flush=True)
+        data["kd"] = kd_comparison(tmp)
+        print("== export parity", flush=True)
+        data["parity"] = parity_rows(tmp)
+        if not args.skip_demo:
+            print("== demo", flush=True)
+            data["demo"] = demo_row(tmp)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "deploy.json").write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+    (ROOT / "docs" / "results" / "deploy.md").write_text(markdown(data))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""`edgeprune export` as a library call: a model -> a verified, checksummed bundle the device can run.
+
+The graph is exported with `torch.onnx.export` (TorchScript-based exporter, single file, opset 17), cleaned up
+with onnxslim when installed, and must reproduce PyTorch's outputs on ONNX Runtime for real samples or the
+export fails. What later stages need travels in the manifest: a pruned model's provenance (widths, table id,
+budget, predicted and measured latency) and the baseline accuracy when it is known.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from .errors import CheckFailedError
+
+REFERENCE_SAMPLES = 8
+
+
+def reference_samples(loaded, data: str | None, n: int) -> tuple:
+    """([input tuples of batch 1], preprocessing record): real samples from `data`, else the seeded example."""
+    wrapped = loaded.export_module()
+    if not data or loaded.regime == "decode":  # a decode step's inputs include a KV cache: use the example
+        return [loaded.example_inputs(wrapped)], {"kind": "synthetic", "note": "seeded random example input"}
+    from .data import load_samples
+
+    samples = load_samples(data, loaded.input_shape, loaded.family,
+                           tokenizer_dir=loaded.spec if loaded.huggingface else None, seq_len=loaded.seq_len)
+    take = samples.take(n)
+    return [(take.inputs[i:i + 1],) for i in range(len(take))], dict(take.preprocessing, source=str(data))
+
+
+def export_bundle(loaded, out: str | Path, *, data: str | None = None, table=None, budget: str | None = None,
+                  baseline_accuracy: float | None = None, atol: float = 1e-4, rtol: float = 1e-3,
+                  clean: bool = True, reference: int = REFERENCE_SAMPLES):
+    """Export `loaded` (a LoadedModel) into the bundle directory `out`; returns an ExportResult."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgeprune.exporters.bundle import (
+        MAX_SINGLE_FILE,
+        ExportResult,
+        _io_spec,
+        clean_up,
+        reference_io,
+        tool_versions,
+        write_bundle,
+    )
+    from edgeprune.exporters.onnx import export_onnx
+
+    notes = []
+    wrapped = loaded.export_module()
+    example = loaded.example_inputs(wrapped)
+    proto, _ = export_onnx(wrapped, example, None, atol=atol, rtol=rtol)
+    cleanup = {"tool": None, "note": "clean-up disabled (--no-clean)"}
+    if clean:
+        proto, cleanup = clean_up(proto)
+    external = None
+    if proto.ByteSize() > MAX_SINGLE_FILE:
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx.save_model(proto, f"{tmp}/model.onnx", save_as_external_data=True, location="model.onnx.data")
+            model_bytes = Path(f"{tmp}/model.onnx").read_bytes()
+            external = Path(f"{tmp}/model.onnx.data").read_bytes()
+        notes.append("model is larger than 2 GB: weights are in model.onnx.data beside model.onnx")
+    else:
+        model_bytes = proto.SerializeToString()
+    session = ort.InferenceSession(model_bytes if external is None else proto.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    inputs, outputs = _io_spec(session)
+    samples, preprocessing = reference_samples(loaded, data, reference)
+    arrays, parity = reference_io(wrapped, samples, proto.SerializeToString(), [i["name"] for i in inputs],
+                                  atol, rtol)
+    if not parity["ok"]:
+        name, worst = max(((n, r) for n, r in parity["outputs"].items() if not r["ok"]),
+                          key=lambda kv: kv[1].get("needed_atol", float("inf")))
+        raise CheckFailedError(
+            f"ONNX Runtime output '{name}' differs from PyTorch on the reference samples: max abs "
+            f"{worst.get('max_abs', float('nan')):.3g}, cosine {worst.get('cosine', float('nan')):.6f} "
+            f"(tolerance atol={atol:g}, rtol={rtol:g})",
+            f"an atol of {worst.get('needed_atol', float('nan')):.3g} would pass; nothing was written")
+    prov = loaded.provenance or {}
+    table_record = None
+    if table is not None:
+        table_record = {"id": table.id, "fidelity": {k: table.fidelity.get(k) for k in
+                                                     ("within_10", "mape", "noise_ceiling")},
+                        "runtime": table.runtime, "fingerprint": table.fingerprint,
+                        "estimator": table.estimator.get("models") or table.estimator}
+    elif prov.get("table"):
+        table_record = prov["table"]
+    runtime = (table.runtime if table is not None else (prov.get("table") or {}).get("runtime")) or \
+        {"backend": "onnxruntime", "provider": "CPUExecutionProvider", "precision": "fp32", "threads": 1}
+    manifest = {
+        "source": {"spec": loaded.spec, "sha256": loaded.source_sha256, "family": loaded.family,
+                   "input_shape": list(loaded.input_shape), "seq_len": loaded.seq_len, "regime": loaded.regime,
+                   "pruned_from": (loaded.pruned_source or {}).get("spec")},
+        "inputs": inputs, "outputs": outputs, "preprocessing": preprocessing,
+        "widths": prov.get("widths"), "table": table_record,
+        "budget": budget or prov.get("budget"), "budget_ms": _budget_ms(budget, prov, table),
+        "predicted_ms": prov.get("predicted_ms"), "measured_at_prune": prov.get("measured"),
+        "baseline_accuracy": baseline_accuracy if baseline_accuracy is not None else prov.get("baseline_accuracy"),
+        "runtime": runtime, "tools": tool_versions(), "cleanup": cleanup, "parity": parity,
+        "parity_tolerance": {"atol": atol, "rtol": rtol}, "notes": notes,
+    }
+    manifest = write_bundle(out, model_bytes, arrays, manifest, external_data=external)
+    return ExportResult(Path(out), manifest, parity, notes)
+
+
+def _budget_ms(budget: str | None, prov: dict, table) -> float | None:
+    """The budget in the table's estimator: given in ms, or a speedup of the table's dense calibration."""
+    from .pruning.engine import parse_budget
+
+    parsed = parse_budget(budget) if budget else None
+    if parsed is None:
+        return prov.get("budget_ms")
+    if parsed.kind == "ms":
+        return parsed.value
+    dense = (table.calibration or {}).get("dense_measured_ms") if table is not None else None
+    if dense is None:
+        dense = (prov.get("measured") or {}).get("dense_ms") or prov.get("dense_predicted_ms")
+    return dense / parsed.value if dense else None

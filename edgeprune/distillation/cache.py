@@ -1,0 +1,93 @@
+"""The teacher cache (DESIGN.md): the teacher's outputs on the fine-tune set, computed once, stored in fp16.
+
+meta.json records what makes the cache current — the teacher's weights hash, the data's hash, top-k and
+dtype — so a second distillation with the same teacher and data reads the cache instead of running the teacher.
+Logits are stored raw (the temperature is applied when training), either all of them or the top-k per
+position with their indices (for language models, where the vocabulary makes full logits large).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeprune.errors import BadInputError
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TeacherCache:
+    values: object  # torch.Tensor [N, ..., K] fp16 (logits, or top-k logits)
+    indices: object | None  # torch.Tensor [N, ..., K] int64 when top-k, else None
+    meta: dict
+    reused: bool
+    build_s: float
+
+
+def tensor_sha256(tensor) -> str:
+    digest = hashlib.sha256()
+    t = tensor.detach().cpu().contiguous()
+    digest.update(str(tuple(t.shape)).encode())
+    digest.update(str(t.dtype).encode())
+    digest.update(t.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _logits(output):
+    return getattr(output, "logits", output)
+
+
+def teacher_outputs(teacher, inputs, batch_size: int, top_k: int | None, dtype):
+    """(values, indices) of the teacher's logits over `inputs`, batch by batch, no gradients."""
+    import torch
+
+    values, indices = [], []
+    teacher.eval()
+    with torch.no_grad():
+        for start in range(0, len(inputs), batch_size):
+            logits = _logits(teacher(inputs[start:start + batch_size])).float()
+            if top_k and top_k < logits.shape[-1]:
+                top = logits.topk(top_k, dim=-1)
+                values.append(top.values.to(dtype))
+                indices.append(top.indices)
+            else:
+                values.append(logits.to(dtype))
+    return torch.cat(values), (torch.cat(indices) if indices else None)
+
+
+def load_or_build(path: str | Path, teacher, teacher_sha256: str, samples, *, top_k: int | None = None,
+                  dtype: str = "fp16", temperature: float = 4.0, batch_size: int = 64) -> TeacherCache:
+    """Read the cache at `path` when it is current for this teacher and data; otherwise build it atomically."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from edgeprune.atomic import atomic_dir
+
+    path = Path(path)
+    torch_dtype = {"fp16": torch.float16, "fp32": torch.float32}[dtype]
+    want = {"teacher_sha256": teacher_sha256, "data_sha256": tensor_sha256(samples.inputs), "top_k": top_k,
+            "dtype": dtype, "n": len(samples)}
+    if (path / "meta.json").is_file():
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except json.JSONDecodeError:
+            raise BadInputError(f"teacher cache {path}/meta.json is not valid JSON", f"delete {path}") from None
+        if all(meta.get(k) == v for k, v in want.items()) and meta.get("format_version") == FORMAT_VERSION:
+            tensors = load_file(str(path / "outputs.safetensors"))
+            return TeacherCache(tensors["values"], tensors.get("indices"), meta, True, 0.0)
+    started = time.time()
+    values, indices = teacher_outputs(teacher, samples.inputs, batch_size, top_k, torch_dtype)
+    build_s = time.time() - started
+    meta = dict(want, format_version=FORMAT_VERSION, kind="teacher_cache", temperature=temperature,
+                shape=list(values.shape), build_s=build_s, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    tensors = {"values": values.contiguous()}
+    if indices is not None:
+        tensors["indices"] = indices.contiguous()
+    with atomic_dir(path) as tmp:
+        save_file(tensors, str(Path(tmp) / "outputs.safetensors"))
+        (Path(tmp) / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return TeacherCache(values, indices, meta, False, build_s)

@@ -1,0 +1,164 @@
+"""`edgeprune validate` as a library call: run bundles on the device, gate them, write the report.
+
+Checksums are verified on the host before anything is copied, and again on the device before anything runs.
+Labelled data is preprocessed here (the device side has no torch or PIL) and checked against each bundle's
+input spec. Gates: parity against the reference outputs; latency (the table's estimator, at the bundle's
+threads) ≤ budget; accuracy ≥ ratio × baseline (the manifest's, or a `--baseline` bundle measured on the same
+data in the same run). Every failed gate is listed; the report is written whether gates pass or not.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BadInputError, CheckFailedError
+
+
+@dataclass
+class Validation:
+    reports: list  # one per bundle: {bundle, manifest id, parity, accuracy, latency, gates}
+    out: Path | None
+    failed: list = field(default_factory=list)  # "bundle: gate: why" lines
+
+
+def prepare_data(data: str, manifest: dict, workdir: Path) -> Path:
+    """The labelled samples as the bundle's input spec expects them, written as data.npz for the device."""
+    import numpy as np
+
+    from .data import load_samples
+
+    spec = manifest["inputs"][0]
+    family = manifest["source"].get("family", "vision")
+    samples = load_samples(data, tuple(spec["shape"]), family, seq_len=manifest["source"].get("seq_len"))
+    if samples.labels is None:
+        raise BadInputError(f"data {data} has no labels: accuracy needs them",
+                            "store 'labels' beside 'inputs', or use class sub-folders")
+    prep = manifest.get("preprocessing") or {}
+    if samples.preprocessing.get("kind") == "image" and prep.get("kind") in ("image", "digits"):
+        # image folders are normalised with the statistics the bundle was exported with
+        import torch
+
+        mean = torch.tensor(samples.preprocessing["mean"]).view(-1, 1, 1)
+        std = torch.tensor(samples.preprocessing["std"]).view(-1, 1, 1)
+        raw = samples.inputs * std + mean
+        samples.inputs = (raw - torch.tensor(prep["mean"]).view(-1, 1, 1)) / torch.tensor(prep["std"]).view(-1, 1, 1)
+    path = workdir / "data.npz"
+    np.savez(path, inputs=samples.inputs.numpy().astype(spec.get("dtype", "float32")),
+             labels=samples.labels.numpy().astype(np.int64))
+    return path
+
+
+def run_on_device(target, bundles: list, data_path: Path | None, settings: dict, workdir: Path) -> list:
+    """All bundles through one `python -m profilers bundle` job on the target (latency interleaved)."""
+    names = [f"bundle{i}" for i in range(len(bundles))]
+    request = {"bundles": names, "data": "data.npz" if data_path else None, "latency": settings.get("latency"),
+               "runtime": settings.get("runtime") or {}}
+    req_path = workdir / "request.json"
+    req_path.write_text(json.dumps(request))
+    files = dict(zip(names, bundles), **{"request.json": req_path})
+    if data_path:
+        files["data.npz"] = data_path
+    reply = target.run_profilers(["bundle", "request.json", "--out", "report.json"], files=files)
+    if "result_file" in reply:
+        local = workdir / "report.json"
+        target.fetch(reply["result_file"], local)
+        reply = json.loads(local.read_text())
+    return reply["bundles"]
+
+
+def gates(report: dict, manifest: dict, budget_ms: float | None, baseline_acc: float | None,
+          min_ratio: float) -> dict:
+    """{gate: {ok, value, limit, why}} for parity, latency and accuracy (skipped gates say why)."""
+    out = {"parity": {"ok": report["parity"]["ok"], "value": max(
+        (r.get("needed_atol", float("inf")) for r in report["parity"]["outputs"].values()), default=0.0),
+        "limit": report["parity"]["atol"]}}
+    est = report["latency"]["estimate_ms"]
+    if budget_ms is None:
+        out["latency"] = {"ok": None, "value": est, "why": "no budget in the manifest and no --budget"}
+    else:
+        out["latency"] = {"ok": est <= budget_ms, "value": est, "limit": budget_ms}
+    acc = (report.get("accuracy") or {}).get("top1")
+    if acc is None:
+        out["accuracy"] = {"ok": None, "why": "no labelled --data"}
+    elif baseline_acc is None:
+        out["accuracy"] = {"ok": None, "value": acc, "why": "no baseline accuracy (manifest or --baseline)"}
+    else:
+        out["accuracy"] = {"ok": acc >= min_ratio * baseline_acc, "value": acc, "limit": min_ratio * baseline_acc,
+                           "baseline": baseline_acc}
+    return out
+
+
+def validate(bundles: list, device: str | None = None, host: str | None = None, data: str | None = None,
+             budget: str | None = None, baseline: str | None = None, out: str | Path | None = None,
+             min_accuracy_ratio: float = 0.99, runs: int = 200, seconds: float = 10.0, threads: int | None = None,
+             ssh_options: dict | None = None, force: bool = False) -> Validation:
+    """Validate `bundles` on the device; raises CheckFailedError (exit 1) listing failed gates after writing."""
+    from edgeprune.exporters.bundle import read_bundle
+
+    from .atomic import check_writable
+    from .devices import load_registry, open_device
+    from .pruning.engine import parse_budget
+
+    if out is not None:
+        check_writable(out, force)
+    paths = [Path(b) for b in bundles] + ([Path(baseline)] if baseline else [])
+    manifests = [read_bundle(p) for p in paths]  # checksums first: nothing runs on a tampered bundle
+    parsed = parse_budget(budget)
+    if parsed is not None and parsed.kind == "speedup" and not baseline:
+        raise BadInputError(f"--budget {budget} is a speedup: it needs the dense model's latency",
+                            "pass --baseline DENSE_BUNDLE (timed interleaved with the others), or a budget in ms")
+    specs = {json.dumps(m["inputs"], sort_keys=True) for m in manifests}
+    if data and len(specs) > 1:
+        raise BadInputError("the bundles take different inputs, so one --data cannot feed them all",
+                            "validate them separately")
+    device = device or ((manifests[0].get("table") or {}).get("fingerprint") or {}).get("device") or "cpu"
+    runtime = {"threads": threads} if threads is not None else {}
+    estimator = {k: v for k, v in ((manifests[0].get("table") or {}).get("estimator") or {}).items()
+                 if k not in ("name", "models")}
+    settings = {"runtime": runtime, "latency": {"runs": runs, "seconds": seconds, "estimator": estimator}}
+    with tempfile.TemporaryDirectory(prefix="edgeprune-validate-") as tmp, \
+            open_device(device, host, ssh_options or {}, load_registry()) as session:
+        work = Path(tmp)
+        data_path = prepare_data(data, manifests[0], work) if data else None
+        reports = run_on_device(session.target, paths, data_path, settings, work)
+        for path, manifest, report in zip(paths, manifests, reports):
+            report.update(bundle=str(path), manifest_id=manifest["id"], device=session.spec.name,
+                          predicted_ms=manifest.get("predicted_ms"))
+    baseline_report = reports.pop() if baseline else None
+    failed = []
+    for report, manifest in zip(reports, manifests):
+        # a speedup budget is judged against the dense baseline timed interleaved in this run when there is one;
+        # otherwise against the manifest's budget in ms (the table's dense measurement / speedup)
+        wanted = parsed or parse_budget(manifest.get("budget"))
+        budget_ms = manifest.get("budget_ms")
+        if wanted is not None and wanted.kind == "ms":
+            budget_ms = wanted.value
+        elif wanted is not None and baseline_report is not None:
+            budget_ms = baseline_report["latency"]["estimate_ms"] / wanted.value
+        baseline_acc = ((baseline_report or {}).get("accuracy") or {}).get("top1")
+        if baseline_acc is None:
+            baseline_acc = manifest.get("baseline_accuracy")
+        report["gates"] = gates(report, manifest, budget_ms, baseline_acc, min_accuracy_ratio)
+        for name, gate in report["gates"].items():
+            if gate["ok"] is False:
+                failed.append(f"{report['bundle']}: {name} {_gate_line(name, gate)}")
+    result = Validation(reports, Path(out) if out else None, failed)
+    if out is not None:
+        from .reports import write_report
+
+        write_report(out, result, baseline_report)
+    if failed:
+        raise CheckFailedError("validation failed: " + "; ".join(failed),
+                               f"see {out}/report.md" if out else "pass --out DIR for the full report")
+    return result
+
+
+def _gate_line(name: str, gate: dict) -> str:
+    if name == "latency":
+        return f"{gate['value']:.3f} ms > budget {gate['limit']:.3f} ms"
+    if name == "accuracy":
+        return f"{gate['value']:.4f} < {gate['limit']:.4f} (baseline {gate['baseline']:.4f})"
+    return f"needs atol {gate['value']:.3g} > {gate['limit']:.3g}"

@@ -1,0 +1,239 @@
+"""Run a deployable bundle on the device: checksums, parity, accuracy, latency (no torch; Python >= 3.8).
+
+`python -m profilers bundle request.json` reads a request {bundles, data, runtime, latency settings} and
+returns one report per bundle. Checksums are verified before anything runs: a tampered or incomplete bundle, data whose
+shape does not fit the manifest's input spec, or a runtime the device lacks is an error record, not a result.
+Latency follows MLPerf's single-stream scenario: batch 1, warm-up excluded, at least `runs` runs and
+`seconds` seconds; p50/p90/p99/mean of every timed run, with cold start (session creation, first run) apart.
+The budget gate reads the table's estimator (median of per-pass minima), measured beside them with every
+bundle of the request interleaved, so a pruned bundle and its dense baseline are compared in one run.
+"""
+
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+
+from .errors import ProfilerError
+from .timing import Estimator, _percentile, measure_interleaved
+
+FORMAT_VERSION = 1
+
+
+def sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(bundle_dir):
+    """The manifest, or an error record naming what is wrong with it."""
+    path = os.path.join(bundle_dir, "manifest.json")
+    if not os.path.isfile(path):
+        raise ProfilerError("incomplete_bundle", "bundle %s has no manifest.json" % bundle_dir,
+                            "give the directory edgeprune export wrote")
+    try:
+        with open(path) as handle:
+            manifest = json.load(handle)
+    except ValueError as err:
+        raise ProfilerError("tampered_bundle", "manifest.json is not valid JSON (%s)" % err,
+                            "re-run edgeprune export")
+    if manifest.get("kind") != "bundle" or manifest.get("format_version") != FORMAT_VERSION:
+        raise ProfilerError("tampered_bundle", "manifest.json is not an edgeprune bundle manifest (format %s)"
+                            % manifest.get("format_version"), "re-run edgeprune export with this edgeprune")
+    return manifest
+
+
+def verify(bundle_dir):
+    """Check every file the manifest lists against its sha256; returns the manifest."""
+    manifest = read_manifest(bundle_dir)
+    missing, changed = [], []
+    for name, entry in sorted(manifest.get("files", {}).items()):
+        path = os.path.join(bundle_dir, name)
+        if not os.path.isfile(path):
+            missing.append(name)
+        elif sha256_file(path) != entry["sha256"]:
+            changed.append(name)
+    if missing:
+        raise ProfilerError("incomplete_bundle", "bundle is missing %s" % ", ".join(missing),
+                            "copy the whole bundle directory, or re-run edgeprune export")
+    if changed:
+        raise ProfilerError("tampered_bundle", "checksum mismatch in %s: the file changed after export"
+                            % ", ".join(changed), "re-run edgeprune export; never edit a bundle by hand")
+    return manifest
+
+
+def _make_session(model_path, runtime):
+    """A plain ONNX Runtime session with the runtime's threads and provider, for parity and accuracy runs."""
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise ProfilerError("runtime_unavailable", "onnxruntime is not installed here (%s)" % err,
+                            "pip install onnxruntime (onnxruntime-gpu on CUDA devices)")
+    provider = runtime.get("provider") or "CPUExecutionProvider"
+    if provider not in ort.get_available_providers():
+        raise ProfilerError("runtime_unavailable", "onnxruntime here has no %s (it has %s)"
+                            % (provider, ", ".join(ort.get_available_providers())),
+                            "install the onnxruntime build that ships it, or validate with another --provider")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(runtime.get("threads", 1))
+    options.inter_op_num_threads = 1
+    providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+    return ort.InferenceSession(model_path, sess_options=options, providers=providers)
+
+
+def compare(reference, actual, atol, rtol):
+    """Per output: max abs, max rel, cosine, the atol that would pass, and whether it passes."""
+    out = {}
+    for name, ref in reference.items():
+        got = np.asarray(actual[name], dtype=np.float64)
+        ref = np.asarray(ref, dtype=np.float64)
+        if got.shape != ref.shape:
+            out[name] = {"ok": False, "shape": list(got.shape), "reference_shape": list(ref.shape)}
+            continue
+        diff = np.abs(got - ref)
+        denom = np.linalg.norm(ref) * np.linalg.norm(got)
+        needed = float(np.maximum(diff - rtol * np.abs(ref), 0).max(initial=0.0))
+        out[name] = {"max_abs": float(diff.max(initial=0.0)),
+                     "max_rel": float((diff / np.maximum(np.abs(ref), 1e-12)).max(initial=0.0)),
+                     "cosine": float((ref * got).sum() / denom) if denom > 0 else 1.0,
+                     "needed_atol": needed, "ok": needed <= atol}
+    return out
+
+
+def parity(session, bundle_dir, manifest, atol, rtol):
+    """Run the reference inputs; compare with the reference outputs exported beside the model."""
+    path = os.path.join(bundle_dir, "reference_io.npz")
+    with np.load(path, allow_pickle=False) as ref:
+        inputs = {k[len("input:"):]: ref[k] for k in ref.files if k.startswith("input:")}
+        outputs = {k[len("output:"):]: ref[k] for k in ref.files if k.startswith("output:")}
+    names = [o.name for o in session.get_outputs()]
+    n = next(iter(inputs.values())).shape[0]
+    got = {name: [] for name in names}
+    for i in range(n):  # one sample at a time: the bundle's batch dimension is 1
+        feeds = {k: v[i:i + 1] for k, v in inputs.items()}
+        for name, value in zip(names, session.run(names, feeds)):
+            got[name].append(value)
+    got = {k: np.concatenate(v) for k, v in got.items()}
+    result = compare({k: v for k, v in outputs.items() if k in got}, got, atol, rtol)
+    return {"atol": atol, "rtol": rtol, "samples": int(n), "outputs": result,
+            "ok": all(r["ok"] for r in result.values())}
+
+
+def check_data(data, manifest):
+    """Data must fit the manifest's input spec (shape after the batch dim, and kind)."""
+    spec = manifest["inputs"][0]
+    want = tuple(spec["shape"][1:])
+    got = tuple(data["inputs"].shape[1:])
+    if got != want:
+        raise ProfilerError("bad_data", "data samples have shape %s, the bundle's input %s takes %s"
+                            % ("x".join(map(str, got)) or "()", spec["name"], "x".join(map(str, want))),
+                            "preprocess the data to the manifest's input spec (edgeprune inspect shows it)")
+    if "labels" in data and len(data["labels"]) != len(data["inputs"]):
+        raise ProfilerError("bad_data", "data has %d inputs but %d labels" % (len(data["inputs"]),
+                                                                             len(data["labels"])),
+                            "store one label per sample")
+
+
+def accuracy(session, data, manifest):
+    """Top-1 accuracy over the labelled samples (batch 1, argmax of the first output's last axis)."""
+    spec = manifest["inputs"][0]
+    name = spec["name"]
+    dtype = np.dtype(spec.get("dtype", "float32"))
+    labels = data["labels"]
+    correct = 0
+    first = session.get_outputs()[0].name
+    for i in range(len(labels)):
+        out = session.run([first], {name: data["inputs"][i:i + 1].astype(dtype)})[0]
+        correct += int(np.argmax(out.reshape(-1)) == int(labels[i]))
+    return {"top1": correct / float(len(labels)) if len(labels) else float("nan"), "n": int(len(labels))}
+
+
+def latency(entries, settings):
+    """Cold start per bundle; single-stream runs per bundle; then the table's estimator on all bundles
+    interleaved (so ratios between bundles, e.g. pruned vs dense, come from one run).
+
+    `entries`: [(model_path, runtime, feeds)]. Returns one latency record per entry.
+    """
+    from .backends.ort import OrtRunner
+
+    runners, records = [], []
+    try:
+        for model_path, runtime, feeds in entries:
+            started = time.perf_counter()
+            runner = OrtRunner(model_path, threads=runtime.get("threads", 1), provider=runtime.get("provider"),
+                               inputs=feeds)
+            runner.activate()  # session creation + input binding + one (allocating) run
+            created = time.perf_counter() - started
+            first_start = time.perf_counter()
+            runner.infer()
+            first = time.perf_counter() - first_start
+            runners.append(runner)
+            records.append({"cold_start": {"session_ms": created * 1e3, "first_run_ms": first * 1e3}})
+        for runner, record in zip(runners, records):
+            for _ in range(int(settings.get("warmup_runs", 50))):
+                runner.infer()
+            times = []
+            deadline = time.perf_counter() + float(settings.get("seconds", 10.0))
+            min_runs = int(settings.get("runs", 200))
+            while len(times) < min_runs or time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                runner.infer()
+                times.append(time.perf_counter() - t0)
+                if len(times) >= 100 * min_runs:
+                    break
+            ms = sorted(t * 1e3 for t in times)
+            record.update({"n": len(ms), "p50_ms": _percentile(ms, 0.5), "p90_ms": _percentile(ms, 0.9),
+                           "p99_ms": _percentile(ms, 0.99), "mean_ms": sum(ms) / len(ms), "min_ms": ms[0],
+                           "runs_ms": ms})
+        estimator = Estimator.from_dict(settings.get("estimator") or {})
+        for record, estimate in zip(records, measure_interleaved(runners, estimator, warm=False)):
+            record.update({"estimate_ms": estimate["estimate_ms"], "estimator": "median_of_pass_min",
+                           "estimate": estimate, "interleaved_with": len(runners) - 1})
+    finally:
+        for runner in runners:
+            runner.deactivate()
+    return records
+
+
+def run_bundles(request, base_dir="."):
+    """Validate every bundle of the request on this device; raises ProfilerError before anything runs on bad
+    input (any bundle tampered or incomplete, data that fits no bundle, a runtime the device lacks)."""
+    dirs = [os.path.join(base_dir, b) for b in request["bundles"]]
+    manifests = [verify(d) for d in dirs]
+    data = None
+    if request.get("data"):
+        with np.load(os.path.join(base_dir, request["data"]), allow_pickle=False) as archive:
+            data = {k: archive[k] for k in archive.files}
+        if "inputs" not in data:
+            raise ProfilerError("bad_data", "data has no 'inputs' array (it has %s)" % ", ".join(sorted(data)),
+                                "store the preprocessed samples as 'inputs' (and 'labels')")
+        for manifest in manifests:
+            check_data(data, manifest)
+    runtimes = []
+    for manifest in manifests:
+        runtime = dict(manifest.get("runtime") or {}, **(request.get("runtime") or {}))
+        if runtime.get("backend", "onnxruntime") != "onnxruntime":
+            from .backends.trt import TrtRunner  # noqa: F401  (raises RuntimeUnavailable without TensorRT)
+        runtimes.append(runtime)
+    reports, entries = [], []
+    for bundle_dir, manifest, runtime in zip(dirs, manifests, runtimes):
+        model_path = os.path.join(bundle_dir, manifest["model"])
+        session = _make_session(model_path, runtime)
+        tol = request.get("parity") or manifest.get("parity_tolerance") or {"atol": 1e-4, "rtol": 1e-3}
+        report = {"format_version": FORMAT_VERSION, "manifest_id": manifest.get("id"), "runtime": runtime,
+                  "parity": parity(session, bundle_dir, manifest, tol["atol"], tol["rtol"])}
+        if data is not None and "labels" in data:
+            report["accuracy"] = accuracy(session, data, manifest)
+        del session
+        with np.load(os.path.join(bundle_dir, "reference_io.npz"), allow_pickle=False) as ref:
+            feeds = {k[len("input:"):]: ref[k][:1] for k in ref.files if k.startswith("input:")}
+        entries.append((model_path, runtime, feeds))
+        reports.append(report)
+    for report, record in zip(reports, latency(entries, request.get("latency") or {})):
+        report["latency"] = record
+    return {"format_version": FORMAT_VERSION, "bundles": reports}
