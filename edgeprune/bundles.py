@@ -54,21 +54,20 @@ def export_bundle(loaded, out: str | Path, *, data: str | None = None, table=Non
     cleanup = {"tool": None, "note": "clean-up disabled (--no-clean)"}
     if clean:
         proto, cleanup = clean_up(proto)
-    external = None
-    if proto.ByteSize() > MAX_SINGLE_FILE:
-        with tempfile.TemporaryDirectory() as tmp:
-            onnx.save_model(proto, f"{tmp}/model.onnx", save_as_external_data=True, location="model.onnx.data")
-            model_bytes = Path(f"{tmp}/model.onnx").read_bytes()
-            external = Path(f"{tmp}/model.onnx.data").read_bytes()
-        notes.append("model is larger than 2 GB: weights are in model.onnx.data beside model.onnx")
-    else:
-        model_bytes = proto.SerializeToString()
-    session = ort.InferenceSession(model_bytes if external is None else proto.SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
-    inputs, outputs = _io_spec(session)
-    samples, preprocessing = reference_samples(loaded, data, reference)
-    arrays, parity = reference_io(wrapped, samples, proto.SerializeToString(), [i["name"] for i in inputs],
-                                  atol, rtol)
+    with tempfile.TemporaryDirectory(prefix="edgeprune-export-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        large = proto.ByteSize() > MAX_SINGLE_FILE
+        if large:  # protobuf cannot hold more than 2 GB: the weights go to a data file beside the graph
+            onnx.save_model(proto, str(path), save_as_external_data=True, location="model.onnx.data")
+            notes.append("model is larger than 2 GB: weights are in model.onnx.data beside model.onnx")
+        else:
+            onnx.save_model(proto, str(path))
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        inputs, outputs = _io_spec(session)
+        samples, preprocessing = reference_samples(loaded, data, reference)
+        arrays, parity = reference_io(wrapped, samples, str(path), [i["name"] for i in inputs], atol, rtol)
+        model_bytes = path.read_bytes()
+        external = (Path(tmp) / "model.onnx.data").read_bytes() if large else None
     if not parity["ok"]:
         name, worst = max(((n, r) for n, r in parity["outputs"].items() if not r["ok"]),
                           key=lambda kv: kv[1].get("needed_atol", float("inf")))

@@ -67,14 +67,17 @@ def _io_spec(session) -> tuple:
     return ins, outs
 
 
-def reference_io(wrapped, samples: list, model_bytes: bytes, input_names: list, atol: float, rtol: float) -> tuple:
-    """({'input:NAME'/'output:NAME': stacked arrays}, parity record): PyTorch outputs vs ONNX Runtime's."""
+def reference_io(wrapped, samples: list, model, input_names: list, atol: float, rtol: float) -> tuple:
+    """({'input:NAME'/'output:NAME': stacked arrays}, parity record): PyTorch outputs vs ONNX Runtime's.
+
+    `model` is the ONNX file's path (or its bytes).
+    """
     import numpy as np
     import onnxruntime as ort
     import torch
     from edgeprune.profilers.bundle import compare
 
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     out_names = [o.name for o in session.get_outputs()]
     refs = {n: [] for n in out_names}
     got = {n: [] for n in out_names}
