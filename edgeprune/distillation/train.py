@@ -117,7 +117,7 @@ def train_student(student, samples, options: DistillOptions, cache=None, teacher
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             count += len(idx)
         losses.append(total / max(1, count))
     train_s = time.time() - started

@@ -160,10 +160,13 @@ class Measurer:
             raise DeviceError(f"device could not measure {key}: {err.get('message')}", err.get("hint", ""))
         return reply
 
-    def cells(self, cells: list, reference: dict | None, batch: int, on_progress) -> tuple:
-        """{cell key: stats} for every cell, measuring only those the cache lacks. Returns (stats, cached)."""
+    def cells(self, cells: list, reference: dict | None, batch: int, on_progress, fresh: bool = False) -> tuple:
+        """{cell key: stats} for every cell, measuring only those the cache lacks (all of them when `fresh`).
+
+        Returns (stats, cached).
+        """
         keys = [c["key"] for c in cells]
-        have = self.cache.get_many(self.fp_key, "cell", keys)
+        have = {} if fresh else self.cache.get_many(self.fp_key, "cell", keys)
         todo = [c for c in cells if c["key"] not in have]
         done = len(have)
         on_progress({"progress": done, "total": len(cells), "stage": "cells"})
@@ -265,6 +268,17 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
             stats.update(more)
             cells += extra
             cached += more_cached
+        suspects = implausible(cells, stats, step)
+        if suspects:  # slower than a wider cell of the same regime: a noise burst, measure once more
+            again, _ = measurer.cells(suspects, reference, options.batch_cells, reporter.stage("cells"), fresh=True)
+            for cell in suspects:
+                if again[cell["key"]]["estimate_ms"] < stats[cell["key"]]["estimate_ms"]:
+                    stats[cell["key"]] = again[cell["key"]]
+            measurer.cache.put_many(measurer.fp_key, "cell", {c["key"]: stats[c["key"]] for c in suspects},
+                                    body=measurer.fp)
+            remeasured = len(suspects)
+        else:
+            remeasured = 0
         reporter.done("cells")
         table_s = time.time() - t0
         table_cells = {}
@@ -300,6 +314,7 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
                          "cells": len(cells), "device_state": measurer.device_state, "cached_cells": cached,
                          "measured_cells": len(cells) - cached, "device_jobs": measurer.jobs,
                          "regrouped": sum(d["attempts"] > 1 for d in measurer.drift),
+                         "implausible_remeasured": remeasured,
                          "max_drift": max((d["drift"] for d in measurer.drift), default=0.0),
                          "host": platform.node()}
     if table.fidelity.get("within_10") is not None and table.fidelity["within_10"] < LOW_FIDELITY:
@@ -312,6 +327,34 @@ def _sha(proto) -> str:
     import hashlib
 
     return hashlib.sha256(proto.SerializeToString()).hexdigest()
+
+
+IMPLAUSIBLE = 1.6  # a cell this much slower than a wider cell of the same regime was measured in a noise burst
+
+
+def implausible(cells: list, stats: dict, step: int) -> list:
+    """Cells slower than IMPLAUSIBLE × a cell at least as wide in both widths, in the same regime and signature.
+
+    Within a regime (both widths on the channel step, or both off it) a wider convolution or GEMM is never
+    much faster; when a measurement says so, the narrower one was timed while the device was busy (on a
+    2-core host, one busy core slows a 2-thread run several-fold). Those cells are measured once more.
+    """
+    from .grid import is_aligned
+
+    by_sig = {}
+    for cell in cells:
+        regime = (is_aligned(cell["c_in"], step), is_aligned(cell["c_out"], step))
+        if regime[0] != regime[1]:
+            continue
+        by_sig.setdefault((cell["sig_key"], regime), []).append(cell)
+    out = []
+    for group in by_sig.values():
+        for cell in group:
+            ms = stats[cell["key"]]["estimate_ms"]
+            if any(o is not cell and o["c_in"] >= cell["c_in"] and o["c_out"] >= cell["c_out"]
+                   and ms > IMPLAUSIBLE * stats[o["key"]]["estimate_ms"] for o in group):
+                out.append(cell)
+    return out
 
 
 def _refinements(signatures: dict, cells: list, stats: dict, step: int) -> list:
