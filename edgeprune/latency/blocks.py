@@ -95,6 +95,12 @@ def layer_name(node_name: str, fallback: str) -> str:
     return path or fallback
 
 
+def _fallback(node, kind: str, index: int) -> str:
+    """A block name when the node has no module scope: the exporter's node name (stable when widths change,
+    unlike a node index, which shifts when the exporter folds a different number of constants)."""
+    return node.name.strip("/").replace("/", ".") or f"{kind}{index}"
+
+
 class _Graph:
     def __init__(self, model):
         import onnx
@@ -208,7 +214,7 @@ def _conv_block(graph, node, index, covered):
         "groups": groups, "hw": list(x_shape[2:]), "act": act, "residual": residual,
     }
     macs = int(np.prod(y_shape)) * cin_per_group * kh * kw
-    return Block(layer_name(node.name, f"conv{index}"), "conv", signature, c_in, c_out,
+    return Block(layer_name(node.name, _fallback(node, "conv", index)), "conv", signature, c_in, c_out,
                  in_fixed=node.input[0] in graph.graph_inputs, out_fixed=out in graph.graph_outputs,
                  macs=macs, nodes=tuple(n.name for n in nodes),
                  io_elems=int(np.prod(x_shape)) + int(np.prod(y_shape)))
@@ -240,7 +246,7 @@ def _gemm_block(graph, node, index, covered):
     act, act_nodes, out = _activation_after(graph, out, covered)
     nodes += act_nodes
     signature["act"] = act
-    return Block(layer_name(node.name, f"gemm{index}"), "gemm", signature, c_in, c_out,
+    return Block(layer_name(node.name, _fallback(node, "gemm", index)), "gemm", signature, c_in, c_out,
                  in_fixed=node.input[0] in graph.graph_inputs, out_fixed=out in graph.graph_outputs,
                  macs=rows * c_in * c_out, nodes=tuple(n.name for n in nodes))
 
@@ -258,7 +264,7 @@ def _pool_block(graph, node, index):
         if node.op_type == "AveragePool":
             signature["count_include_pad"] = int(graph.attr(node, "count_include_pad", 0))
     c = x_shape[1]
-    return Block(layer_name(node.name, f"pool{index}"), "pool", signature, c, c,
+    return Block(layer_name(node.name, _fallback(node, "pool", index)), "pool", signature, c, c,
                  in_fixed=node.input[0] in graph.graph_inputs, out_fixed=node.output[0] in graph.graph_outputs,
                  nodes=(node.name,))
 
@@ -282,7 +288,7 @@ def _eltwise_block(graph, node, index):
     else:
         signature = {"kind": "eltwise", "op": UNARY_ACTS[node.op_type], "hw": list(x_shape[2:])}
     c = x_shape[1]
-    return Block(layer_name(node.name, f"{node.op_type.lower()}{index}"), "eltwise", signature, c, c,
+    return Block(layer_name(node.name, _fallback(node, node.op_type.lower(), index)), "eltwise", signature, c, c,
                  in_fixed=any(i in graph.graph_inputs for i in node.input),
                  out_fixed=node.output[0] in graph.graph_outputs, nodes=(node.name,))
 
@@ -294,7 +300,7 @@ def _token_eltwise_block(graph, node, index):
         return None
     _, tokens, c = shapes[0]
     signature = {"kind": "eltwise", "op": node.op_type, "tokens": tokens, "broadcast": False}
-    return Block(layer_name(node.name, f"{node.op_type.lower()}{index}"), "eltwise", signature, c, c,
+    return Block(layer_name(node.name, _fallback(node, node.op_type.lower(), index)), "eltwise", signature, c, c,
                  in_fixed=True, out_fixed=True, nodes=(node.name,))
 
 
