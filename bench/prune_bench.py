@@ -85,6 +85,7 @@ def speed_rows(name: str, threads: int, cache: Path, session) -> list:
     from edgeprune.latency.cache import MeasurementCache
     from edgeprune.models import load_model
     from edgeprune.pruning.engine import measure_modules
+    from edgeprune.pruning.solver import UnreachableBudgetError
 
     spec, args, shape = MODELS[name]
     table, table_path = table_for(name, threads, cache)
@@ -95,8 +96,14 @@ def speed_rows(name: str, threads: int, cache: Path, session) -> list:
     try:
         for budget in BUDGETS:
             t0 = time.time()
-            ours = edgeprune.prune(load_model(spec, model_args=args, input_shape=shape), table, None,
-                                   budget=f"{budget}x", criterion="l2", cache=cache)
+            try:
+                ours = edgeprune.prune(load_model(spec, model_args=args, input_shape=shape), table, None,
+                                       budget=f"{budget}x", criterion="l2", cache=cache)
+            except UnreachableBudgetError as err:  # recorded, not fatal: the table says how far this model goes
+                rows.append({"model": name, "threads": threads, "budget_x": budget, "table_id": table.id,
+                             "unreachable": err.message})
+                print(f"   {budget}x: unreachable — {err.message}", flush=True)
+                continue
             solve_s = time.time() - t0
             macs_keep = ours.macs / ours.dense_macs
             uniform, uniform_keep = tp_baseline(loaded.module, example, macs_keep, global_pruning=False)
@@ -172,6 +179,10 @@ def markdown(data: dict) -> str:
            "| model | threads | requested | edgeprune measured | ≥ 0.97× requested | TP uniform | TP global "
            "| MACs kept | rounds |", "|---|---|---|---|---|---|---|---|---|"]
     for r in data["speed"]:
+        if r.get("unreachable"):
+            out.append(f"| {r['model']} | {r['threads']} | {r['budget_x']:g}× | unreachable: "
+                       f"{r['unreachable'].split('(')[0].strip()} | — | — | — | — | — |")
+            continue
         s = r["speedup"]
         out.append(f"| {r['model']} | {r['threads']} | {r['budget_x']:g}× | {s['edgeprune']:.2f}× | "
                    f"{'yes' if r['meets_097'] else '**no**'} | {s['tp_uniform']:.2f}× | {s['tp_global']:.2f}× | "
