@@ -143,7 +143,7 @@ def calibration_batches(loaded, options: PruneOptions) -> tuple:
     return batches, loss_fn
 
 
-def solve(options: PruneOptions, cost, groups: list, scores: list, budget_ms: float | None, step: int,
+def solve(options: PruneOptions, cost, widths, groups: list, scores: list, budget_ms: float | None, step: int,
           dense_macs: int) -> list:
     """Unit counts per group for the chosen mode."""
     from . import solver
@@ -156,7 +156,7 @@ def solve(options: PruneOptions, cost, groups: list, scores: list, budget_ms: fl
     if options.ratio is not None:
         return make(groups, scores, options.ratio, options.round_to)
     if options.macs is not None:
-        ratio = solver.ratio_for(lambda r: cost.widths.macs(make(groups, scores, r, options.round_to)) / dense_macs,
+        ratio = solver.ratio_for(lambda r: widths.macs(make(groups, scores, r, options.round_to)) / dense_macs,
                                  options.macs)
     elif budget_ms is not None:
         ratio = solver.ratio_for(lambda r: cost.predict(make(groups, scores, r, options.round_to)), budget_ms)
@@ -265,7 +265,7 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
         check_fingerprint(table, _fingerprint(session, table))
     target_ms, rounds, measured = budget_ms, [], None
     for round_index in range(options.max_rounds if measuring else 1):
-        units = solve(options, cost, groups, scores.normalized, target_ms, step, dense_macs)
+        units = solve(options, cost, widths, groups, scores.normalized, target_ms, step, dense_macs)
         candidate, kept = slim_copy(pristine, space, units, scores)
         record = {"round": round_index, "target_ms": target_ms, "units": units,
                   "predicted_ms": cost.predict(units) if cost else None,
