@@ -98,7 +98,8 @@ def load_recipe(path: str | Path) -> Recipe:
     base = path.parent
 
     def rel(value):
-        if value is None or str(value).startswith(("digits", "torchvision:", "timm:")):
+        if value is None or str(value) in ("digits", "digits:train", "digits:test") or \
+                str(value).startswith(("torchvision:", "timm:")):
             return value
         candidate = base / str(value)
         return str(candidate) if candidate.exists() or not Path(str(value)).is_absolute() else str(value)

@@ -74,3 +74,16 @@ def test_demo_passes_end_to_end_and_reuses_everything_on_a_second_run(tmp_path):
     assert second.returncode == 0, second.stderr
     assert all(x["skipped"] for x in json.loads(second.stdout)["stages"])
     assert textwrap.dedent((tmp_path / "demo" / "recipe.yaml").read_text()).startswith("# edgeprune's built-in")
+
+
+def test_recipe_paths_resolve_beside_the_recipe_even_when_named_like_builtin_data(tmp_path):
+    from edgeprune.recipe import load_recipe
+
+    (tmp_path / "digits-model.safetensors").write_bytes(b"x")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: torchvision:resnet18\nweights: digits-model.safetensors\ndevice: cpu\nbudget: 2x\n"
+                      "data: digits:train\nout: run\n")
+    loaded = load_recipe(recipe)
+    assert loaded.weights == str(tmp_path / "digits-model.safetensors")
+    assert loaded.data == "digits:train" and loaded.model == "torchvision:resnet18"
+    assert loaded.out == tmp_path / "run"
