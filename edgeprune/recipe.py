@@ -141,10 +141,10 @@ class RunState:
         record = self.data.get(stage) or {}
         if record.get("key") != key or not output.exists():
             return False
-        return record.get("output_id") == (dir_id(output) if output.is_dir() else _file_id(output))
+        return record.get("output_id") == _output_id(output)
 
     def record(self, stage: str, key: str, output: Path, detail: dict) -> str:
-        output_id = dir_id(output) if output.is_dir() else _file_id(output)
+        output_id = _output_id(output)
         self.data[stage] = {"key": key, "output_id": output_id, "detail": detail,
                             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         from .atomic import write_json
@@ -156,8 +156,10 @@ class RunState:
         return (self.data.get(stage) or {}).get("output_id")
 
 
-def _file_id(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _output_id(path: Path) -> str:
+    from .models import sha256_file
+
+    return dir_id(path) if path.is_dir() else sha256_file(path)
 
 
 def run_recipe(recipe: Recipe, reporter=None, force: bool = False, say=print) -> list:

@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeprune.latency.table import content_id
+
 FORMAT_VERSION = 1
 MAX_SINGLE_FILE = 2 * 1024**3  # protobuf's limit: larger models keep their weights in an external data file
 
@@ -26,11 +28,6 @@ class ExportResult:
     manifest: dict
     parity: dict
     notes: list = field(default_factory=list)
-
-
-def content_id(data: dict) -> str:
-    body = {k: v for k, v in data.items() if k != "id"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
 def tool_versions() -> dict:
@@ -75,7 +72,7 @@ def reference_io(wrapped, samples: list, model, input_names: list, atol: float, 
     import numpy as np
     import onnxruntime as ort
     import torch
-    from edgeprune.profilers.bundle import compare
+    from edgeprune.profilers.parity import compare_outputs
 
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     out_names = [o.name for o in session.get_outputs()]
@@ -96,7 +93,7 @@ def reference_io(wrapped, samples: list, model, input_names: list, atol: float, 
             ins[n].append(value)
     refs = {n: np.concatenate(v) for n, v in refs.items()}
     got = {n: np.concatenate(v) for n, v in got.items()}
-    outputs = compare(refs, got, atol, rtol)
+    outputs = compare_outputs(refs, got, atol, rtol)
     parity = {"atol": atol, "rtol": rtol, "samples": len(samples), "outputs": outputs,
               "ok": all(r["ok"] for r in outputs.values())}
     arrays = {f"input:{n}": np.concatenate(v) for n, v in ins.items()}

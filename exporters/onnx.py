@@ -12,8 +12,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from edgeprune.errors import CheckFailedError
 
 OPSET = 17
@@ -38,24 +36,9 @@ class Parity:
 
 def compare(reference: dict, actual: dict, atol: float, rtol: float) -> Parity:
     """Max abs / max rel error and cosine similarity for each output."""
-    out = {}
-    for name, ref in reference.items():
-        ref = np.asarray(ref, dtype=np.float64)
-        got = np.asarray(actual[name], dtype=np.float64)
-        if ref.shape != got.shape:
-            out[name] = {"ok": False, "shape": [list(ref.shape), list(got.shape)], "max_abs": float("inf"),
-                         "max_rel": float("inf"), "cosine": 0.0, "needed_atol": float("inf")}
-            continue
-        diff = np.abs(ref - got)
-        denom = np.linalg.norm(ref) * np.linalg.norm(got)
-        out[name] = {
-            "ok": bool(np.all(diff <= atol + rtol * np.abs(ref))),
-            "max_abs": float(diff.max(initial=0.0)),
-            "max_rel": float((diff / np.maximum(np.abs(ref), 1e-12)).max(initial=0.0)),
-            "cosine": float((ref * got).sum() / denom) if denom > 0 else 1.0,
-            "needed_atol": float(np.maximum(diff - rtol * np.abs(ref), 0).max(initial=0.0)),
-        }
-    return Parity(out, atol, rtol)
+    from edgeprune.profilers.parity import compare_outputs
+
+    return Parity(compare_outputs(reference, actual, atol, rtol), atol, rtol)
 
 
 def _to_bytes(model, example: tuple, input_names, output_names, dynamic_axes) -> bytes:

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from .errors import ProfilerError
+from .parity import compare_outputs
 from .timing import Estimator, _percentile, measure_interleaved
 
 FORMAT_VERSION = 1
@@ -67,44 +68,6 @@ def verify(bundle_dir):
     return manifest
 
 
-def _make_session(model_path, runtime):
-    """A plain ONNX Runtime session with the runtime's threads and provider, for parity and accuracy runs."""
-    try:
-        import onnxruntime as ort
-    except ImportError as err:
-        raise ProfilerError("runtime_unavailable", "onnxruntime is not installed here (%s)" % err,
-                            "pip install onnxruntime (onnxruntime-gpu on CUDA devices)")
-    provider = runtime.get("provider") or "CPUExecutionProvider"
-    if provider not in ort.get_available_providers():
-        raise ProfilerError("runtime_unavailable", "onnxruntime here has no %s (it has %s)"
-                            % (provider, ", ".join(ort.get_available_providers())),
-                            "install the onnxruntime build that ships it, or validate with another --provider")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(runtime.get("threads", 1))
-    options.inter_op_num_threads = 1
-    providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
-    return ort.InferenceSession(model_path, sess_options=options, providers=providers)
-
-
-def compare(reference, actual, atol, rtol):
-    """Per output: max abs, max rel, cosine, the atol that would pass, and whether it passes."""
-    out = {}
-    for name, ref in reference.items():
-        got = np.asarray(actual[name], dtype=np.float64)
-        ref = np.asarray(ref, dtype=np.float64)
-        if got.shape != ref.shape:
-            out[name] = {"ok": False, "shape": list(got.shape), "reference_shape": list(ref.shape)}
-            continue
-        diff = np.abs(got - ref)
-        denom = np.linalg.norm(ref) * np.linalg.norm(got)
-        needed = float(np.maximum(diff - rtol * np.abs(ref), 0).max(initial=0.0))
-        out[name] = {"max_abs": float(diff.max(initial=0.0)),
-                     "max_rel": float((diff / np.maximum(np.abs(ref), 1e-12)).max(initial=0.0)),
-                     "cosine": float((ref * got).sum() / denom) if denom > 0 else 1.0,
-                     "needed_atol": needed, "ok": needed <= atol}
-    return out
-
-
 def parity(session, bundle_dir, manifest, atol, rtol):
     """Run the reference inputs; compare with the reference outputs exported beside the model."""
     path = os.path.join(bundle_dir, "reference_io.npz")
@@ -119,7 +82,7 @@ def parity(session, bundle_dir, manifest, atol, rtol):
         for name, value in zip(names, session.run(names, feeds)):
             got[name].append(value)
     got = {k: np.concatenate(v) for k, v in got.items()}
-    result = compare({k: v for k, v in outputs.items() if k in got}, got, atol, rtol)
+    result = compare_outputs({k: v for k, v in outputs.items() if k in got}, got, atol, rtol)
     return {"atol": atol, "rtol": rtol, "samples": int(n), "outputs": result,
             "ok": all(r["ok"] for r in result.values())}
 
@@ -222,14 +185,15 @@ def run_bundles(request, base_dir="."):
         runtimes.append(runtime)
     reports, entries = [], []
     for bundle_dir, manifest, runtime in zip(dirs, manifests, runtimes):
+        from .backends.ort import OrtRunner
+
         model_path = os.path.join(bundle_dir, manifest["model"])
-        session = _make_session(model_path, runtime)
         tol = request.get("parity") or manifest.get("parity_tolerance") or {"atol": 1e-4, "rtol": 1e-3}
-        report = {"format_version": FORMAT_VERSION, "manifest_id": manifest.get("id"), "runtime": runtime,
-                  "parity": parity(session, bundle_dir, manifest, tol["atol"], tol["rtol"])}
-        if data is not None and "labels" in data:
-            report["accuracy"] = accuracy(session, data, manifest)
-        del session
+        with OrtRunner(model_path, threads=runtime.get("threads", 1), provider=runtime.get("provider")) as runner:
+            report = {"format_version": FORMAT_VERSION, "manifest_id": manifest.get("id"), "runtime": runtime,
+                      "parity": parity(runner.session, bundle_dir, manifest, tol["atol"], tol["rtol"])}
+            if data is not None and "labels" in data:
+                report["accuracy"] = accuracy(runner.session, data, manifest)
         with np.load(os.path.join(bundle_dir, "reference_io.npz"), allow_pickle=False) as ref:
             feeds = {k[len("input:"):]: ref[k][:1] for k in ref.files if k.startswith("input:")}
         entries.append((model_path, runtime, feeds))

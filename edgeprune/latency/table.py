@@ -18,9 +18,9 @@ FORMAT_VERSION = 1
 
 
 def content_id(data: dict) -> str:
-    """sha256 of the canonical JSON of everything but the id itself."""
+    """sha256 of the canonical JSON of everything but the id itself (tables, bundle manifests)."""
     body = {k: v for k, v in data.items() if k != "id"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
 @dataclass

@@ -92,6 +92,14 @@ def llama_batches(model, n=3, seq=12):
     return [(torch.randint(0, model.config.vocab_size, (2, seq), generator=gen),) for _ in range(n)]
 
 
+def llama_scored(criterion: str):
+    """(model, groups, batches, scores) of the tiny LLaMA under a data-driven criterion."""
+    model = tiny_llama()
+    groups = build_space(model, ())
+    batches = llama_batches(model)
+    return model, groups, batches, score_groups(criterion, groups, model, batches)
+
+
 def projection_inputs(model, batches, module):
     """Every token's input to `module`, stacked (what the criteria's hooks see)."""
     seen = []
@@ -126,10 +134,7 @@ def test_llama_magnitude_covers_whole_gqa_groups():
 
 
 def test_wanda_sp_is_abs_weight_times_input_norm_per_structure():
-    model = tiny_llama()
-    groups = build_space(model, ())
-    batches = llama_batches(model)
-    scores = score_groups("wanda_sp", groups, model, batches)
+    model, groups, batches, scores = llama_scored("wanda_sp")
     down = model.model.layers[1].mlp.down_proj
     x = projection_inputs(model, batches, down)
     norm = x.pow(2).sum(0).sqrt()
@@ -142,10 +147,7 @@ def test_wanda_sp_is_abs_weight_times_input_norm_per_structure():
 
 
 def test_flap_fluctuation_and_per_kind_standardisation():
-    model = tiny_llama()
-    groups = build_space(model, ())
-    batches = llama_batches(model)
-    scores = score_groups("flap", groups, model, batches)
+    model, groups, batches, scores = llama_scored("flap")
     down = model.model.layers[0].mlp.down_proj
     x = projection_inputs(model, batches, down)
     var = x.var(0, unbiased=False)
@@ -156,10 +158,7 @@ def test_flap_fluctuation_and_per_kind_standardisation():
 
 
 def test_flap_bias_compensation_lands_in_the_next_layers_bias():
-    model = tiny_llama()
-    groups = build_space(model, ())
-    batches = llama_batches(model)
-    scores = score_groups("flap", groups, model, batches)
+    model, groups, batches, scores = llama_scored("flap")
     down = model.model.layers[0].mlp.down_proj
     x = projection_inputs(model, batches, down)
     mean = x.mean(0)
