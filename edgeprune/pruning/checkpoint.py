@@ -103,11 +103,23 @@ def hf_config_for(module, widths: dict) -> dict:
     config["head_dim"] = int(layout.head_dim)  # hidden_size no longer divides into the heads: say it outright
     if heads and len(set(heads.values())) == 1:
         kv = next(iter(heads.values()))
-        config["num_key_value_heads"] = int(kv)
-        config["num_attention_heads"] = int(kv * layout.kv_groups)
+        trial = dict(config, num_key_value_heads=int(kv), num_attention_heads=int(kv * layout.kv_groups))
+        if _config_accepts(module.config, trial):
+            config = trial
     if mlps and len(set(mlps.values())) == 1:
         config["intermediate_size"] = int(next(iter(mlps.values())))
     return config
+
+
+def _config_accepts(source, config: dict) -> bool:
+    """Whether transformers accepts these sizes: recent LlamaConfig insists that the heads divide hidden_size
+    even when head_dim is given, so such head counts stay at the source's and edgeprune resizes on load."""
+    fields = {k: v for k, v in config.items() if k not in ("edgeprune", "model_type", "transformers_version")}
+    try:
+        type(source)(**fields)
+    except Exception:  # noqa: BLE001 - any refusal (ValueError, strict-dataclass errors) means "not accepted"
+        return False
+    return True
 
 
 def is_pruned_dir(path: str | Path) -> bool:

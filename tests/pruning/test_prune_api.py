@@ -159,3 +159,18 @@ def test_uniform_llama_widths_load_with_from_pretrained(llama_dir, llama_table, 
     ids = torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert torch.allclose(hf(input_ids=ids).logits, res.module(input_ids=ids).logits, atol=1e-5)
+
+
+def test_uniform_heads_that_do_not_divide_hidden_size_still_load(llama_dir, llama_table, tmp_path):
+    """3 kv heads -> 6 query heads of 8 dims: LlamaConfig refuses 64 % 6, so the config keeps the source's head
+    counts and edgeprune.load resizes instead of writing a config transformers cannot read."""
+    out = tmp_path / "uniform3"
+    res = edgeprune.prune(str(llama_dir), llama_table, out, mode="uniform", ratio=0.25, criterion="l2", measure=False)
+    assert set(v for k, v in res.widths.items() if k.endswith(".heads")) == {3}
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_attention_heads"] == 8 and config["head_dim"] == 8
+    module, _, _ = load_pruned(out)
+    assert module.model.layers[0].self_attn.q_proj.out_features == 6 * 8
+    ids = torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.allclose(module(input_ids=ids).logits, res.module(input_ids=ids).logits, atol=1e-5)
