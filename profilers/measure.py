@@ -125,12 +125,15 @@ def run_plan(plan, base_dir="."):
     cls = runner_class(runtime["backend"])
     estimator = Estimator.from_dict(plan.get("estimator", {}))
 
-    def make_runner(model):
+    def make_runner(model, spinning=True):
         return cls(model, threads=runtime.get("threads", 1), provider=runtime.get("provider"),
-                   precision=runtime.get("precision", "fp32"))
+                   precision=runtime.get("precision", "fp32"), spinning=spinning)
+
+    def make_cell_runner(model):
+        return make_runner(model, spinning=False)
 
     started = time.time()
-    cells, cell_errors, drift = measure_cells(plan.get("cells", []), make_runner, estimator,
+    cells, cell_errors, drift = measure_cells(plan.get("cells", []), make_cell_runner, estimator,
                                               reference=plan.get("reference"),
                                               group_size=plan.get("group_size", 24))
     models, model_errors, round_s = measure_models(plan.get("models", []), make_runner, estimator,

@@ -87,6 +87,11 @@ def power_mode(facts: dict) -> str | None:
         return None
 
 
+# Bumped when the device side times cells differently, so cached measurements of the old method are not reused.
+# 2: cells run without intra-op spinning (profilers/backends/base.py says why).
+TIMING_METHOD = 2
+
+
 def fingerprint(device, facts: dict, runtime: dict) -> dict:
     """What makes two measurements comparable: device model, clocks setup, runtime, precision, threads."""
     lo, hi = facts.get("cpu_scaling_min_freq_khz"), facts.get("cpu_scaling_max_freq_khz")
@@ -101,6 +106,7 @@ def fingerprint(device, facts: dict, runtime: dict) -> dict:
         "runtime": runtime["backend"], "runtime_version": runtime.get("version"),
         "provider": runtime.get("provider"), "precision": runtime["precision"], "threads": runtime["threads"],
         "python": facts.get("python_version"), "os": facts.get("os_release") or facts.get("system"),
+        "timing": TIMING_METHOD,
     }
 
 

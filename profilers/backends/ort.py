@@ -54,7 +54,7 @@ class OrtRunner(Runner):
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
         self.session = ort.InferenceSession(self.model_path, sess_options=options, providers=providers)
         feeds = self.inputs if self.inputs is not None else random_inputs(self.session)

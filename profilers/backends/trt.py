@@ -197,10 +197,12 @@ class TrtRunner(Runner):
         provider=None,
         precision="fp32",
         inputs=None,
+        spinning=True,
         workspace_mb=None,
         optimization_level=None,
     ):
-        super(TrtRunner, self).__init__(model_path, threads, provider, precision, inputs)
+        # `spinning` is a CPU thread-pool setting; TensorRT has none, so it is accepted and unused.
+        super(TrtRunner, self).__init__(model_path, threads, provider, precision, inputs, spinning)
         self.workspace_mb = workspace_mb
         self.optimization_level = optimization_level
         self.build_settings = None  # type: Optional[Dict[str, Any]]

@@ -257,3 +257,25 @@ def test_cli_bad_plan_exits_2_with_an_error_record(tmp_path):
     assert "99" in reply["error"]["message"]
     assert "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_cells_run_without_pool_spinning_and_whole_models_with_it(tmp_path, monkeypatch):
+    """A cell timed right after another shares the cores with the previous session's spinning workers, so cells
+    turn spinning off; whole models keep ONNX Runtime's default, as deployed."""
+    import profilers.measure as measure
+    from profilers.backends.ort import OrtRunner
+
+    seen = []
+
+    class Recording(OrtRunner):
+        def activate_impl(self):
+            super().activate_impl()
+            entry = self.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+            seen.append(("model" if isinstance(self.model_path, str) else "cell", entry))
+
+    monkeypatch.setattr(measure, "runner_class", lambda backend: Recording)
+    run_plan(plan(tmp_path, runtime={"backend": "onnxruntime", "threads": 2, "precision": "fp32"}),
+             base_dir=str(tmp_path))
+    assert {entry for kind, entry in seen if kind == "cell"} == {"0"}
+    assert {entry for kind, entry in seen if kind == "model"} == {"1"}
+    assert sum(kind == "cell" for kind, _ in seen) == len(CELLS)
