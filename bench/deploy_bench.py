@@ -56,18 +56,42 @@ def kd_comparison(tmp: Path, epochs: int = 3) -> dict:
             "wall_ratio_online_over_cached_first": rows["online"]["wall_s"] / rows["cached"]["wall_s"]}
 
 
+def hf_models(tmp: Path) -> list:
+    """The pruning issue's Hugging Face models, built from configs with a seed (no download)."""
+    import torch
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    made = []
+    for name, model in [
+        ("llama-gqa", LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
+                                                   num_hidden_layers=2, num_attention_heads=8,
+                                                   num_key_value_heads=4, max_position_embeddings=128))),
+        ("gpt2", GPT2LMHeadModel(GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=128))),
+        ("bert", BertModel(BertConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=128, max_position_embeddings=128))),
+    ]:
+        path = tmp / f"hf-{name}"
+        model.save_pretrained(str(path))
+        made.append((str(path), name))
+    return made
+
+
 def parity_rows(tmp: Path) -> list:
     import edgeprune
     from edgeprune.models import load_model
 
     rows = []
-    for spec, args, shape in ZOO:
-        loaded = load_model(spec, model_args=args, input_shape=shape)
-        pruned = tmp / f"p-{spec.split(':')[1]}"
+    zoo = list(ZOO) + [(path, {}, None) for path, _ in hf_models(tmp)]
+    for spec, args, shape in zoo:
+        loaded = load_model(spec, model_args=args, input_shape=shape, seq_len=16 if shape is None else None)
+        name = spec.split(":")[1] if ":" in spec else Path(spec).name
+        pruned = tmp / f"p-{name}"
         edgeprune.prune(loaded, None, pruned, mode="global", ratio=0.3, criterion="l2", force=True)
-        result = edgeprune.export(pruned, tmp / f"b-{spec.split(':')[1]}", force=True)
+        result = edgeprune.export(pruned, tmp / f"b-{name}", force=True)
         worst = max(result.parity["outputs"].values(), key=lambda r: r["max_abs"])
-        rows.append({"model": spec, "input_shape": list(shape), "max_abs": worst["max_abs"],
+        spec = spec if ":" in spec else f"Hugging Face {name} (config, seeded)"
+        rows.append({"model": spec, "input_shape": list(loaded.input_shape), "max_abs": worst["max_abs"],
                      "max_rel": worst["max_rel"], "cosine": worst["cosine"], "ok": result.parity["ok"],
                      "cleanup": result.manifest["cleanup"]})
         print(f"   {spec}: max abs {worst['max_abs']:.2e}, cosine {worst['cosine']:.8f}", flush=True)
@@ -84,6 +108,43 @@ def demo_row(tmp: Path) -> dict:
     summary["measured_estimate_ms"] = r["latency"]["estimate_ms"]
     print(f"   demo: {summary['passed']}, {summary['speedup']:.2f}x, stages {summary['stages']}", flush=True)
     return summary
+
+
+def budget_rows(tmp: Path, demo: dict) -> list:
+    """Predicted vs measured latency of every bundle exported from the demo's trained model and table: the
+    demo's pruned bundle, its dense bundle, and the same model pruned to 1.5x and 3x, validated together with
+    the dense bundle timed interleaved."""
+    import edgeprune
+    from edgeprune.recipe import load_recipe
+
+    workdir = Path(demo["workdir"])
+    recipe = load_recipe(workdir / "recipe.yaml")
+    out = recipe.out
+    table = edgeprune.load_table(out / "table.json")
+    bundles = {"2x (demo, distilled)": out / "bundle"}
+    for budget in ("1.5x", "3x"):
+        pruned = tmp / f"digits-{budget}"
+        edgeprune.prune(str(recipe.model), out / "table.json", pruned, budget=budget, criterion="l2",
+                        weights=str(workdir / "digits-resnet18.safetensors"), model_args=recipe.model_args,
+                        input_shape=recipe.input_shape, force=True)
+        bundles[budget] = tmp / f"bundle-{budget}"
+        edgeprune.export(pruned, bundles[budget], table=table, budget=budget, data="digits:test", force=True)
+    result = edgeprune.validate([str(b) for b in bundles.values()], "cpu", baseline=str(out / "bundle-dense"),
+                                data="digits:test", min_accuracy_ratio=0.0, seconds=5, out=tmp / "budget-report",
+                                force=True)
+    dense = json.loads((tmp / "budget-report" / "report.json").read_text())["baseline"]
+    rows = []
+    reports = list(result.reports) + [dense]
+    names = list(bundles) + ["dense"]
+    for name, r in zip(names, reports):
+        predicted = r.get("predicted_ms")
+        measured = r["latency"]["estimate_ms"]
+        rows.append({"bundle": name, "predicted_ms": predicted, "measured_ms": measured,
+                     "error": (measured / predicted - 1) if predicted else None, "p50_ms": r["latency"]["p50_ms"],
+                     "p99_ms": r["latency"]["p99_ms"], "accuracy": (r.get("accuracy") or {}).get("top1"),
+                     "gates": {k: v.get("ok") for k, v in (r.get("gates") or {}).items()}})
+        print(f"   {name}: predicted {predicted}, measured {measured:.3f} ms", flush=True)
+    return rows
 
 
 def markdown(data: dict) -> str:
@@ -118,6 +179,18 @@ def markdown(data: dict) -> str:
                 f"predicted {d['predicted_ms'] or float('nan'):.2f} ms, measured (validate) "
                 f"{d['measured_estimate_ms']:.2f} ms; accuracy {d['dense_accuracy']:.4f} → {d['pruned_accuracy']:.4f}; "
                 f"passed: {d['passed']}.", ""]
+    if data.get("budgets"):
+        out += ["## Predicted vs measured latency of the exported bundles (digits resnet18 80×80, 1 thread, "
+                "validated together, dense interleaved)", "",
+                "| bundle | predicted (ms) | measured (ms) | error | p50 (ms) | p99 (ms) | accuracy |",
+                "|---|---|---|---|---|---|---|"]
+        for r in data["budgets"]:
+            err = f"{r['error']:+.1%}" if r["error"] is not None else "—"
+            pred = f"{r['predicted_ms']:.2f}" if r["predicted_ms"] else "—"
+            acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "—"
+            out.append(f"| {r['bundle']} | {pred} | {r['measured_ms']:.2f} | {err} | {r['p50_ms']:.2f} | "
+                       f"{r['p99_ms']:.2f} | {acc} |")
+        out.append("")
     return "\n".join(out)
 
 
@@ -135,6 +208,8 @@ def main() -> None:
         if not args.skip_demo:
             print("== demo", flush=True)
             data["demo"] = demo_row(tmp)
+            print("== predicted vs measured, every exported bundle", flush=True)
+            data["budgets"] = budget_rows(tmp, data["demo"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "deploy.json").write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
     (ROOT / "docs" / "results" / "deploy.md").write_text(markdown(data))

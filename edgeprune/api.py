@@ -219,10 +219,12 @@ def distill(student, teacher, data: str, out: str | Path, *, teacher_weights: st
 def export(model, out: str | Path, *, data: str | None = None, table=None, budget: str | None = None,
            baseline_accuracy: float | None = None, atol: float = 1e-4, rtol: float = 1e-3, clean: bool = True,
            weights: str | None = None, model_args: dict | None = None, input_shape: tuple | None = None,
-           seq_len: int | None = None, regime: str | None = None, force: bool = False):
+           seq_len: int | None = None, regime: str | None = None, force: bool = False, engine: str | None = None,
+           device: str | None = None, host: str | None = None, workspace_mb: int | None = None, **ssh_options):
     """Export `model` (a `--model` spec, pruned-model dir or LoadedModel) to the bundle directory `out`.
 
     Fails (CheckFailedError, nothing written) when ONNX Runtime and PyTorch disagree beyond the tolerance.
+    `engine="fp16"` (or fp32/int8) also builds a TensorRT engine on `device` (default cuda; `host` for SSH).
     """
     from .atomic import check_writable
     from .bundles import export_bundle
@@ -235,14 +237,17 @@ def export(model, out: str | Path, *, data: str | None = None, table=None, budge
         str(model), weights=weights, model_args=model_args, input_shape=input_shape, seq_len=seq_len,
         regime=regime or "prefill")
     return export_bundle(loaded, out, data=data, table=table, budget=budget, baseline_accuracy=baseline_accuracy,
-                         atol=atol, rtol=rtol, clean=clean)
+                         atol=atol, rtol=rtol, clean=clean, engine=engine, device=device, host=host,
+                         ssh_options=ssh_options, workspace_mb=workspace_mb)
 
 
 def validate(bundles, device: str | None = None, host: str | None = None, *, data: str | None = None,
              budget: str | None = None, baseline: str | None = None, out: str | Path | None = None,
              min_accuracy_ratio: float = 0.99, runs: int = 200, seconds: float = 10.0, threads: int | None = None,
-             force: bool = False, **ssh_options):
+             force: bool = False, runtime: str | None = None, **ssh_options):
     """Run bundle(s) on the device; gates on parity, latency ≤ budget, accuracy ≥ ratio × baseline.
+
+    A bundle with a TensorRT engine is validated on the engine unless `runtime="onnxruntime"`.
 
     Raises CheckFailedError listing every failed gate (after writing the report to `out`).
     """
@@ -251,7 +256,7 @@ def validate(bundles, device: str | None = None, host: str | None = None, *, dat
     bundles = [bundles] if isinstance(bundles, (str, Path)) else list(bundles)
     return run(bundles, device=device, host=host, data=data, budget=budget, baseline=baseline, out=out,
                min_accuracy_ratio=min_accuracy_ratio, runs=runs, seconds=seconds, threads=threads,
-               ssh_options=ssh_options, force=force)
+               ssh_options=ssh_options, force=force, runtime_name=runtime)
 
 
 def load_table(path: str | Path) -> LatencyTable:

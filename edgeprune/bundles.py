@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from .errors import CheckFailedError
+from .errors import BadInputError, CheckFailedError
 
 REFERENCE_SAMPLES = 8
 
@@ -31,10 +31,23 @@ def reference_samples(loaded, data: str | None, n: int) -> tuple:
 
 def export_bundle(loaded, out: str | Path, *, data: str | None = None, table=None, budget: str | None = None,
                   baseline_accuracy: float | None = None, atol: float = 1e-4, rtol: float = 1e-3,
-                  clean: bool = True, reference: int = REFERENCE_SAMPLES):
-    """Export `loaded` (a LoadedModel) into the bundle directory `out`; returns an ExportResult."""
+                  clean: bool = True, reference: int = REFERENCE_SAMPLES, engine: str | None = None,
+                  device: str | None = None, host: str | None = None, ssh_options: dict | None = None,
+                  workspace_mb: int | None = None):
+    """Export `loaded` (a LoadedModel) into the bundle directory `out`; returns an ExportResult.
+
+    `engine` (fp32/fp16/int8) also builds a TensorRT engine on `device` (here, or `host` over SSH) into the
+    bundle; INT8 calibrates from `data`.
+    """
     import onnx
     import onnxruntime as ort
+
+    from edgeprune.exporters.engine import engine_request
+
+    if engine is not None:
+        engine_request(engine, False)  # an unknown precision fails before any work
+        if engine == "int8" and not data:
+            raise BadInputError("--engine int8 needs calibration samples", "pass --data with real samples")
 
     from edgeprune.exporters.bundle import (
         MAX_SINGLE_FILE,
@@ -51,6 +64,7 @@ def export_bundle(loaded, out: str | Path, *, data: str | None = None, table=Non
     wrapped = loaded.export_module()
     example = loaded.example_inputs(wrapped)
     proto, _ = export_onnx(wrapped, example, None, atol=atol, rtol=rtol)
+    graph_predicted = _graph_prediction(table, proto, loaded, notes)
     cleanup = {"tool": None, "note": "clean-up disabled (--no-clean)"}
     if clean:
         proto, cleanup = clean_up(proto)
@@ -68,6 +82,9 @@ def export_bundle(loaded, out: str | Path, *, data: str | None = None, table=Non
         arrays, parity = reference_io(wrapped, samples, str(path), [i["name"] for i in inputs], atol, rtol)
         model_bytes = path.read_bytes()
         external = (Path(tmp) / "model.onnx.data").read_bytes() if large else None
+        built = None
+        if engine is not None and parity["ok"]:
+            built = _build_engine(loaded, Path(tmp), path, engine, data, device, host, ssh_options, workspace_mb)
     if not parity["ok"]:
         name, worst = max(((n, r) for n, r in parity["outputs"].items() if not r["ok"]),
                           key=lambda kv: kv[1].get("needed_atol", float("inf")))
@@ -94,13 +111,51 @@ def export_bundle(loaded, out: str | Path, *, data: str | None = None, table=Non
         "inputs": inputs, "outputs": outputs, "preprocessing": preprocessing,
         "widths": prov.get("widths"), "table": table_record,
         "budget": budget or prov.get("budget"), "budget_ms": _budget_ms(budget, prov, table),
-        "predicted_ms": prov.get("predicted_ms"), "measured_at_prune": prov.get("measured"),
+        "predicted_ms": prov.get("predicted_ms") if prov.get("predicted_ms") is not None else graph_predicted,
+        "predicted_graph_ms": graph_predicted, "measured_at_prune": prov.get("measured"),
         "baseline_accuracy": baseline_accuracy if baseline_accuracy is not None else prov.get("baseline_accuracy"),
         "runtime": runtime, "tools": tool_versions(), "cleanup": cleanup, "parity": parity,
         "parity_tolerance": {"atol": atol, "rtol": rtol}, "notes": notes,
+        "engine": built.record if built is not None else None,
     }
-    manifest = write_bundle(out, model_bytes, arrays, manifest, external_data=external)
+    manifest = write_bundle(out, model_bytes, arrays, manifest, external_data=external,
+                            engine=built.engine if built is not None else None)
     return ExportResult(Path(out), manifest, parity, notes)
+
+
+def _graph_prediction(table, proto, loaded, notes: list) -> float | None:
+    """The table's prediction for the exported graph itself (blocks read from it as the profiler reads them):
+    a dense bundle gets a prediction too, and a pruned one a check of the solver's."""
+    if table is None:
+        return None
+    from .latency.blocks import extract_blocks
+
+    try:
+        return table.predict_ms(extract_blocks(proto, head_dim=loaded.head_dim).blocks)
+    except BadInputError as err:
+        notes.append(f"no latency prediction from table {table.id[:12]}: {err.message}")
+        return None
+
+
+def _build_engine(loaded, tmp: Path, onnx_path: Path, precision: str, data: str | None, device: str | None,
+                  host: str | None, ssh_options: dict | None, workspace_mb: int | None):
+    """TensorRT engine of the exported ONNX, built on the device (INT8 calibrated from `data`)."""
+    import numpy as np
+
+    from edgeprune.exporters.engine import CALIBRATION_SAMPLES, build_on_device, check_device_runs_tensorrt
+
+    from .devices import load_registry, lookup_device, open_device
+
+    registry = load_registry()
+    device = device or "cuda"
+    check_device_runs_tensorrt(lookup_device(device, registry), precision)
+    calibration = None
+    if precision == "int8":
+        samples, _ = reference_samples(loaded, data, CALIBRATION_SAMPLES)
+        calibration = tmp / "calib.npz"
+        np.savez(calibration, inputs=np.concatenate([s[0].numpy() for s in samples]))
+    with open_device(device, host, ssh_options or {}, registry) as session:
+        return build_on_device(session.target, onnx_path, precision, tmp, calibration, workspace_mb)
 
 
 def _budget_ms(budget: str | None, prov: dict, table) -> float | None:

@@ -94,7 +94,7 @@ def gates(report: dict, manifest: dict, budget_ms: float | None, baseline_acc: f
 def validate(bundles: list, device: str | None = None, host: str | None = None, data: str | None = None,
              budget: str | None = None, baseline: str | None = None, out: str | Path | None = None,
              min_accuracy_ratio: float = 0.99, runs: int = 200, seconds: float = 10.0, threads: int | None = None,
-             ssh_options: dict | None = None, force: bool = False) -> Validation:
+             ssh_options: dict | None = None, force: bool = False, runtime_name: str | None = None) -> Validation:
     """Validate `bundles` on the device; raises CheckFailedError (exit 1) listing failed gates after writing."""
     from edgeprune.exporters.bundle import read_bundle
 
@@ -115,7 +115,10 @@ def validate(bundles: list, device: str | None = None, host: str | None = None, 
         raise BadInputError("the bundles take different inputs, so one --data cannot feed them all",
                             "validate them separately")
     device = device or ((manifests[0].get("table") or {}).get("fingerprint") or {}).get("device") or "cpu"
+    # a bundle carrying a TensorRT engine is validated on it; runtime="onnxruntime" validates its ONNX instead
     runtime = {"threads": threads} if threads is not None else {}
+    if runtime_name is not None:
+        runtime["backend"] = runtime_name
     estimator = {k: v for k, v in ((manifests[0].get("table") or {}).get("estimator") or {}).items()
                  if k not in ("name", "models")}
     settings = {"runtime": runtime, "latency": {"runs": runs, "seconds": seconds, "estimator": estimator}}
@@ -126,7 +129,7 @@ def validate(bundles: list, device: str | None = None, host: str | None = None, 
         reports = run_on_device(session.target, paths, data_path, settings, work)
         for path, manifest, report in zip(paths, manifests, reports):
             report.update(bundle=str(path), manifest_id=manifest["id"], device=session.spec.name,
-                          predicted_ms=manifest.get("predicted_ms"))
+                          where=session.target.where, predicted_ms=manifest.get("predicted_ms"))
     baseline_report = reports.pop() if baseline else None
     failed = []
     for report, manifest in zip(reports, manifests):

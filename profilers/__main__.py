@@ -1,4 +1,4 @@
-"""Device-side entry point: `python -m profilers {info,doctor,lock-clocks,run,bundle}`; prints one JSON object.
+"""Device-side entry point: `python -m profilers {info,doctor,lock-clocks,run,bundle,engine}`; prints one JSON object.
 
 Failures the user can fix print `{"error": {kind, message, hint}}` and exit 2, so the host can show them as
 one line. Progress goes to stderr as JSON lines.
@@ -39,6 +39,9 @@ def main(argv=None):
     bundle = sub.add_parser("bundle", help="validate a bundle: checksums, parity, accuracy, latency")
     bundle.add_argument("request")
     bundle.add_argument("--out", default=None, help="write the report here instead of stdout")
+    engine = sub.add_parser("engine", help="build a bundle's TensorRT engine here (fp32, fp16, int8)")
+    engine.add_argument("request")
+    engine.add_argument("--out", default=None, help="write the build record here instead of stdout")
     args = parser.parse_args(argv)
     try:
         if args.command == "info":
@@ -60,6 +63,12 @@ def main(argv=None):
             with open(args.request) as handle:
                 request = json.load(handle)
             _emit(run_bundles(request, base_dir=os.path.dirname(os.path.abspath(args.request))), args.out)
+        elif args.command == "engine":
+            from .engine import build
+
+            with open(args.request) as handle:
+                request = json.load(handle)
+            _emit(build(request, base_dir=os.path.dirname(os.path.abspath(args.request))), args.out)
         else:
             from .measure import run_plan
 

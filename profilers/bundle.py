@@ -21,6 +21,7 @@ from .parity import compare_outputs
 from .timing import Estimator, _percentile, measure_interleaved
 
 FORMAT_VERSION = 1
+ENGINE_SUFFIX = ".engine"
 
 
 def sha256_file(path):
@@ -122,14 +123,11 @@ def latency(entries, settings):
 
     `entries`: [(model_path, runtime, feeds)]. Returns one latency record per entry.
     """
-    from .backends.ort import OrtRunner
-
     runners, records = [], []
     try:
         for model_path, runtime, feeds in entries:
             started = time.perf_counter()
-            runner = OrtRunner(model_path, threads=runtime.get("threads", 1), provider=runtime.get("provider"),
-                               inputs=feeds)
+            runner = make_runner(model_path, runtime, feeds)
             runner.activate()  # session creation + input binding + one (allocating) run
             created = time.perf_counter() - started
             first_start = time.perf_counter()
@@ -163,6 +161,58 @@ def latency(entries, settings):
     return records
 
 
+def make_runner(model_path, runtime, feeds=None):
+    """The bundle's TensorRT engine on TensorRT, its ONNX model on ONNX Runtime."""
+    if model_path.endswith(ENGINE_SUFFIX):
+        from .backends.trt import TrtRunner
+
+        return TrtRunner(model_path, inputs=feeds)
+    from .backends.ort import OrtRunner
+
+    return OrtRunner(model_path, threads=runtime.get("threads", 1), provider=runtime.get("provider"), inputs=feeds)
+
+
+class _Output(object):
+    def __init__(self, name):
+        self.name = name
+
+
+class EngineSession(object):
+    """The two calls parity and accuracy make on an ONNX Runtime session, answered by a TensorRT runner."""
+
+    def __init__(self, runner, output_names):
+        self.runner = runner
+        self.names = list(output_names)
+
+    def get_outputs(self):
+        return [_Output(n) for n in self.names]
+
+    def run(self, names, feeds):
+        got = self.runner.run_feeds(feeds)
+        return [got[n] for n in names]
+
+
+def uses_engine(manifest, runtime):
+    """A bundle with an engine is validated on it (that is what deploys) unless --runtime onnxruntime says not."""
+    return bool(manifest.get("engine")) and runtime.get("backend") != "onnxruntime"
+
+
+def check_engines(manifests, runtimes):
+    """Before anything runs: TensorRT and a GPU are here, and every engine was built for them."""
+    wanted = [m for m, r in zip(manifests, runtimes) if uses_engine(m, r)]
+    if not wanted:
+        return
+    from .backends.trt import _import_cudart, _import_tensorrt, check_gpu
+    from .engine import check_engine, gpu_identity
+
+    trt = _import_tensorrt()
+    cudart = _import_cudart()
+    check_gpu(cudart)
+    gpu = gpu_identity(cudart)
+    for manifest in wanted:
+        check_engine(manifest["engine"], trt.__version__, gpu)
+
+
 def run_bundles(request, base_dir="."):
     """Validate every bundle of the request on this device; raises ProfilerError before anything runs on bad
     input (any bundle tampered or incomplete, data that fits no bundle, a runtime the device lacks)."""
@@ -180,20 +230,29 @@ def run_bundles(request, base_dir="."):
     runtimes = []
     for manifest in manifests:
         runtime = dict(manifest.get("runtime") or {}, **(request.get("runtime") or {}))
-        if runtime.get("backend", "onnxruntime") != "onnxruntime":
-            from .backends.trt import TrtRunner  # noqa: F401  (raises RuntimeUnavailable without TensorRT)
+        if uses_engine(manifest, runtime):
+            runtime = dict(runtime, backend="tensorrt", precision=manifest["engine"]["settings"]["precision"],
+                           provider=None)
+        elif runtime.get("backend", "onnxruntime") != "onnxruntime":
+            raise ProfilerError("no_engine", "runtime %s was asked for, but the bundle has no engine"
+                                % runtime.get("backend"),
+                                "export with --engine PRECISION on the device, or validate with onnxruntime")
         runtimes.append(runtime)
+    check_engines(manifests, runtimes)
     reports, entries = [], []
     for bundle_dir, manifest, runtime in zip(dirs, manifests, runtimes):
-        from .backends.ort import OrtRunner
-
-        model_path = os.path.join(bundle_dir, manifest["model"])
+        engine = uses_engine(manifest, runtime)
+        model_path = os.path.join(bundle_dir, manifest["engine"]["file"] if engine else manifest["model"])
         tol = request.get("parity") or manifest.get("parity_tolerance") or {"atol": 1e-4, "rtol": 1e-3}
-        with OrtRunner(model_path, threads=runtime.get("threads", 1), provider=runtime.get("provider")) as runner:
+        if engine:  # reduced precision changes the numbers: the engine's parity tolerance is the build's
+            tol = manifest["engine"].get("parity_tolerance") or tol
+        with make_runner(model_path, runtime) as runner:
+            session = EngineSession(runner, [o["name"] for o in manifest["outputs"]]) if engine else runner.session
             report = {"format_version": FORMAT_VERSION, "manifest_id": manifest.get("id"), "runtime": runtime,
-                      "parity": parity(runner.session, bundle_dir, manifest, tol["atol"], tol["rtol"])}
+                      "model": os.path.basename(model_path),
+                      "parity": parity(session, bundle_dir, manifest, tol["atol"], tol["rtol"])}
             if data is not None and "labels" in data:
-                report["accuracy"] = accuracy(runner.session, data, manifest)
+                report["accuracy"] = accuracy(session, data, manifest)
         with np.load(os.path.join(bundle_dir, "reference_io.npz"), allow_pickle=False) as ref:
             feeds = {k[len("input:"):]: ref[k][:1] for k in ref.files if k.startswith("input:")}
         entries.append((model_path, runtime, feeds))

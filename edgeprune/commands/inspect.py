@@ -28,6 +28,17 @@ def inspect(out_obj, bundle):
              + (f" = {m['budget_ms']:.3f} ms" if m.get("budget_ms") else "")
              + (f"; predicted {m['predicted_ms']:.3f} ms" if m.get("predicted_ms") else ""),
              f"  baseline accuracy: {m.get('baseline_accuracy') if m.get('baseline_accuracy') is not None else '—'}",
+             f"  engine: {_engine_line(m.get('engine'))}",
              "  files: " + ", ".join(f"{n} {f['sha256'][:12]}" for n, f in sorted(m["files"].items()))]
     out_obj.print("\n".join(lines))
     out_obj.result(m)
+
+
+def _engine_line(engine: dict | None) -> str:
+    if not engine:
+        return "—"
+    settings = engine.get("settings") or {}
+    calib = settings.get("int8_calibration")
+    return (f"TensorRT {engine.get('tensorrt_version')} {settings.get('precision')} for "
+            f"{(engine.get('gpu') or {}).get('name')} (sm {(engine.get('gpu') or {}).get('compute_capability')})"
+            + (f", INT8 calibrated on {calib['samples']} samples" if isinstance(calib, dict) else ""))

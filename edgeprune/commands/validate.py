@@ -21,17 +21,19 @@ from .options import measuring_device_options
               help="... and at least this many seconds of timed runs.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="Override the bundle's runtime threads (the gate then no longer matches the table's).")
+@click.option("--runtime", type=click.Choice(["onnxruntime", "tensorrt"]), default=None,
+              help="Default: the bundle's TensorRT engine when it has one, else its ONNX on ONNX Runtime.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Report directory to write.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 @click.pass_obj
-def validate(out_obj, bundles, device, host, ssh, data, budget, baseline, min_accuracy, runs, seconds, threads, out,
-             force):
+def validate(out_obj, bundles, device, host, ssh, data, budget, baseline, min_accuracy, runs, seconds, threads,
+             runtime, out, force):
     """Validate BUNDLES on the device: checksums, parity, accuracy, latency; exit 1 when a gate fails."""
     from edgeprune.api import validate as run_validate
 
     result = run_validate(list(bundles), device=device, host=host, data=data, budget=budget, baseline=baseline,
                           out=out, min_accuracy_ratio=min_accuracy, runs=runs, seconds=seconds, threads=threads,
-                          force=force, **ssh)
+                          force=force, runtime=runtime, **ssh)
     lines = []
     for r in result.reports:
         lat = r["latency"]

@@ -283,6 +283,21 @@ class TrtRunner(Runner):
         _cuda(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         return {name: host.copy() for name, host in self._outputs.items()}
 
+    def run_feeds(self, feeds):
+        """Copy `feeds` into the bound input buffers, run once, return every output (parity, accuracy)."""
+        kind = self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        for name, value in feeds.items():
+            if name not in self._device or name in self._outputs:
+                raise ProfilerError("bad_inputs", "the engine has no input %r" % name, "feed the bundle's inputs")
+            data = np.ascontiguousarray(value, dtype=_nptype(self._trt, self._engine, name))
+            if tuple(data.shape) != tuple(self._context.get_tensor_shape(name)):
+                raise ProfilerError("bad_shape", "input %r has shape %s, the engine is bound to %s"
+                                    % (name, list(data.shape), list(self._context.get_tensor_shape(name))),
+                                    "feed batch-1 samples of the bundle's input spec")
+            _cuda(self._cudart, self._cudart.cudaMemcpy(self._device[name], data.ctypes.data, data.nbytes, kind),
+                  "cudaMemcpy")
+        return self.outputs_impl()
+
     def deactivate_impl(self):
         cudart = self._cudart
         if cudart is not None:
@@ -399,8 +414,12 @@ def _import_cudart():
     return cudart
 
 
-def _build_engine(trt, logger, onnx_path, settings):
-    """Apply `settings` (from build_settings) to a fresh builder and return the serialized engine."""
+def _build_engine(trt, logger, onnx_path, settings, calibrator=None):
+    """Apply `settings` (from build_settings) to a fresh builder and return the serialized engine.
+
+    INT8 uses `calibrator` (real samples, `profilers.engine`) when given; without one, a model carrying Q/DQ
+    nodes is explicit INT8 and any other gets dummy ranges, which only timing may use.
+    """
     builder = trt.Builder(logger)
     major = int(trt.__version__.split(".")[0])
     flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
@@ -437,7 +456,10 @@ def _build_engine(trt, logger, onnx_path, settings):
         for name, shape in settings["profile_shapes"].items():
             profile.set_shape(name, shape, shape, shape)
         config.add_optimization_profile(profile)
-    if settings["precision"] == "int8":
+    if settings["precision"] == "int8" and calibrator is not None:
+        config.int8_calibrator = calibrator
+        settings["int8_calibration"] = "calibrated from samples"
+    elif settings["precision"] == "int8":
         settings["int8_calibration"] = _int8_ranges(trt, network)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:

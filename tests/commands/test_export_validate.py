@@ -96,7 +96,7 @@ def test_failed_gates_exit_1_listing_every_gate_after_writing_the_report(bundles
     assert "FAILED" in (out / "report.md").read_text()
 
 
-@pytest.mark.parametrize("case", ["tampered", "missing-file", "bad-data-shape", "no-runtime"])
+@pytest.mark.parametrize("case", ["tampered", "missing-file", "bad-data-shape", "no-runtime", "engine-no-tensorrt"])
 def test_bad_bundles_and_data_are_one_line_exit_2_before_anything_runs(case, bundles, models, tmp_path):
     import shutil
 
@@ -120,13 +120,27 @@ def test_bad_bundles_and_data_are_one_line_exit_2_before_anything_runs(case, bun
         m["runtime"]["provider"] = "CUDAExecutionProvider"
         m["id"] = content_id(m)
         (copy / "manifest.json").write_text(json.dumps(m))
+    elif case == "engine-no-tensorrt":  # a bundle whose engine was built on a Jetson, validated on this CPU
+        import hashlib
+
+        from edgeprune.exporters.bundle import content_id
+
+        blob = b"serialized engine from an Orin"
+        (copy / "model.engine").write_bytes(blob)
+        m = json.loads((copy / "manifest.json").read_text())
+        m["files"]["model.engine"] = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+        m["engine"] = {"file": "model.engine", "tensorrt_version": "10.3.0",
+                       "gpu": {"name": "Orin", "compute_capability": "8.7"}, "settings": {"precision": "fp16"}}
+        m["id"] = content_id(m)
+        (copy / "manifest.json").write_text(json.dumps(m))
     out = tmp_path / "report"
     proc = run_cli("validate", str(copy), "--device", "cpu", "--data", str(data), "--out", str(out), timeout=300)
     assert proc.returncode == 2, proc.stderr
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
     expected = {"tampered": "checksum mismatch in model.onnx", "missing-file": "missing reference_io.npz",
-                "bad-data-shape": "16x16", "no-runtime": "no CUDAExecutionProvider"}[case]
+                "bad-data-shape": "16x16", "no-runtime": "no CUDAExecutionProvider",
+                "engine-no-tensorrt": "TensorRT is not available here"}[case]
     assert expected in lines[0]
     assert not out.exists()
 
@@ -138,3 +152,37 @@ def test_export_refuses_parity_failure_and_writes_nothing(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "differs from PyTorch" in proc.stderr and "would pass" in proc.stderr
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--engine", "fp16", "--device", "cpu"], "device cpu has no TensorRT runtime"),
+    (["--engine", "int8", "--device", "jetson-nano"], "does not run int8"),
+    (["--engine", "int8", "--device", "cuda"], "--engine int8 needs calibration samples"),
+    (["--engine", "fp16", "--device", "cuda"], "cuda"),  # this machine has no NVIDIA GPU: the device check says so
+])
+def test_engine_export_refusals_are_one_line_exit_2_and_write_nothing(args, expected, tmp_path):
+    out = tmp_path / "b"
+    proc = run_cli("export", "--model", "torchvision:resnet18", "--input-shape", SHAPE, "--out", str(out), *args,
+                   timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.strip() and not x.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert expected in lines[0]
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_validate_over_ssh_runs_the_bundle_on_the_remote_device(bundles, models, tmp_path, sshd_server):
+    """The bundle, the data and profilers/ travel to the device over SSH; the report comes back."""
+    import sys
+
+    bundle, _ = bundles
+    _, data = models
+    out = tmp_path / "report"
+    proc = run_cli("--json", "validate", str(bundle), "--device", "cpu", "--host", sshd_server.host,
+                   "--identity", str(sshd_server.identity), "--known-hosts", str(sshd_server.known_hosts),
+                   "--remote-python", sys.executable, "--data", str(data), "--min-accuracy", "0.0",
+                   "--seconds", "0.2", "--runs", "10", "--out", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads((out / "report.json").read_text())["bundles"][0]
+    assert r["where"] == sshd_server.host and r["device"] == "cpu"
+    assert r["parity"]["ok"] and r["accuracy"]["n"] == 64 and r["latency"]["n"] >= 10
