@@ -42,10 +42,13 @@ def export_bundle(loaded, out: str | Path, *, data: str | None = None, table=Non
     import onnx
     import onnxruntime as ort
 
-    from edgeprune.exporters.engine import engine_request
+    from edgeprune.exporters.engine import check_device_runs_tensorrt, engine_request
 
-    if engine is not None:
-        engine_request(engine, False)  # an unknown precision fails before any work
+    if engine is not None:  # an unknown precision or a device without it fails before any work
+        from .devices import load_registry, lookup_device
+
+        engine_request(engine, False)
+        check_device_runs_tensorrt(lookup_device(device or "cuda", load_registry()), engine)
         if engine == "int8" and not data:
             raise BadInputError("--engine int8 needs calibration samples", "pass --data with real samples")
 

@@ -83,8 +83,17 @@ def cli(ctx: click.Context, as_json: bool, quiet: bool) -> None:
     ctx.obj = Output(as_json, quiet)
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM (a closed terminal, `timeout`, a CI runner) unwinds like Ctrl-C: device jobs run in their own
+    session, so only this unwinding stops them and removes half-written outputs."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line and an exit code, bugs keep their traceback."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(args=argv, standalone_mode=False)
     except EdgepruneError as err:

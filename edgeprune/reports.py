@@ -14,6 +14,24 @@ def _fmt(value, spec: str = ".3f") -> str:
     return "—" if value is None else format(value, spec)
 
 
+def device_state_line(state: dict) -> str:
+    """Clocks and temperatures before → after the timed runs, as far as the device exposes them."""
+    before, after = state.get("before") or {}, state.get("after") or {}
+    parts = []
+    if before.get("cpu_governor"):
+        parts.append(f"CPU governor {before['cpu_governor']}")
+    if before.get("cpu_cur_freq_khz") and after.get("cpu_cur_freq_khz"):
+        parts.append(f"CPU clock {before['cpu_cur_freq_khz'] / 1e3:.0f} → {after['cpu_cur_freq_khz'] / 1e3:.0f} MHz")
+    hottest = [max((z.get("temp_c") or float("-inf") for z in s.get("thermal") or []), default=None)
+               for s in (before, after)]
+    if all(t is not None and t > float("-inf") for t in hottest):
+        parts.append(f"hottest zone {hottest[0]:.1f} → {hottest[1]:.1f} °C")
+    for gpu in after.get("gpu_devfreq") or []:
+        if gpu.get("cur_freq_hz"):
+            parts.append(f"GPU {gpu.get('device')} {gpu['cur_freq_hz'] / 1e6:.0f} MHz")
+    return "; ".join(parts) + "." if parts else "clocks and temperatures are not readable on this device."
+
+
 def markdown(validation, baseline) -> str:
     lines = ["# edgeprune validation report", ""]
     if validation.failed:
@@ -35,6 +53,9 @@ def markdown(validation, baseline) -> str:
     lines += ["", "Latency: batch 1, warm-up excluded, every timed run (p50/p90/p99); the gate reads the table's "
               "estimator (median of per-pass minima) on the same session. Cold start = session creation + first "
               "run, reported apart.", ""]
+    state = (validation.reports[0].get("device_state") if validation.reports else None) or {}
+    lines += [f"Device: {validation.reports[0].get('where', '—') if validation.reports else '—'}; "
+              + device_state_line(state), ""]
     for r in validation.reports:
         lines.append(f"## {Path(r['bundle']).name}")
         for name, gate in r.get("gates", {}).items():

@@ -193,7 +193,10 @@ class EngineSession(object):
 
 
 def uses_engine(manifest, runtime):
-    """A bundle with an engine is validated on it (that is what deploys) unless --runtime onnxruntime says not."""
+    """A bundle with an engine is validated on it (that is what deploys) unless --runtime onnxruntime says not.
+
+    `runtime` is what the request asked for, not the manifest's (which names the runtime the ONNX was
+    exported for)."""
     return bool(manifest.get("engine")) and runtime.get("backend") != "onnxruntime"
 
 
@@ -228,9 +231,10 @@ def run_bundles(request, base_dir="."):
         for manifest in manifests:
             check_data(data, manifest)
     runtimes = []
+    asked = request.get("runtime") or {}
     for manifest in manifests:
-        runtime = dict(manifest.get("runtime") or {}, **(request.get("runtime") or {}))
-        if uses_engine(manifest, runtime):
+        runtime = dict(manifest.get("runtime") or {}, **asked)
+        if uses_engine(manifest, asked):
             runtime = dict(runtime, backend="tensorrt", precision=manifest["engine"]["settings"]["precision"],
                            provider=None)
         elif runtime.get("backend", "onnxruntime") != "onnxruntime":
@@ -238,10 +242,10 @@ def run_bundles(request, base_dir="."):
                                 % runtime.get("backend"),
                                 "export with --engine PRECISION on the device, or validate with onnxruntime")
         runtimes.append(runtime)
-    check_engines(manifests, runtimes)
+    check_engines(manifests, [asked] * len(manifests))
     reports, entries = [], []
     for bundle_dir, manifest, runtime in zip(dirs, manifests, runtimes):
-        engine = uses_engine(manifest, runtime)
+        engine = runtime.get("backend") == "tensorrt"
         model_path = os.path.join(bundle_dir, manifest["engine"]["file"] if engine else manifest["model"])
         tol = request.get("parity") or manifest.get("parity_tolerance") or {"atol": 1e-4, "rtol": 1e-3}
         if engine:  # reduced precision changes the numbers: the engine's parity tolerance is the build's
@@ -257,6 +261,12 @@ def run_bundles(request, base_dir="."):
             feeds = {k[len("input:"):]: ref[k][:1] for k in ref.files if k.startswith("input:")}
         entries.append((model_path, runtime, feeds))
         reports.append(report)
-    for report, record in zip(reports, latency(entries, request.get("latency") or {})):
+    from .sysinfo import device_state
+
+    before = device_state()
+    records = latency(entries, request.get("latency") or {})
+    state = {"before": before, "after": device_state()}
+    for report, record in zip(reports, records):
         report["latency"] = record
+        report["device_state"] = state
     return {"format_version": FORMAT_VERSION, "bundles": reports}

@@ -24,6 +24,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
 
 FORMAT_VERSION = 1
 
@@ -217,6 +218,16 @@ def collect():
         "gpu_devfreq": _gpu_devfreq(),
         "thermal": _thermal(),
     }
+
+
+def device_state():
+    """Clocks, governor and temperatures now (each None / empty where unreadable): read around a timed run so a
+    report shows whether the device throttled or changed clocks while it was measured."""
+    cpufreq = "/sys/devices/system/cpu/cpu0/cpufreq/"
+    governor = _read(cpufreq + "scaling_governor")
+    return {"time": time.time(), "cpu_governor": governor.strip() if governor else None,
+            "cpu_cur_freq_khz": _read_int(cpufreq + "scaling_cur_freq"), "gpu_devfreq": _gpu_devfreq(),
+            "thermal": _thermal()}
 
 
 def is_jetson(facts):

@@ -82,6 +82,8 @@ def test_validate_passes_gates_and_writes_the_report(bundles, models, tmp_path):
     assert r["latency"]["estimate_ms"] < report["baseline"]["latency"]["estimate_ms"]  # half the channels: faster
     assert sorted(report["plots"]) == ["latency.png", "pareto.png"]
     assert (out / "latency.png").stat().st_size > 1000 and "PASSED" in (out / "report.md").read_text()
+    assert r["where"] == "this machine" and set(r["device_state"]) == {"before", "after"}
+    assert "Device: this machine;" in (out / "report.md").read_text()
 
 
 def test_failed_gates_exit_1_listing_every_gate_after_writing_the_report(bundles, models, tmp_path):
@@ -158,7 +160,8 @@ def test_export_refuses_parity_failure_and_writes_nothing(tmp_path):
     (["--engine", "fp16", "--device", "cpu"], "device cpu has no TensorRT runtime"),
     (["--engine", "int8", "--device", "jetson-nano"], "does not run int8"),
     (["--engine", "int8", "--device", "cuda"], "--engine int8 needs calibration samples"),
-    (["--engine", "fp16", "--device", "cuda"], "cuda"),  # this machine has no NVIDIA GPU: the device check says so
+    # this machine has no NVIDIA GPU: the device check says so
+    (["--engine", "fp16", "--device", "cuda"], "not an NVIDIA GPU host"),
 ])
 def test_engine_export_refusals_are_one_line_exit_2_and_write_nothing(args, expected, tmp_path):
     out = tmp_path / "b"
@@ -186,3 +189,20 @@ def test_validate_over_ssh_runs_the_bundle_on_the_remote_device(bundles, models,
     r = json.loads((out / "report.json").read_text())["bundles"][0]
     assert r["where"] == sshd_server.host and r["device"] == "cpu"
     assert r["parity"]["ok"] and r["accuracy"]["n"] == 64 and r["latency"]["n"] >= 10
+
+
+def test_device_state_line_reports_clocks_and_temperatures_where_readable():
+    from edgeprune.reports import device_state_line
+
+    def state(freq, temps, gpu_hz):
+        return {"cpu_governor": "schedutil", "cpu_cur_freq_khz": freq,
+                "thermal": [{"zone": f"thermal_zone{i}", "type": "cpu-thermal", "temp_c": t} for i, t in enumerate(temps)],
+                "gpu_devfreq": [{"device": "17000000.gpu", "cur_freq_hz": gpu_hz}]}
+
+    line = device_state_line({"before": state(1510400, [41.5, 39.0], 306000000),
+                              "after": state(1190400, [52.25, 40.0], 624750000)})
+    assert "CPU governor schedutil" in line and "CPU clock 1510 → 1190 MHz" in line
+    assert "hottest zone 41.5 → 52.2 °C" in line and "GPU 17000000.gpu 625 MHz" in line
+    empty = {"cpu_governor": None, "cpu_cur_freq_khz": None, "thermal": [], "gpu_devfreq": []}
+    assert device_state_line({"before": empty, "after": empty}) == \
+        "clocks and temperatures are not readable on this device."

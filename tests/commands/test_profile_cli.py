@@ -287,3 +287,30 @@ def test_full_size_profile_over_ssh_with_variants(sshd_server, tmp_path):
     assert fid["n_variants"] == 4 and fid["macs"]["n"] == 4
     assert table["calibration"]["n_calibration_variants"] == 6
     assert all(v["measured_ms"] > 0 for v in fid["variants"])
+
+
+def test_sigterm_stops_the_device_job_and_writes_nothing(tiny_onnx, tmp_path):
+    """`timeout` or a closed terminal sends SIGTERM: the device job (its own session) must stop with edgeprune."""
+    import signal
+    import time
+
+    from tests.sshd import children_of
+
+    out = tmp_path / "t.json"
+    env = dict(os.environ, EDGEPRUNE_CACHE=str(tmp_path / "c.sqlite"))
+    proc = subprocess.Popen([sys.executable, "-m", "edgeprune", "profile", "--device", "cpu", "--model",
+                             str(tiny_onnx), "--density", "fine", "--out", str(out)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    jobs = []
+    while time.monotonic() < deadline and not jobs:
+        jobs = [pid for pid in children_of(proc.pid)
+                if b"profilers" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        time.sleep(0.05)
+    assert jobs, "the device job never started"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert all(not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+               for pid in jobs)
+    assert not out.exists() and "Traceback" not in err
