@@ -129,12 +129,17 @@ def budget_rows(tmp: Path, demo: dict) -> list:
                         input_shape=recipe.input_shape, force=True)
         bundles[budget] = tmp / f"bundle-{budget}"
         edgeprune.export(pruned, bundles[budget], table=table, budget=budget, data="digits:test", force=True)
-    result = edgeprune.validate([str(b) for b in bundles.values()], "cpu", baseline=str(out / "bundle-dense"),
-                                data="digits:test", min_accuracy_ratio=0.0, seconds=5, out=tmp / "budget-report",
-                                force=True)
-    dense = json.loads((tmp / "budget-report" / "report.json").read_text())["baseline"]
+    from edgeprune.errors import CheckFailedError
+
+    try:  # a missed latency gate is a result to publish, not a reason to stop
+        edgeprune.validate([str(b) for b in bundles.values()], "cpu", baseline=str(out / "bundle-dense"),
+                           data="digits:test", min_accuracy_ratio=0.0, seconds=5, out=tmp / "budget-report",
+                           force=True)
+    except CheckFailedError as failed:
+        print(f"   {failed}", flush=True)
+    report = json.loads((tmp / "budget-report" / "report.json").read_text())
     rows = []
-    reports = list(result.reports) + [dense]
+    reports = list(report["bundles"]) + [report["baseline"]]
     names = list(bundles) + ["dense"]
     for name, r in zip(names, reports):
         predicted = r.get("predicted_ms")

@@ -164,6 +164,14 @@ def accuracy_rows(threads: int, cache: Path, tmp: Path) -> dict:
                                 "predicted_speedup": res.dense_predicted_ms / res.predicted_ms,
                                 "macs_keep": res.macs / res.dense_macs})
             print(f"   {budget}x {criterion}: accuracy {acc:.3f}", flush=True)
+        # Torch-Pruning's magnitude baselines at the MACs edgeprune's l2 result kept
+        keep = next(r["macs_keep"] for r in out["rows"] if r["budget_x"] == budget and r["criterion"] == "l2")
+        loaded = load_model(DIGITS_SPEC, weights=str(weights), model_args=DIGITS_ARGS, input_shape=DIGITS_SHAPE)
+        for label, global_pruning in (("tp_uniform", False), ("tp_global", True)):
+            module, got = tp_baseline(loaded.module, loaded.example_inputs(), keep, global_pruning)
+            acc = accuracy(module, test)
+            out["rows"].append({"budget_x": budget, "criterion": label, "accuracy": acc, "macs_keep": got})
+            print(f"   {budget}x {label} at MACs {got:.0%}: accuracy {acc:.3f}", flush=True)
     return out
 
 
@@ -191,10 +199,14 @@ def markdown(data: dict) -> str:
         out += ["", f"## Accuracy without fine-tuning (digits, resnet18 at 80×80, {threads} thread table)", "",
                 f"Dense test accuracy {acc['dense_accuracy']:.3f} after {acc['epochs']} epochs "
                 f"({acc['train_s']:.0f} s).", "",
-                "| budget | " + " | ".join(CRITERIA) + " |", "|---|" + "---|" * len(CRITERIA)]
+                "Columns l1 … random: edgeprune's knapsack on the digits table with that criterion (predicted "
+                "budget, no measurement). TP uniform / TP global: Torch-Pruning's L2 MetaPruner (round_to=8) at "
+                "the MACs edgeprune's l2 result kept.", "",
+                "| budget | " + " | ".join(CRITERIA) + " | TP uniform | TP global |",
+                "|---|" + "---|" * (len(CRITERIA) + 2)]
         for budget in BUDGETS:
             cells = {r["criterion"]: r["accuracy"] for r in acc["rows"] if r["budget_x"] == budget}
-            row = " | ".join(f"{cells.get(c, float('nan')):.3f}" for c in CRITERIA)
+            row = " | ".join(f"{cells.get(c, float('nan')):.3f}" for c in CRITERIA + ("tp_uniform", "tp_global"))
             out.append(f"| {budget:g}× | {row} |")
     return "\n".join(out) + "\n"
 

@@ -51,7 +51,7 @@ def test_bn_scale_is_gamma_and_groups_without_bn_stay_whole():
     assert by["3"] is None  # conv2's group has no BatchNorm: Network Slimming does not prune it
 
 
-def test_taylor_is_mean_abs_weight_times_gradient():
+def test_taylor_is_abs_weight_times_gradient_summed_over_coupled_layers():
     model = small_chain()
     groups = build_space(model, (torch.zeros(1, 2, 4, 4),))
     gen = torch.Generator().manual_seed(0)
@@ -63,14 +63,14 @@ def test_taylor_is_mean_abs_weight_times_gradient():
         return F.cross_entropy(module(*inputs), y)
 
     scores = score_groups("taylor", groups, model, batches, loss_fn)
-    # by hand: accumulate the same gradients, then |w * dw| per channel, mean over conv1 out, bn, conv2 in
+    # by hand: accumulate the same gradients, then |w * dw| per channel, summed over conv1 out, bn, conv2 in
     ref = small_chain()
     for inputs, y in zip(batches, labels):
         F.cross_entropy(ref(*inputs), y).backward()
     w1, g1 = ref[0].weight, ref[0].weight.grad
     gm, gg = ref[1].weight, ref[1].weight.grad
     w2, g2 = ref[3].weight, ref[3].weight.grad
-    want = [((w1[c] * g1[c]).abs().sum() + (gm[c] * gg[c]).abs() + (w2[:, c] * g2[:, c]).abs().sum()).item() / 3
+    want = [((w1[c] * g1[c]).abs().sum() + (gm[c] * gg[c]).abs() + (w2[:, c] * g2[:, c]).abs().sum()).item()
             for c in range(3)]
     by = {g.name: s for g, s in zip(groups, scores.raw)}
     np.testing.assert_allclose(by["0"], want, rtol=1e-5)
@@ -173,6 +173,18 @@ def test_flap_bias_compensation_lands_in_the_next_layers_bias():
     before = (w @ mean).numpy()
     after = (down.weight.detach().double() @ mean[keep] + down.bias.detach().double()).numpy()
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)
+
+
+def test_normalized_magnitude_counts_the_layers_a_group_couples():
+    """conv1's group couples conv1 out, its BatchNorm and conv2 in (3 layers); conv2's couples conv2 out and fc in
+    (2): after division by the group mean a unit is worth its layer count, so a residual-stream channel is not
+    valued like a channel inside one block."""
+    model = small_chain()
+    groups = build_space(model, (torch.zeros(1, 2, 4, 4),))
+    scores = score_groups("l2", groups, model)
+    by = {g.name: (r, n) for g, r, n in zip(groups, scores.raw, scores.normalized)}
+    np.testing.assert_allclose(by["0"][1], by["0"][0] / by["0"][0].mean() * 3)
+    np.testing.assert_allclose(by["3"][1], by["3"][0] / by["3"][0].mean() * 2)
 
 
 def test_normalize_mean_divides_each_group_by_its_mean():
