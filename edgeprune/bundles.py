@@ -47,8 +47,9 @@ def export_bundle(loaded, out: str | Path, *, data: str | None = None, table=Non
     if engine is not None:  # an unknown precision or a device without it fails before any work
         from .devices import load_registry, lookup_device
 
+        device = device or "cuda"
         engine_request(engine, False)
-        check_device_runs_tensorrt(lookup_device(device or "cuda", load_registry()), engine)
+        check_device_runs_tensorrt(lookup_device(device, load_registry()), engine)
         if engine == "int8" and not data:
             raise BadInputError("--engine int8 needs calibration samples", "pass --data with real samples")
 
@@ -140,24 +141,22 @@ def _graph_prediction(table, proto, loaded, notes: list) -> float | None:
         return None
 
 
-def _build_engine(loaded, tmp: Path, onnx_path: Path, precision: str, data: str | None, device: str | None,
+def _build_engine(loaded, tmp: Path, onnx_path: Path, precision: str, data: str | None, device: str,
                   host: str | None, ssh_options: dict | None, workspace_mb: int | None):
-    """TensorRT engine of the exported ONNX, built on the device (INT8 calibrated from `data`)."""
+    """TensorRT engine of the exported ONNX, built on the device (INT8 calibrated from `data`); export_bundle has
+    already checked that the device kind runs `precision`."""
     import numpy as np
 
-    from edgeprune.exporters.engine import CALIBRATION_SAMPLES, build_on_device, check_device_runs_tensorrt
+    from edgeprune.exporters.engine import CALIBRATION_SAMPLES, build_on_device
 
-    from .devices import load_registry, lookup_device, open_device
+    from .devices import load_registry, open_device
 
-    registry = load_registry()
-    device = device or "cuda"
-    check_device_runs_tensorrt(lookup_device(device, registry), precision)
     calibration = None
     if precision == "int8":
         samples, _ = reference_samples(loaded, data, CALIBRATION_SAMPLES)
         calibration = tmp / "calib.npz"
         np.savez(calibration, inputs=np.concatenate([s[0].numpy() for s in samples]))
-    with open_device(device, host, ssh_options or {}, registry) as session:
+    with open_device(device, host, ssh_options or {}, load_registry()) as session:
         return build_on_device(session.target, onnx_path, precision, tmp, calibration, workspace_mb)
 
 

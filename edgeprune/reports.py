@@ -53,9 +53,8 @@ def markdown(validation, baseline) -> str:
     lines += ["", "Latency: batch 1, warm-up excluded, every timed run (p50/p90/p99); the gate reads the table's "
               "estimator (median of per-pass minima) on the same session. Cold start = session creation + first "
               "run, reported apart.", ""]
-    state = (validation.reports[0].get("device_state") if validation.reports else None) or {}
-    lines += [f"Device: {validation.reports[0].get('where', '—') if validation.reports else '—'}; "
-              + device_state_line(state), ""]
+    first = validation.reports[0] if validation.reports else {}
+    lines += [f"Device: {first.get('where', '—')}; " + device_state_line(first.get("device_state") or {}), ""]
     for r in validation.reports:
         lines.append(f"## {Path(r['bundle']).name}")
         for name, gate in r.get("gates", {}).items():

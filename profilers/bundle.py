@@ -200,9 +200,10 @@ def uses_engine(manifest, runtime):
     return bool(manifest.get("engine")) and runtime.get("backend") != "onnxruntime"
 
 
-def check_engines(manifests, runtimes):
-    """Before anything runs: TensorRT and a GPU are here, and every engine was built for them."""
-    wanted = [m for m, r in zip(manifests, runtimes) if uses_engine(m, r)]
+def check_engines(manifests, asked):
+    """Before anything runs: TensorRT and a GPU are here, and every engine the request (`asked` runtime) will
+    validate on was built for them."""
+    wanted = [m for m in manifests if uses_engine(m, asked)]
     if not wanted:
         return
     from .backends.trt import _import_cudart, _import_tensorrt, check_gpu
@@ -242,7 +243,7 @@ def run_bundles(request, base_dir="."):
                                 % runtime.get("backend"),
                                 "export with --engine PRECISION on the device, or validate with onnxruntime")
         runtimes.append(runtime)
-    check_engines(manifests, [asked] * len(manifests))
+    check_engines(manifests, asked)
     reports, entries = [], []
     for bundle_dir, manifest, runtime in zip(dirs, manifests, runtimes):
         engine = runtime.get("backend") == "tensorrt"

@@ -27,6 +27,7 @@ import sys
 import time
 
 FORMAT_VERSION = 1
+CPUFREQ = "/sys/devices/system/cpu/cpu0/cpufreq/"
 
 # /proc/cpuinfo on ARM names no model; "CPU implementer"/"CPU part" do. Only cores edgeprune's devices use.
 _ARM_PARTS = {
@@ -174,6 +175,15 @@ def _thermal():
     return zones
 
 
+def device_state():
+    """Clocks, governor and temperatures now (each None / empty where unreadable): read around a timed run so a
+    report shows whether the device throttled or changed clocks while it was measured."""
+    governor = _read(CPUFREQ + "scaling_governor")
+    return {"time": time.time(), "cpu_governor": governor.strip() if governor else None,
+            "cpu_cur_freq_khz": _read_int(CPUFREQ + "scaling_cur_freq"), "gpu_devfreq": _gpu_devfreq(),
+            "thermal": _thermal()}
+
+
 def collect():
     """Facts about this machine, each None when it cannot be read."""
     model, flags, count = _cpuinfo()
@@ -181,8 +191,7 @@ def collect():
     dt_compatible = _read("/proc/device-tree/compatible")
     tegra = _read("/etc/nv_tegra_release")
     present, source, listing = _nvidia_gpu()
-    cpufreq = "/sys/devices/system/cpu/cpu0/cpufreq/"
-    governor = _read(cpufreq + "scaling_governor")
+    state = device_state()
     return {
         "format_version": FORMAT_VERSION,
         "python_version": platform.python_version(),
@@ -210,24 +219,14 @@ def collect():
         "nvidia_gpu_source": source,
         "nvidia_smi_list": listing,
         "nvpmodel": _run(["nvpmodel", "-q"]),
-        "cpu_governor": governor.strip() if governor else None,
-        "cpu_cur_freq_khz": _read_int(cpufreq + "scaling_cur_freq"),
-        "cpu_max_freq_khz": _read_int(cpufreq + "cpuinfo_max_freq"),
-        "cpu_scaling_min_freq_khz": _read_int(cpufreq + "scaling_min_freq"),
-        "cpu_scaling_max_freq_khz": _read_int(cpufreq + "scaling_max_freq"),
-        "gpu_devfreq": _gpu_devfreq(),
-        "thermal": _thermal(),
+        "cpu_governor": state["cpu_governor"],
+        "cpu_cur_freq_khz": state["cpu_cur_freq_khz"],
+        "cpu_max_freq_khz": _read_int(CPUFREQ + "cpuinfo_max_freq"),
+        "cpu_scaling_min_freq_khz": _read_int(CPUFREQ + "scaling_min_freq"),
+        "cpu_scaling_max_freq_khz": _read_int(CPUFREQ + "scaling_max_freq"),
+        "gpu_devfreq": state["gpu_devfreq"],
+        "thermal": state["thermal"],
     }
-
-
-def device_state():
-    """Clocks, governor and temperatures now (each None / empty where unreadable): read around a timed run so a
-    report shows whether the device throttled or changed clocks while it was measured."""
-    cpufreq = "/sys/devices/system/cpu/cpu0/cpufreq/"
-    governor = _read(cpufreq + "scaling_governor")
-    return {"time": time.time(), "cpu_governor": governor.strip() if governor else None,
-            "cpu_cur_freq_khz": _read_int(cpufreq + "scaling_cur_freq"), "gpu_devfreq": _gpu_devfreq(),
-            "thermal": _thermal()}
 
 
 def is_jetson(facts):

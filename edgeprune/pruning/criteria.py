@@ -134,14 +134,19 @@ def coupled_layers(group) -> int:
         return 1
     if group.kind != "channels":
         return len(unit_slices(group))
+    outs, ins, norms = _weight_handlers()
+    count = sum(1 for dep, _ in group.handle
+                if dep.handler in outs + ins + norms and getattr(dep.target.module, "weight", None) is not None)
+    return max(count, 1)
+
+
+def _weight_handlers() -> tuple:
+    """Torch-Pruning's pruning functions that cut a weight's output channels, input channels, or norm scales."""
     import torch_pruning.pruner.function as fn
 
-    handlers = (fn.prune_conv_out_channels, fn.prune_linear_out_channels, fn.prune_conv_in_channels,
-                fn.prune_linear_in_channels, fn.prune_batchnorm_out_channels, fn.prune_layernorm_out_channels,
-                fn.prune_groupnorm_out_channels)
-    count = sum(1 for dep, _ in group.handle
-                if dep.handler in handlers and getattr(dep.target.module, "weight", None) is not None)
-    return max(count, 1)
+    return ((fn.prune_conv_out_channels, fn.prune_linear_out_channels),
+            (fn.prune_conv_in_channels, fn.prune_linear_in_channels),
+            (fn.prune_batchnorm_out_channels, fn.prune_layernorm_out_channels, fn.prune_groupnorm_out_channels))
 
 
 # -- weights of one unit --------------------------------------------------------------------------------
@@ -219,6 +224,7 @@ def _group_taylor(handle) -> np.ndarray | None:
     import torch
     import torch_pruning.pruner.function as fn
 
+    outs, ins, norms = _weight_handlers()
     parts = []
     for dep, idxs in handle:
         layer, prune = dep.target.module, dep.handler
@@ -227,17 +233,16 @@ def _group_taylor(handle) -> np.ndarray | None:
             continue
         idxs = torch.as_tensor(sorted(idxs), dtype=torch.long)
         wg = (weight.detach() * weight.grad).abs()
-        if prune in (fn.prune_conv_out_channels, fn.prune_linear_out_channels):
+        if prune in outs:
             wg = wg.transpose(0, 1) if getattr(layer, "transposed", False) else wg
             parts.append(wg.flatten(1).sum(1)[idxs])
-        elif prune in (fn.prune_conv_in_channels, fn.prune_linear_in_channels):
+        elif prune in ins:
             local = (wg if getattr(layer, "transposed", False) else wg.transpose(0, 1)).flatten(1).sum(1)
             groups = getattr(layer, "groups", 1)
             if prune is fn.prune_conv_in_channels and groups not in (1, layer.in_channels):
                 local = local.repeat(groups)
             parts.append(local[idxs])
-        elif prune in (fn.prune_batchnorm_out_channels, fn.prune_layernorm_out_channels,
-                       fn.prune_groupnorm_out_channels) and wg.dim() == 1:
+        elif prune in norms and wg.dim() == 1:
             parts.append(wg[idxs])
     if not parts:
         return None
