@@ -280,7 +280,11 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
         if measured["pruned_ms"] <= limit * (1 + options.tolerance):
             break
         if round_index + 1 < options.max_rounds:
-            target_ms = target_ms * limit / measured["pruned_ms"]
+            if target_ms <= floor * (1 + 1e-9):
+                notes.append(f"round {round_index + 1}: measured {measured['pruned_ms']:.3g} ms misses "
+                             f"{limit:.3g} ms and the solve is already at the fastest reachable widths")
+                break
+            target_ms = max(target_ms * limit / measured["pruned_ms"], floor)  # tightening never asks the impossible
             notes.append(f"round {round_index + 1}: measured {measured['pruned_ms']:.3g} ms misses {limit:.3g} ms; "
                          f"tightening the internal budget to {target_ms:.3g} ms")
     if budget_ms is not None and not measuring and options.measure:

@@ -43,7 +43,10 @@ def test_malformed_recipes_are_one_line_exit_2(text, expected, tmp_path):
 
 def test_recipe_runs_every_stage_then_skips_current_ones_then_reruns_downstream(tmp_path):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(RECIPE.replace("BUDGET", "1.25x"))
+    # Modest budgets with a 0.3 margin: this 32-pixel resnet18 is weight-bandwidth bound (45 MB of weights), its
+    # table predicts it poorly (docs/profiling.md) and a validate run a minute after the prune sees VM drift;
+    # the test is about stages running and skipping, the gates are tested in test_export_validate.
+    recipe.write_text(RECIPE.replace("BUDGET", "1.1x"))
     first = run_cli("--json", "run", str(recipe), timeout=900)
     assert first.returncode == 0, first.stderr
     stages = {s["stage"]: s for s in json.loads(first.stdout)["stages"]}
@@ -53,7 +56,7 @@ def test_recipe_runs_every_stage_then_skips_current_ones_then_reruns_downstream(
     second = run_cli("--json", "run", str(recipe), timeout=900)
     assert second.returncode == 0, second.stderr
     assert all(s["skipped"] for s in json.loads(second.stdout)["stages"])
-    recipe.write_text(RECIPE.replace("BUDGET", "1.2x"))  # a new budget: the table stays, everything after reruns
+    recipe.write_text(RECIPE.replace("BUDGET", "1.15x"))  # a new budget: the table stays, everything after reruns
     third = run_cli("--json", "run", str(recipe), timeout=900)
     assert third.returncode == 0, third.stderr
     skipped = {s["stage"]: s["skipped"] for s in json.loads(third.stdout)["stages"]}
