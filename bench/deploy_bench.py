@@ -1,8 +1,8 @@
 """Publish the deploy-stage numbers: cached-teacher vs online KD, demo stage times, export parity across the
 model list, predicted vs measured latency of the exported bundles.
 
-Run from the repository root: `python bench/deploy_bench.py [--skip-demo]`. Writes bench/results/deploy.json and
-docs/results/deploy.md.
+Run from the repository root: `python bench/deploy_bench.py [--skip-demo] [--only kd|parity|demo]`.
+Writes bench/results/deploy.json and docs/results/deploy.md.
 """
 
 from __future__ import annotations
@@ -77,24 +77,61 @@ def hf_models(tmp: Path) -> list:
     return made
 
 
+def excite(module, seed: int = 0) -> None:
+    """Seeded weights and BatchNorm statistics that keep activations of order one through the network.
+
+    Untrained torchvision models make parity meaningless: ViT's head starts at zero and EfficientNet's or
+    MobileNet's activations decay to 1e-17..1e-21, so "max abs 0" compares zeros. Fan-in scaled weights, BN
+    statistics near one and small biases give logits of order one to compare.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(t, scale):
+        return torch.randn(t.shape, generator=gen, dtype=t.dtype) * scale
+
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                m.weight.copy_(randn(m.weight, (2.0 / m.weight[0].numel()) ** 0.5))
+                if m.bias is not None:
+                    m.bias.copy_(randn(m.bias, 0.1))
+            elif isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(randn(m.running_mean, 0.1))
+                m.running_var.copy_(1.0 + randn(m.running_var, 0.1).abs())
+                m.weight.copy_(1.0 + randn(m.weight, 0.1))
+                m.bias.copy_(randn(m.bias, 0.1))
+
+
 def parity_rows(tmp: Path) -> list:
+    import dataclasses
+
+    import numpy as np
+
     import edgeprune
-    from edgeprune.models import load_model
+    from edgeprune.models import load_model, state_dict_sha256
 
     rows = []
     zoo = list(ZOO) + [(path, {}, None) for path, _ in hf_models(tmp)]
     for spec, args, shape in zoo:
         loaded = load_model(spec, model_args=args, input_shape=shape, seq_len=16 if shape is None else None)
+        if spec.startswith("torchvision:"):
+            excite(loaded.module)
+            loaded = dataclasses.replace(loaded, source_sha256=state_dict_sha256(loaded.module))
         name = spec.split(":")[1] if ":" in spec else Path(spec).name
         pruned = tmp / f"p-{name}"
         edgeprune.prune(loaded, None, pruned, mode="global", ratio=0.3, criterion="l2", force=True)
         result = edgeprune.export(pruned, tmp / f"b-{name}", force=True)
         worst = max(result.parity["outputs"].values(), key=lambda r: r["max_abs"])
+        with np.load(tmp / f"b-{name}" / "reference_io.npz") as ref:
+            scale = max(float(np.abs(ref[k]).max()) for k in ref.files if k.startswith("output:"))
         spec = spec if ":" in spec else f"Hugging Face {name} (config, seeded)"
         rows.append({"model": spec, "input_shape": list(loaded.input_shape), "max_abs": worst["max_abs"],
                      "max_rel": worst["max_rel"], "cosine": worst["cosine"], "ok": result.parity["ok"],
-                     "cleanup": result.manifest["cleanup"]})
-        print(f"   {spec}: max abs {worst['max_abs']:.2e}, cosine {worst['cosine']:.8f}", flush=True)
+                     "output_max_abs": scale, "cleanup": result.manifest["cleanup"]})
+        print(f"   {spec}: max abs {worst['max_abs']:.2e} of outputs up to {scale:.3g}, "
+              f"cosine {worst['cosine']:.8f}", flush=True)
     return rows
 
 
@@ -171,10 +208,13 @@ def markdown(data: dict) -> str:
                 f"{kd['train_time_ratio_online_over_cached']:.2f}×.", ""]
     if data.get("parity"):
         out += ["## Export parity (pruned 30 %, ONNX Runtime CPU EP vs PyTorch)", "",
-                "| model | input | max abs | max rel | cosine |", "|---|---|---|---|---|"]
+                "torchvision models get seeded fan-in-scaled weights and BN statistics first (`excite`): untrained,",
+                "ViT's head is zero and EfficientNet's logits are ~1e-21, which would compare zeros.", "",
+                "| model | input | max abs | max rel | cosine | outputs up to |", "|---|---|---|---|---|---|"]
         for r in data["parity"]:
+            scale = f"{r['output_max_abs']:.3g}" if "output_max_abs" in r else "—"
             out.append(f"| {r['model']} | {'x'.join(map(str, r['input_shape']))} | {r['max_abs']:.2e} | "
-                       f"{r['max_rel']:.2e} | {r['cosine']:.8f} |")
+                       f"{r['max_rel']:.2e} | {r['cosine']:.8f} | {scale} |")
         out.append("")
     d = data.get("demo")
     if d:
@@ -202,15 +242,22 @@ def markdown(data: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--skip-demo", action="store_true")
+    parser.add_argument("--only", choices=["kd", "parity", "demo"],
+                        help="re-measure one section and keep the others of bench/results/deploy.json")
     args = parser.parse_args()
-    data = {"meta": {"date": time.strftime("%Y-%m-%d"), "machine": platform.node(), "python": sys.version.split()[0]}}
+    data = {}
+    if args.only and (RESULTS / "deploy.json").exists():
+        data = json.loads((RESULTS / "deploy.json").read_text())
+    data["meta"] = {"date": time.strftime("%Y-%m-%d"), "machine": platform.node(), "python": sys.version.split()[0]}
     with tempfile.TemporaryDirectory(prefix="edgeprune-deploy-bench-") as tmp:
         tmp = Path(tmp)
-        print("== KD cached vs online", flush=True)
-        data["kd"] = kd_comparison(tmp)
-        print("== export parity", flush=True)
-        data["parity"] = parity_rows(tmp)
-        if not args.skip_demo:
+        if args.only in (None, "kd"):
+            print("== KD cached vs online", flush=True)
+            data["kd"] = kd_comparison(tmp)
+        if args.only in (None, "parity"):
+            print("== export parity", flush=True)
+            data["parity"] = parity_rows(tmp)
+        if args.only == "demo" or (args.only is None and not args.skip_demo):
             print("== demo", flush=True)
             data["demo"] = demo_row(tmp)
             print("== predicted vs measured, every exported bundle", flush=True)

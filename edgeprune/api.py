@@ -67,7 +67,7 @@ def prune(model, table=None, out: str | Path | None = None, *, budget: str | Non
           model_args: dict | None = None, input_shape: tuple | None = None, seq_len: int | None = None,
           regime: str | None = None, seed: int = 0, max_rounds: int = 3, threads: int | None = None,
           precision: str | None = None, cache: str | Path | None = None, reporter: Reporter | None = None,
-          force: bool = False, **ssh_options):
+          force: bool = False, bn_recalibrate: bool = True, **ssh_options):
     """Prune `model` to `budget` (`"4.2ms"` or `"2x"`; `target` is the same) against latency `table`.
 
     Without a table only the baselines' modes run (`mode="uniform"|"global"` with `ratio` or `macs`).
@@ -91,7 +91,8 @@ def prune(model, table=None, out: str | Path | None = None, *, budget: str | Non
     loaded = _as_loaded(model, table, weights, model_args, input_shape, seq_len, regime)
     options = PruneOptions(criterion=criterion, budget=budget or target, mode=mode, ratio=ratio, macs=macs,
                            round_to=round_to, min_keep=min_keep, calib=calib, calib_samples=calib_samples, seed=seed,
-                           measure=measure, max_rounds=max_rounds, threads=threads, precision=precision)
+                           measure=measure, max_rounds=max_rounds, threads=threads, precision=precision,
+                           bn_recalibrate=bn_recalibrate)
     measurements = MeasurementCache(cache) if measure else None
     try:
         with _measuring_device(table, device, host, measure and table is not None and (budget or target),

@@ -17,8 +17,8 @@ from .options import measuring_device_options, model_options
 @click.option("--criterion", default="l2", show_default=True,
               help="Importance criterion: l1, l2, bn_scale, taylor, random, wanda_sp, flap.")
 @click.option("--calib", default=None, metavar="PATH",
-              help="Calibration data for taylor / wanda_sp / flap: .npz/.pt/.safetensors, image folder, text file, "
-                   "or 'digits'.")
+              help="Calibration data for taylor / wanda_sp / flap, and for BatchNorm re-estimation after pruning: "
+                   ".npz/.pt/.safetensors, image folder, text file, or 'digits'. Labels are not needed.")
 @click.option("--calib-samples", default=64, show_default=True, type=click.IntRange(1),
               help="How many calibration samples to read.")
 @click.option("--mode", type=click.Choice(["latency", "uniform", "global"]), default="latency", show_default=True,
@@ -33,6 +33,8 @@ from .options import measuring_device_options, model_options
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="Runtime threads of the target (must be the table's; default: the table's).")
 @click.option("--no-measure", is_flag=True, help="Trust the table; do not time the result on the device.")
+@click.option("--no-bn-recalibrate", is_flag=True,
+              help="Keep the dense model's BatchNorm statistics (default: re-estimated on --calib when given).")
 @measuring_device_options
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False), envvar="EDGEPRUNE_CACHE",
@@ -41,8 +43,8 @@ from .options import measuring_device_options, model_options
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 @click.pass_obj
 def prune(out_obj, model, weights, model_arg, input_shape, seq_len, regime, table_path, budget, criterion, calib,
-          calib_samples, mode, ratio, macs, round_to, min_keep, threads, no_measure, device, host, ssh, seed,
-          cache_path, out, force):
+          calib_samples, mode, ratio, macs, round_to, min_keep, threads, no_measure, no_bn_recalibrate, device, host,
+          ssh, seed, cache_path, out, force):
     """Prune MODEL to --budget on the table's device; measure the result there; write a pruned-model dir."""
     from edgeprune.api import prune as run_prune
     from edgeprune.atomic import check_writable
@@ -57,7 +59,7 @@ def prune(out_obj, model, weights, model_arg, input_shape, seq_len, regime, tabl
                            macs=macs, round_to=round_to, min_keep=min_keep, calib=calib, calib_samples=calib_samples,
                            device=device, host=host, measure=not no_measure, weights=weights, model_args=model_arg,
                            input_shape=input_shape, seq_len=seq_len, regime=regime, seed=seed, threads=threads,
-                           cache=cache_path,
+                           cache=cache_path, bn_recalibrate=not no_bn_recalibrate,
                            reporter=reporter, force=force, **ssh)
     for note in result.notes:
         out_obj.warn(note)

@@ -66,6 +66,7 @@ class PruneOptions:
     tolerance: float = 0.03  # a measured latency within 3 % of the budget meets it (the estimator's noise)
     threads: int | None = None  # the target's threads / precision: must be the table's (None: the table's)
     precision: str | None = None
+    bn_recalibrate: bool = True  # re-estimate BatchNorm statistics on the --calib inputs after pruning
 
 
 @dataclass
@@ -81,6 +82,7 @@ class PruneResult:
     rounds: list
     notes: list = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
+    bn_layers: int = 0  # BatchNorm layers whose statistics were re-estimated on the calibration inputs
 
 
 def check_table(table, dense_blocks: list, loaded) -> None:
@@ -220,7 +222,7 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
     from edgeprune.latency.build import Reporter
 
     from .criteria import score_groups
-    from .solver import CostModel, UnreachableBudgetError, fastest
+    from .solver import CostModel, UnreachableBudgetError, fastest, fastest_units
     from .space import build_space
     from .widths import probe_width_model
 
@@ -263,9 +265,16 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
     measuring = session is not None and options.measure and budget_ms is not None
     if measuring:
         check_fingerprint(table, _fingerprint(session, table))
-    target_ms, rounds, measured = budget_ms, [], None
+    target_ms, rounds, measured, at_floor = budget_ms, [], None, False
     for round_index in range(options.max_rounds if measuring else 1):
-        units = solve(options, cost, widths, groups, scores.normalized, target_ms, step, dense_macs)
+        try:
+            units = solve(options, cost, widths, groups, scores.normalized, target_ms, step, dense_macs)
+        except UnreachableBudgetError:
+            if round_index == 0:
+                raise
+            # a tightened budget the knapsack cannot reach: the fastest widths are the last thing to try
+            units, at_floor = fastest_units(groups, scores.normalized, step, options.min_keep), True
+            notes.append(f"round {round_index + 1}: {target_ms:.3g} ms is unreachable; trying the fastest widths")
         candidate, kept = slim_copy(pristine, space, units, scores)
         record = {"round": round_index, "target_ms": target_ms, "units": units,
                   "predicted_ms": cost.predict(units) if cost else None,
@@ -280,7 +289,7 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
         if measured["pruned_ms"] <= limit * (1 + options.tolerance):
             break
         if round_index + 1 < options.max_rounds:
-            if target_ms <= floor * (1 + 1e-9):
+            if at_floor or target_ms <= floor * (1 + 1e-9):
                 notes.append(f"round {round_index + 1}: measured {measured['pruned_ms']:.3g} ms misses "
                              f"{limit:.3g} ms and the solve is already at the fastest reachable widths")
                 break
@@ -296,9 +305,17 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
     if measured is not None and measured["pruned_ms"] > measured["budget_ms"] * (1 + options.tolerance):
         notes.append(f"after {len(rounds)} rounds the measured {measured['pruned_ms']:.3g} ms still misses the "
                      f"budget {measured['budget_ms']:.3g} ms")
+    bn_layers = 0
+    if options.bn_recalibrate and batches:  # statistics only: the measured latency still holds
+        from .batchnorm import recalibrate_batchnorm
+
+        bn_layers = recalibrate_batchnorm(candidate, batches)
+        if bn_layers:
+            notes.append(f"BatchNorm statistics re-estimated on {sum(len(b[0]) for b in batches)} calibration "
+                         f"samples ({bn_layers} layers)")
     final = rounds[-1]
     return PruneResult(candidate, kept, dense_pred, final["predicted_ms"], budget_ms, final["macs"], dense_macs,
-                       measured, rounds, notes)
+                       measured, rounds, notes, bn_layers=bn_layers)
 
 
 def _fingerprint(session, table) -> dict:

@@ -211,11 +211,15 @@ def _repair(cost: CostModel, units: list, prunable: list, options: dict, scores:
         pred = cost.predict(units)
 
 
+def fastest_units(groups: list, scores: list, step: int, min_keep: float) -> list:
+    """Every prunable group at its smallest allowed width."""
+    return [candidate_units(g, step, min_keep)[0] if scores[i] is not None and g.units > 1 else g.units
+            for i, g in enumerate(groups)]
+
+
 def fastest(cost: CostModel, groups: list, scores: list, step: int, min_keep: float) -> float:
     """A lower bound on reachable latency: every prunable group at its smallest allowed width."""
-    units = [candidate_units(g, step, min_keep)[0] if scores[i] is not None and g.units > 1 else g.units
-             for i, g in enumerate(groups)]
-    return cost.predict(units)
+    return cost.predict(fastest_units(groups, scores, step, min_keep))
 
 
 # -- the baselines' modes --------------------------------------------------------------------------------
