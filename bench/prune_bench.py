@@ -26,6 +26,8 @@ MODELS = {
 }
 BUDGETS = (1.25, 1.5, 2.0, 3.0)
 CRITERIA = ("l1", "l2", "bn_scale", "taylor", "random")
+MIN_KEEP = 0.3  # edgeprune's default; the accuracy part also runs the former default 0.1 beside it
+ACCURACY_MIN_KEEP = (0.1, 0.3)
 
 
 def table_for(name: str, threads: int, cache: Path):
@@ -98,10 +100,10 @@ def speed_rows(name: str, threads: int, cache: Path, session) -> list:
             t0 = time.time()
             try:
                 ours = edgeprune.prune(load_model(spec, model_args=args, input_shape=shape), table, None,
-                                       budget=f"{budget}x", criterion="l2", cache=cache)
+                                       budget=f"{budget}x", criterion="l2", cache=cache, min_keep=MIN_KEEP)
             except UnreachableBudgetError as err:  # recorded, not fatal: the table says how far this model goes
                 rows.append({"model": name, "threads": threads, "budget_x": budget, "table_id": table.id,
-                             "unreachable": err.message})
+                             "min_keep": MIN_KEEP, "unreachable": err.message})
                 print(f"   {budget}x: unreachable — {err.message}", flush=True)
                 continue
             solve_s = time.time() - t0
@@ -111,7 +113,7 @@ def speed_rows(name: str, threads: int, cache: Path, session) -> list:
             timed = measure_modules(loaded, {"dense": loaded.module, "edgeprune": ours.module, "tp_uniform": uniform,
                                              "tp_global": glob}, table, session, measurements)
             dense_ms = timed["dense"]["ms"]
-            row = {"model": name, "threads": threads, "budget_x": budget, "table_id": table.id,
+            row = {"model": name, "threads": threads, "budget_x": budget, "table_id": table.id, "min_keep": MIN_KEEP,
                    "table_fidelity_within_10": table.fidelity.get("within_10"),
                    "dense_ms": dense_ms, "predicted_ms": ours.predicted_ms,
                    "dense_predicted_ms": ours.dense_predicted_ms,
@@ -139,11 +141,14 @@ def speed_rows(name: str, threads: int, cache: Path, session) -> list:
 def accuracy_rows(threads: int, cache: Path, tmp: Path) -> dict:
     """Train resnet18 on digits (80×80), profile it, prune to each budget per criterion, test accuracy, no FT."""
     import torch
+    from edgeprune.exporters.onnx import export_onnx
 
     import edgeprune
-    from edgeprune.data import digits
+    from edgeprune.data import digits, load_samples
     from edgeprune.examples import DIGITS_ARGS, DIGITS_SHAPE, DIGITS_SPEC, accuracy, train_digits
+    from edgeprune.latency.blocks import extract_blocks
     from edgeprune.models import load_model
+    from edgeprune.pruning.batchnorm import recalibrate_batchnorm
 
     trained = train_digits(epochs=4)
     weights = tmp / "digits.pt"
@@ -152,26 +157,48 @@ def accuracy_rows(threads: int, cache: Path, tmp: Path) -> dict:
     table_path = tmp / f"digits-t{threads}.json"
     edgeprune.profile(DIGITS_SPEC, "cpu", table_path, threads=threads, weights=str(weights), model_args=DIGITS_ARGS,
                       input_shape=DIGITS_SHAPE, variants=0, cache=cache, force=True)
+    table = edgeprune.load_table(table_path)
+    dense_proto, _ = export_onnx(trained.module, (torch.zeros(DIGITS_SHAPE),), tmp / "dense.onnx")
+    dense_blocks = extract_blocks(dense_proto).blocks
     test = digits(DIGITS_SHAPE, "test")
-    out = {"dense_accuracy": trained.accuracy, "train_s": trained.train_s, "epochs": trained.epochs, "rows": []}
+    # What `--calib digits` gives prune: 64 training images in batches of 8 (labels unused by re-estimation).
+    calib = [(x,) for x, _ in load_samples("digits", DIGITS_SHAPE, "vision").batches(8, 64)]
+
+    def with_bn(module) -> float:
+        recalibrate_batchnorm(module, calib)
+        return accuracy(module, test)
+
+    out = {"dense_accuracy": trained.accuracy, "train_s": trained.train_s, "epochs": trained.epochs, "rows": [],
+           "bn_calibration_samples": 64}
     for budget in BUDGETS:
-        for criterion in CRITERIA:
-            loaded = load_model(DIGITS_SPEC, weights=str(weights), model_args=DIGITS_ARGS, input_shape=DIGITS_SHAPE)
-            res = edgeprune.prune(loaded, table_path, None, budget=f"{budget}x", criterion=criterion,
-                                  calib="digits" if criterion == "taylor" else None, calib_samples=64, measure=False)
-            acc = accuracy(res.module, test)
-            out["rows"].append({"budget_x": budget, "criterion": criterion, "accuracy": acc,
-                                "predicted_speedup": res.dense_predicted_ms / res.predicted_ms,
-                                "macs_keep": res.macs / res.dense_macs})
-            print(f"   {budget}x {criterion}: accuracy {acc:.3f}", flush=True)
-        # Torch-Pruning's magnitude baselines at the MACs edgeprune's l2 result kept
-        keep = next(r["macs_keep"] for r in out["rows"] if r["budget_x"] == budget and r["criterion"] == "l2")
+        for min_keep in ACCURACY_MIN_KEEP:
+            for criterion in CRITERIA:
+                loaded = load_model(DIGITS_SPEC, weights=str(weights), model_args=DIGITS_ARGS,
+                                    input_shape=DIGITS_SHAPE)
+                res = edgeprune.prune(loaded, table_path, None, budget=f"{budget}x", criterion=criterion,
+                                      calib="digits" if criterion == "taylor" else None, calib_samples=64,
+                                      measure=False, bn_recalibrate=False, min_keep=min_keep)
+                acc = accuracy(res.module, test)
+                acc_bn = with_bn(res.module)  # the same widths: magnitude scores do not read the data
+                out["rows"].append({"budget_x": budget, "criterion": criterion, "min_keep": min_keep,
+                                    "accuracy": acc, "accuracy_bn": acc_bn,
+                                    "predicted_speedup": res.dense_predicted_ms / res.predicted_ms,
+                                    "macs_keep": res.macs / res.dense_macs})
+                print(f"   {budget}x {criterion} min_keep {min_keep}: accuracy {acc:.3f}, with BN re-estimated "
+                      f"{acc_bn:.3f}", flush=True)
+        # Torch-Pruning's magnitude baselines at the MACs edgeprune's l2 result kept (at the default min_keep)
+        keep = next(r["macs_keep"] for r in out["rows"] if r["budget_x"] == budget and r["criterion"] == "l2"
+                    and r["min_keep"] == MIN_KEEP)
         loaded = load_model(DIGITS_SPEC, weights=str(weights), model_args=DIGITS_ARGS, input_shape=DIGITS_SHAPE)
         for label, global_pruning in (("tp_uniform", False), ("tp_global", True)):
             module, got = tp_baseline(loaded.module, loaded.example_inputs(), keep, global_pruning)
             acc = accuracy(module, test)
-            out["rows"].append({"budget_x": budget, "criterion": label, "accuracy": acc, "macs_keep": got})
-            print(f"   {budget}x {label} at MACs {got:.0%}: accuracy {acc:.3f}", flush=True)
+            acc_bn = with_bn(module)
+            proto, _ = export_onnx(module, loaded.example_inputs(), tmp / "tp.onnx")
+            speedup = table.predict_ms(dense_blocks) / table.predict_ms(extract_blocks(proto).blocks)
+            out["rows"].append({"budget_x": budget, "criterion": label, "accuracy": acc, "accuracy_bn": acc_bn,
+                                "macs_keep": got, "predicted_speedup": speedup})
+            print(f"   {budget}x {label} at MACs {got:.0%}: accuracy {acc:.3f}, BN {acc_bn:.3f}", flush=True)
     return out
 
 
@@ -184,15 +211,16 @@ def markdown(data: dict) -> str:
            "interleaved in one run (median of per-pass minima, lower of two rounds). Torch-Pruning baselines: its "
            "MetaPruner with group L2 magnitude and round_to=8, pruning ratio bisected to the MACs edgeprune's "
            "result kept. edgeprune: criterion l2, knapsack on the profile's table, measure-and-correct on.", "",
-           "| model | threads | requested | edgeprune measured | ≥ 0.97× requested | TP uniform | TP global "
-           "| MACs kept | rounds |", "|---|---|---|---|---|---|---|---|---|"]
+           "| model | threads | min_keep | requested | edgeprune measured | ≥ 0.97× requested | TP uniform "
+           "| TP global | MACs kept | rounds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["speed"]:
         if r.get("unreachable"):
-            out.append(f"| {r['model']} | {r['threads']} | {r['budget_x']:g}× | unreachable: "
-                       f"{r['unreachable'].split('(')[0].strip()} | — | — | — | — | — |")
+            out.append(f"| {r['model']} | {r['threads']} | {r.get('min_keep', 0.1):g} | {r['budget_x']:g}× | "
+                       f"unreachable: {r['unreachable'].split('(')[0].strip()} | — | — | — | — | — |")
             continue
         s = r["speedup"]
-        out.append(f"| {r['model']} | {r['threads']} | {r['budget_x']:g}× | {s['edgeprune']:.2f}× | "
+        out.append(f"| {r['model']} | {r['threads']} | {r.get('min_keep', 0.1):g} | {r['budget_x']:g}× | "
+                   f"{s['edgeprune']:.2f}× | "
                    f"{'yes' if r['meets_097'] else '**no**'} | {s['tp_uniform']:.2f}× | {s['tp_global']:.2f}× | "
                    f"{r['macs_keep']['edgeprune']:.0%} | {r['edgeprune_rounds']} |")
     for threads, acc in sorted(data.get("accuracy", {}).items()):
@@ -200,14 +228,29 @@ def markdown(data: dict) -> str:
                 f"Dense test accuracy {acc['dense_accuracy']:.3f} after {acc['epochs']} epochs "
                 f"({acc['train_s']:.0f} s).", "",
                 "Columns l1 … random: edgeprune's knapsack on the digits table with that criterion (predicted "
-                "budget, no measurement). TP uniform / TP global: Torch-Pruning's L2 MetaPruner (round_to=8) at "
-                "the MACs edgeprune's l2 result kept.", "",
-                "| budget | " + " | ".join(CRITERIA) + " | TP uniform | TP global |",
-                "|---|" + "---|" * (len(CRITERIA) + 2)]
-        for budget in BUDGETS:
-            cells = {r["criterion"]: r["accuracy"] for r in acc["rows"] if r["budget_x"] == budget}
-            row = " | ".join(f"{cells.get(c, float('nan')):.3f}" for c in CRITERIA + ("tp_uniform", "tp_global"))
-            out.append(f"| {budget:g}× | {row} |")
+                "budget, no measurement) and `--min-keep`. TP uniform / TP global: Torch-Pruning's L2 MetaPruner "
+                "(round_to=8) at the MACs edgeprune's l2 result kept at the default min_keep; its predicted speedup "
+                "(same table) is given below the tables."]
+        tables = [("accuracy", "As pruned (BatchNorm statistics of the dense model)")]
+        if any("accuracy_bn" in r for r in acc["rows"]):
+            tables.append(("accuracy_bn", f"After BatchNorm re-estimation on {acc.get('bn_calibration_samples', 64)} "
+                           "training images (what `edgeprune prune --calib` does by default; no weight changes, no "
+                           "labels)"))
+        for key, title in tables:
+            out += ["", title + ":", "",
+                    "| budget | min_keep | " + " | ".join(CRITERIA) + " | TP uniform | TP global |",
+                    "|---|---|" + "---|" * (len(CRITERIA) + 2)]
+            for budget in BUDGETS:
+                for min_keep in sorted({r.get("min_keep", 0.1) for r in acc["rows"] if r["criterion"] in CRITERIA}):
+                    cells = {r["criterion"]: r.get(key) for r in acc["rows"] if r["budget_x"] == budget
+                             and (r["criterion"] not in CRITERIA or r.get("min_keep", 0.1) == min_keep)}
+                    row = " | ".join(f"{cells[c]:.3f}" if cells.get(c) is not None else "—"
+                                     for c in CRITERIA + ("tp_uniform", "tp_global"))
+                    out.append(f"| {budget:g}× | {min_keep:g} | {row} |")
+        tp_rows = [r for r in acc["rows"] if r["criterion"].startswith("tp_") and "predicted_speedup" in r]
+        if tp_rows:
+            out += ["", "Torch-Pruning's models at those MACs, predicted speedup on the same table: " + ", ".join(
+                f"{r['budget_x']:g}× {r['criterion'][3:]} {r['predicted_speedup']:.2f}×" for r in tp_rows) + "."]
     return "\n".join(out) + "\n"
 
 
@@ -220,10 +263,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--only-accuracy", action="store_true", help="keep the speed rows, re-run the accuracy part")
     parser.add_argument("--out", default=str(RESULTS / "prune.json"))
     args = parser.parse_args()
     out_path = Path(args.out)
     data = json.loads(out_path.read_text()) if out_path.exists() else {"speed": [], "accuracy": {}}
+    if args.only_accuracy:
+        args.models = []
     data["speed"] = [r for r in data["speed"] if (r["model"], r["threads"]) not in
                      {(m, t) for m in args.models for t in args.threads}]
     data["meta"] = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} ({platform.machine()}, "

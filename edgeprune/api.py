@@ -62,7 +62,7 @@ def _lock_clocks(target, spec) -> dict:
 
 def prune(model, table=None, out: str | Path | None = None, *, budget: str | None = None, target: str | None = None,
           criterion: str = "l2", mode: str = "latency", ratio: float | None = None, macs: float | None = None,
-          round_to: int | None = None, min_keep: float = 0.1, calib: str | None = None, calib_samples: int = 64,
+          round_to: int | None = None, min_keep: float = 0.3, calib: str | None = None, calib_samples: int = 64,
           device: str | None = None, host: str | None = None, measure: bool = True, weights: str | None = None,
           model_args: dict | None = None, input_shape: tuple | None = None, seq_len: int | None = None,
           regime: str | None = None, seed: int = 0, max_rounds: int = 3, threads: int | None = None,

@@ -28,7 +28,7 @@ from .options import measuring_device_options, model_options
 @click.option("--macs", type=click.FloatRange(0.01, 1.0), default=None,
               help="uniform / global: fraction of the dense MACs to keep (ratio found by bisection).")
 @click.option("--round-to", type=click.IntRange(1), default=None, help="uniform / global: round kept channels.")
-@click.option("--min-keep", type=click.FloatRange(0.01, 1.0), default=0.1, show_default=True,
+@click.option("--min-keep", type=click.FloatRange(0.01, 1.0), default=0.3, show_default=True,
               help="Never keep less than this fraction of any group.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="Runtime threads of the target (must be the table's; default: the table's).")

@@ -56,7 +56,7 @@ class PruneOptions:
     ratio: float | None = None  # uniform / global: fraction of units removed
     macs: float | None = None  # uniform / global: fraction of dense MACs to keep
     round_to: int | None = None
-    min_keep: float = 0.1
+    min_keep: float = 0.3  # measured: 0.1 let the knapsack strip residual streams (docs/pruning.md)
     calib: str | None = None
     calib_samples: int = 64
     batch_size: int = 8

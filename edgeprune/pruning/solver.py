@@ -135,7 +135,7 @@ def _mckp(values: list, costs: list, capacity: float, bins: int = 2000) -> list:
 
 
 def solve_latency(cost: CostModel, groups: list, scores: list, budget_ms: float, step: int,
-                  min_keep: float = 0.1, relinearize: int = 4) -> Solution:
+                  min_keep: float = 0.3, relinearize: int = 4) -> Solution:
     """Most important units within `budget_ms` (predicted); raises UnreachableBudgetError when impossible."""
     units = [g.units for g in groups]
     prunable = [i for i, g in enumerate(groups) if scores[i] is not None and g.units > 1]

@@ -31,7 +31,7 @@ def test_prune_cli_measures_and_writes_a_loadable_directory(llama, tmp_path):
     model, table, cache = llama
     out = tmp_path / "pruned"
     proc = run_cli("--json", "prune", "--model", str(model), "--table", str(table), "--budget", "1.25x",
-                   "--criterion", "l2", "--out", str(out), cache=cache)
+                   "--min-keep", "0.1", "--criterion", "l2", "--out", str(out), cache=cache)
     assert proc.returncode == 0, proc.stderr
     reply = json.loads(proc.stdout)
     assert reply["predicted_ms"] <= reply["budget_ms"] + 1e-9
