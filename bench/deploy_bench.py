@@ -192,7 +192,10 @@ def budget_rows(tmp: Path, demo: dict) -> list:
 def markdown(data: dict) -> str:
     m = data["meta"]
     out = [f"# Deploy stages (this repository's VM, {m['date']})", "",
-           "Written by `python bench/deploy_bench.py`; raw data in `bench/results/deploy.json`.", ""]
+           "Written by `python bench/deploy_bench.py`; raw data in `bench/results/deploy.json`."]
+    if data.get("measured"):
+        out.append("Sections measured: " + ", ".join(f"{k} {v}" for k, v in sorted(data["measured"].items())) + ".")
+    out.append("")
     kd = data.get("kd")
     if kd:
         rows = kd["rows"]
@@ -251,13 +254,16 @@ def main() -> None:
     data["meta"] = {"date": time.strftime("%Y-%m-%d"), "machine": platform.node(), "python": sys.version.split()[0]}
     with tempfile.TemporaryDirectory(prefix="edgeprune-deploy-bench-") as tmp:
         tmp = Path(tmp)
+        today = data["meta"]["date"]
+        measured = data.setdefault("measured", {})
         if args.only in (None, "kd"):
             print("== KD cached vs online", flush=True)
-            data["kd"] = kd_comparison(tmp)
+            data["kd"], measured["kd"] = kd_comparison(tmp), today
         if args.only in (None, "parity"):
             print("== export parity", flush=True)
-            data["parity"] = parity_rows(tmp)
+            data["parity"], measured["parity"] = parity_rows(tmp), today
         if args.only == "demo" or (args.only is None and not args.skip_demo):
+            measured["demo"] = measured["budgets"] = today
             print("== demo", flush=True)
             data["demo"] = demo_row(tmp)
             print("== predicted vs measured, every exported bundle", flush=True)
