@@ -47,25 +47,11 @@ def kd_loss(student_logits, teacher_values, teacher_indices, temperature: float)
     return kl.mean() * t * t
 
 
-def refresh_batchnorm(module, inputs, batch_size: int) -> bool:
-    """Re-estimate BatchNorm running statistics on `inputs` (cumulative average); False when there is no BN."""
-    import torch
+def refresh_batchnorm(module, inputs, batch_size: int) -> int:
+    """Re-estimate BatchNorm running statistics on `inputs` in batches of `batch_size` (pruning/batchnorm.py)."""
+    from edgeprune.pruning.batchnorm import recalibrate_batchnorm
 
-    bns = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return False
-    saved = [(bn.momentum, bn.training) for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative moving average over every batch
-    module.train()
-    with torch.no_grad():
-        for start in range(0, len(inputs), batch_size):
-            module(inputs[start:start + batch_size])
-    for bn, (momentum, _) in zip(bns, saved):
-        bn.momentum = momentum
-    module.eval()
-    return True
+    return recalibrate_batchnorm(module, [(inputs[s:s + batch_size],) for s in range(0, len(inputs), batch_size)])
 
 
 def _logits(output):

@@ -265,16 +265,17 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
     measuring = session is not None and options.measure and budget_ms is not None
     if measuring:
         check_fingerprint(table, _fingerprint(session, table))
-    target_ms, rounds, measured, at_floor = budget_ms, [], None, False
+    target_ms, rounds, measured = budget_ms, [], None
     for round_index in range(options.max_rounds if measuring else 1):
         try:
             units = solve(options, cost, widths, groups, scores.normalized, target_ms, step, dense_macs)
         except UnreachableBudgetError:
             if round_index == 0:
                 raise
-            # a tightened budget the knapsack cannot reach: the fastest widths are the last thing to try
-            units, at_floor = fastest_units(groups, scores.normalized, step, options.min_keep), True
+            # a tightened budget the knapsack cannot reach: the fastest widths (predicted at `floor`) are the last
+            # thing to try
             notes.append(f"round {round_index + 1}: {target_ms:.3g} ms is unreachable; trying the fastest widths")
+            units, target_ms = fastest_units(groups, scores.normalized, step, options.min_keep), floor
         candidate, kept = slim_copy(pristine, space, units, scores)
         record = {"round": round_index, "target_ms": target_ms, "units": units,
                   "predicted_ms": cost.predict(units) if cost else None,
@@ -289,7 +290,7 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
         if measured["pruned_ms"] <= limit * (1 + options.tolerance):
             break
         if round_index + 1 < options.max_rounds:
-            if at_floor or target_ms <= floor * (1 + 1e-9):
+            if target_ms <= floor * (1 + 1e-9):
                 notes.append(f"round {round_index + 1}: measured {measured['pruned_ms']:.3g} ms misses "
                              f"{limit:.3g} ms and the solve is already at the fastest reachable widths")
                 break
