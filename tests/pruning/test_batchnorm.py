@@ -19,7 +19,7 @@ def net():
 
 def test_running_statistics_become_the_calibration_datas_own():
     model = net()
-    bn2d, bn1d = model[2], model[6]
+    bn2d = model[2]
     bn2d.running_mean.fill_(5.0)
     bn2d.running_var.fill_(9.0)
     bn2d.momentum = 0.3
