@@ -35,3 +35,11 @@ def sshd_server():
 
 
 # --------------------------------------------------------------------------------------- end of SSH section
+
+
+@pytest.fixture
+def formula_device(monkeypatch):
+    """Devices opened without --host answer from a known formula (tests/formula_device.py): for logic tests."""
+    from tests.formula_device import install
+
+    return install(monkeypatch)

@@ -27,7 +27,7 @@ def ort_parity(module, example, path):
     return float(np.abs(got - ref.numpy()).max())
 
 
-def test_prune_to_a_speedup_measures_interleaved_and_round_trips(tiny_table, tmp_path):
+def test_prune_to_a_speedup_measures_interleaved_and_round_trips(tiny_table, tmp_path, formula_device):
     table, path = tiny_table
     loaded = tiny_loaded()
     out = tmp_path / "pruned"
@@ -56,7 +56,8 @@ def test_prune_to_a_speedup_measures_interleaved_and_round_trips(tiny_table, tmp
     assert ort_parity(module, (x[:1],), tmp_path / "p.onnx") <= 1e-4
 
 
-def test_measured_misses_tighten_down_to_the_fastest_widths_and_stop_there(tiny_table, tmp_path, monkeypatch):
+def test_measured_misses_tighten_down_to_the_fastest_widths_and_stop_there(tiny_table, tmp_path, monkeypatch,
+                                                                           formula_device):
     """A device that never runs the pruned model faster: tightening stops at the floor instead of raising."""
     from edgeprune.pruning import engine
 
