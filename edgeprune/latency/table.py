@@ -9,12 +9,43 @@ from pathlib import Path
 
 from edgeprune.atomic import write_json
 from edgeprune.errors import BadInputError
+from edgeprune.profilers.schema import Bool, Const, Either, Int, ListOf, MapOf, Maybe, Num, Obj, Str, Tagged, check
 
 from .blocks import Block, cell_key
 from .grid import Axis
 from .predict import interpolate
 
 FORMAT_VERSION = 1
+
+MS = Num(min=0)
+SHARE = Maybe(Num(min=0, max=1))
+WIDTH = Int(min=1)
+AXIS = Obj({"aligned": ListOf(WIDTH), "off": ListOf(WIDTH)}, {"fixed": Bool()})
+# the calibration kinds `apply_calibration` reads, or {} (no calibration)
+CALIBRATION = Either(Const({}), Tagged("kind", {
+    "ratio": Obj({"value": Num(min=0)}), "additive": Obj({"value": Num()}),
+    "layout": Obj({"value": Num(), "layout_on_step_ms_per_m": Num(), "layout_off_step_ms_per_m": Num()})}),
+    what="an object")
+TABLE = Obj({
+    "fingerprint": Obj({}, {"device": Maybe(Str()), "threads": Maybe(Int(min=1))}),
+    "runtime": Obj({"backend": Str(), "threads": Int(min=1)},
+                   {"provider": Maybe(Str()), "precision": Str(), "version": Maybe(Str())}),
+    "model": Obj({"spec": Str()}, {"family": Maybe(Str()), "input_shape": Maybe(ListOf(Int(min=0))),
+                                   "seq_len": Maybe(Int(min=1)), "regime": Maybe(Str())}),
+    "estimator": Obj({"name": Str()}, {"models": Obj()}),
+    "step": Int(min=1),
+    "signatures": MapOf(Obj({"signature": Obj(), "c_in": AXIS, "c_out": AXIS, "tied": Bool()})),
+    "cells": MapOf(Obj({"kind": Str(), "signature": Str(), "c_in": WIDTH, "c_out": WIDTH, "estimate_ms": MS,
+                        "min_ms": MS, "median_ms": MS, "p90_ms": MS, "mad_ms": MS, "n": Int(min=0)})),
+    "layers": MapOf(Obj({"kind": Str(), "c_in": WIDTH, "c_out": WIDTH},
+                        {"signature": Str(), "cell": Str(), "in_fixed": Bool(), "out_fixed": Bool(),
+                         "macs": Num(min=0)})),
+}, {
+    "calibration": CALIBRATION,
+    "fidelity": Obj({}, {"within_10": SHARE, "within_5": SHARE, "mape": Maybe(Num(min=0)),
+                         "noise_ceiling": SHARE, "exact_cell_share": SHARE, "n_variants": Int(min=0)}),
+    "uncovered": MapOf(Int(min=0)), "layout_ops": MapOf(Int(min=0)), "notes": ListOf(Str()), "profile": Obj(),
+})
 
 
 def content_id(data: dict) -> str:
@@ -87,10 +118,12 @@ class LatencyTable:
         if data.get("id") != content_id(data):
             raise BadInputError(f"latency table {path} was modified after it was written (id mismatch)",
                                 "re-run edgeprune profile instead of editing the table")
-        try:
-            return cls.from_dict(data)
-        except KeyError as err:
-            raise BadInputError(f"latency table {path} lacks field {err}", "re-run edgeprune profile") from None
+        check(data, TABLE, lambda bad: BadInputError(f"latency table {path}: {bad}", "re-run edgeprune profile"))
+        for name, layer in data["layers"].items():  # a layer must point at a measured signature
+            if "signature" in layer and layer["signature"] not in data["signatures"]:
+                raise BadInputError(f"latency table {path}: layers[{name!r}].signature {layer['signature']!r} "
+                                    "is not among the table's signatures", "re-run edgeprune profile")
+        return cls.from_dict(data)
 
     # -- prediction ---------------------------------------------------------------------------------
     def _values(self, sig_key: str) -> dict:

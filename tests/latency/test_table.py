@@ -204,6 +204,62 @@ def test_missing_field_with_valid_id(tmp_path):
         LatencyTable.load(path)
 
 
+def _first_cell(data):
+    return data["cells"][sorted(data["cells"])[0]]
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda d: d.update(cells="x"), 'cells: expected an object, got "x"'),
+    (lambda d: d.update(calibration="x"), 'calibration: expected an object, got "x"'),
+    (lambda d: d.update(fingerprint="x"), 'fingerprint: expected an object, got "x"'),
+    (lambda d: d.update(layers=[]), "layers: expected an object, got a list"),
+    (lambda d: _first_cell(d).update(estimate_ms=None), "].estimate_ms: expected a number >= 0, got null"),
+    (lambda d: _first_cell(d).update(estimate_ms=-1.5), "].estimate_ms: expected a number >= 0, got -1.5"),
+    (lambda d: d["calibration"].update(kind="magic"), 'calibration.kind: expected one of "additive", "layout", '),
+    (lambda d: d["calibration"].pop("value"), "calibration.value: missing, expected a number >= 0"),
+    (lambda d: d["runtime"].update(threads="1"), 'runtime.threads: expected an integer >= 1, got "1"'),
+    (lambda d: d["fidelity"].update(mape="5%"), 'fidelity.mape: expected a number >= 0 or null, got "5%"'),
+    (lambda d: d["layers"]["pool"].update(signature="nowhere"), "layers['pool'].signature 'nowhere' is not among"),
+])
+def test_wrong_types_are_one_line_naming_file_and_field(tmp_path, edit, field):
+    """A table whose id was recomputed after editing (so only the content is wrong) is refused by its schema."""
+    table, _ = make_table({"kind": "ratio", "value": 1.25})
+    data = table.to_dict()
+    edit(data)
+    data["id"] = content_id(data)
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(BadInputError) as caught:
+        LatencyTable.load(path)
+    assert caught.value.message.startswith(f"latency table {path}: ")
+    assert field in caught.value.message and "\n" not in caught.value.message
+    assert caught.value.hint == "re-run edgeprune profile"
+
+
+def test_bench_tables_pass_their_schema():
+    """Real tables written by `edgeprune profile` (every calibration kind) load unchanged."""
+    from pathlib import Path
+
+    paths = sorted((Path(__file__).resolve().parents[2] / "bench" / "results" / "tables").glob("*.json"))
+    kinds = {LatencyTable.load(p).calibration["kind"] for p in paths}
+    assert kinds == {"ratio", "additive", "layout"}
+
+
+def test_show_refuses_a_bad_table_with_one_line_exit_2(tmp_path):
+    from tests.commands.test_profile_cli import run_cli
+
+    table, _ = make_table()
+    data = table.to_dict()
+    _first_cell(data)["estimate_ms"] = -3.0
+    data["id"] = content_id(data)
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(data))
+    proc = run_cli("show", str(path))
+    assert proc.returncode == 2, proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: latency table") and "estimate_ms" in lines[0], lines
+
+
 def test_save_is_atomic(tmp_path, monkeypatch):
     table, _ = make_table()
     path = tmp_path / "t.json"
