@@ -120,9 +120,27 @@ def test_ssh_command_line_is_strict_by_default():
     assert argv[0] == "ssh" and argv[-3:] == ["--", "pi@rpi", "sh -c true"]
     assert "BatchMode=yes" in options and "StrictHostKeyChecking=yes" in options
     assert 'UserKnownHostsFile="/k/known hosts"' in options and "ConnectTimeout=10" in options
-    assert argv[argv.index("-p") + 1] == "2222" and argv[argv.index("-i") + 1] == "/k/id"
+    assert argv[argv.index("-p") + 1] == "2222" and 'IdentityFile="/k/id"' in options
+    assert "IdentitiesOnly=yes" in options and "-i" not in argv
     accepting = SSHTarget.parse("pi@rpi", accept_new_host_key=True).ssh_argv("true")
     assert "StrictHostKeyChecking=accept-new" in accepting and "UserKnownHostsFile" not in " ".join(accepting)
+
+
+def test_ssh_paths_are_escaped_for_ssh_options():
+    argv = SSHTarget.parse("pi@rpi", identity='/k/a%h "b" c\\d', known_hosts="/k/x%%y").ssh_argv("true")
+    options = [argv[i + 1] for i, word in enumerate(argv) if word == "-o"]
+    assert 'IdentityFile="/k/a%%h \\"b\\" c\\\\d"' in options
+    assert 'UserKnownHostsFile="/k/x%%%%y"' in options
+
+
+@pytest.mark.parametrize("option", ["identity", "known_hosts"])
+@pytest.mark.parametrize("name", ["key${HOME}", "key\nname"])
+def test_ssh_paths_ssh_cannot_read_literally_are_refused_before_connecting(option, name, monkeypatch):
+    monkeypatch.setattr("edgeprune.targets.ssh.stream", lambda *a, **k: pytest.fail("ssh must not run"))
+    flag = "--" + option.replace("_", "-")
+    with pytest.raises(BadInputError, match=f"^{flag} .*cannot take a path") as caught:
+        connect("pi@rpi", **{option: f"/k/{name}"})
+    assert "rename the file" in caught.value.hint
 
 
 def test_both_targets_follow_the_protocol():
@@ -292,6 +310,24 @@ def test_ssh_copies_the_device_package_and_removes_its_workdir(sshd_server, ssh_
     assert out["at"] == str(workdir / "profilers")
     assert not list(Path(out["at"]).parent.glob("profilers/**/__pycache__"))
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize("name", ['100%h key', 'a"quote', "it's #1 \\ %%d"])
+def test_ssh_takes_identity_and_known_hosts_paths_literally(sshd_server, ssh_options, tmp_path, name):
+    # ssh expands %-tokens and splits -o values at quotes: such paths once failed as "authentication failed"
+    # or "invalid quotes"; here the real files must be the ones used.
+    folder = tmp_path / name
+    folder.mkdir()
+    identity, known_hosts = folder / f"id {name}", folder / f"known_hosts {name}"
+    identity.write_bytes(sshd_server.identity.read_bytes())
+    identity.chmod(0o600)
+    known_hosts.write_bytes(sshd_server.known_hosts.read_bytes())
+    ssh_options.update(identity=identity, known_hosts=known_hosts)
+    with open_target(sshd_server.host, **ssh_options) as target:
+        assert target.run([PY, "-c", "print('{\"ok\": 1}')"]) == {"ok": 1}
+    known_hosts.write_bytes(sshd_server.empty_known_hosts.read_bytes())  # the file named is the file read
+    with pytest.raises(DeviceError, match="unknown host key"):
+        connect(sshd_server.host, **ssh_options)
 
 
 def test_unknown_host_key_is_refused_with_its_fingerprint(sshd_server, ssh_options):

@@ -137,6 +137,9 @@ class SSHTarget:
         self.port = int(port)
         self.identity = pathlib.Path(identity).expanduser() if identity else None
         self.known_hosts = pathlib.Path(known_hosts).expanduser() if known_hosts else None
+        for path, flag in ((self.identity, "--identity"), (self.known_hosts, "--known-hosts")):
+            if path is not None:
+                check_ssh_path(path, flag)
         self.accept_new_host_key = bool(accept_new_host_key)
         self.connect_timeout = float(connect_timeout)
         self.remote_python = remote_python
@@ -307,9 +310,9 @@ class SSHTarget:
             "-p", str(self.port),
         ]  # fmt: skip
         if self.known_hosts is not None:
-            argv += ["-o", f"UserKnownHostsFile={_ssh_path(self.known_hosts, quote=True)}"]
-        if self.identity is not None:
-            argv += ["-i", _ssh_path(self.identity), "-o", "IdentitiesOnly=yes"]
+            argv += ["-o", f"UserKnownHostsFile={_ssh_path(self.known_hosts)}"]
+        if self.identity is not None:  # not -i: ssh checks -i's path before expanding %, so no escape works
+            argv += ["-o", f"IdentityFile={_ssh_path(self.identity)}", "-o", "IdentitiesOnly=yes"]
         destination = f"{self.user}@{self.host}" if self.user else self.host
         return [*argv, "--", destination, "sh -c " + shlex.quote(remote_command)]
 
@@ -507,10 +510,22 @@ class SSHTarget:
         return ", ".join(shown) if shown else "fingerprint unknown: ssh-keyscan got no key"
 
 
-def _ssh_path(path: pathlib.Path, quote: bool = False) -> str:
-    """A path as ssh options take it: `%` escaped (ssh expands %-tokens), quoted when it has spaces."""
-    text = str(path).replace("%", "%%")
-    return f'"{text}"' if quote and any(c.isspace() for c in text) else text
+def _ssh_path(path: pathlib.Path) -> str:
+    """A path as an ssh `-o` value reads back literally: absolute (no ~ expansion), `%` doubled (ssh expands
+    %-tokens), in double quotes with `\\` and `"` escaped (ssh splits -o values like its config lines)."""
+    text = str(path.absolute()).replace("%", "%%")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def check_ssh_path(path: pathlib.Path, flag: str) -> None:
+    """Refuse what ssh cannot read back literally: `${` (expanded as an environment variable, no escape exists)
+    and line breaks or other control characters."""
+    text = str(path.absolute())
+    if "${" in text or any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in text):
+        raise BadInputError(
+            f"{flag} {text!r}: ssh cannot take a path containing '${{' or control characters literally",
+            "rename the file or use a symlink to it whose path has neither",
+        )
 
 
 def _write_tar(pipe: IO[bytes], members: dict[str, pathlib.Path]) -> None:
