@@ -43,3 +43,25 @@ def formula_device(monkeypatch):
     from tests.formula_device import install
 
     return install(monkeypatch)
+
+
+@pytest.fixture
+def cli_in_process(capsys, monkeypatch):
+    """Run `edgeprune ARGS` in this process (so fixtures such as `formula_device` apply); a CompletedProcess."""
+    import subprocess
+
+    def invoke(*args: str, cache=None) -> subprocess.CompletedProcess:
+        from edgeprune.cli import main
+
+        if cache is not None:
+            monkeypatch.setenv("EDGEPRUNE_CACHE", str(cache))
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
+
+    return invoke

@@ -27,19 +27,24 @@ def llama(tmp_path_factory):
     return model, table, cache
 
 
-def test_prune_cli_measures_and_writes_a_loadable_directory(llama, tmp_path):
-    model, table, cache = llama
-    out = tmp_path / "pruned"
-    proc = run_cli("--json", "prune", "--model", str(model), "--table", str(table), "--budget", "1.25x",
-                   "--min-keep", "0.1", "--criterion", "l2", "--out", str(out), cache=cache)
+def test_prune_cli_measures_and_writes_a_loadable_directory(llama, tmp_path, formula_device, cli_in_process):
+    """Profile, prune to 1.25x and measure through the CLI on the formula device: reachable on any machine."""
+    model, _, _ = llama
+    cache, table, out = tmp_path / "c.sqlite", tmp_path / "formula.json", tmp_path / "pruned"
+    proc = cli_in_process("profile", "--device", "cpu", "--model", str(model), "--seq-len", "16", "--variants", "2",
+                          "--out", str(table), cache=cache)
+    assert proc.returncode == 0, proc.stderr
+    proc = cli_in_process("--json", "prune", "--model", str(model), "--table", str(table), "--budget", "1.25x",
+                          "--min-keep", "0.1", "--criterion", "l2", "--out", str(out), cache=cache)
     assert proc.returncode == 0, proc.stderr
     reply = json.loads(proc.stdout)
     assert reply["predicted_ms"] <= reply["budget_ms"] + 1e-9
-    assert reply["measured"]["dense_ms"] > 0 and reply["measured"]["pruned_ms"] > 0
+    measured = reply["measured"]
+    assert measured["dense_ms"] / measured["pruned_ms"] >= 1.25 * 0.97  # the device's own law meets the budget
     assert {"layers.0.heads", "layers.0.mlp", "layers.1.heads", "layers.1.mlp"} == set(reply["widths"])
     # the pruned directory is itself a --model: it profiles like any model
-    proc = run_cli("--json", "profile", "--device", "cpu", "--model", str(out), "--seq-len", "16", "--variants", "0",
-                   "--out", str(tmp_path / "t2.json"), cache=cache)
+    proc = cli_in_process("--json", "profile", "--device", "cpu", "--model", str(out), "--seq-len", "16",
+                          "--variants", "0", "--out", str(tmp_path / "t2.json"), cache=cache)
     assert proc.returncode == 0, proc.stderr
     layers = json.loads((tmp_path / "t2.json").read_text())["layers"]
     assert layers["model.layers.0.mlp"]["c_out"] == reply["widths"]["layers.0.mlp"]
