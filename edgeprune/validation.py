@@ -53,12 +53,14 @@ def prepare_data(data: str, manifest: dict, workdir: Path) -> Path:
 
 def run_on_device(target, bundles: list, data_path: Path | None, settings: dict, workdir: Path) -> list:
     """All bundles through one `python -m profilers bundle` job on the target (latency interleaved)."""
+    from edgeprune.exporters.bundle import bundle_files, check_reports
+
     names = [f"bundle{i}" for i in range(len(bundles))]
     request = {"bundles": names, "data": "data.npz" if data_path else None, "latency": settings.get("latency"),
                "runtime": settings.get("runtime") or {}}
     req_path = workdir / "request.json"
     req_path.write_text(json.dumps(request))
-    files = dict(zip(names, bundles), **{"request.json": req_path})
+    files = dict(bundle_files(dict(zip(names, bundles))), **{"request.json": req_path})
     if data_path:
         files["data.npz"] = data_path
     reply = target.run_profilers(["bundle", "request.json", "--out", "report.json"], files=files)
@@ -66,7 +68,7 @@ def run_on_device(target, bundles: list, data_path: Path | None, settings: dict,
         local = workdir / "report.json"
         target.fetch(reply["result_file"], local)
         reply = json.loads(local.read_text())
-    return reply["bundles"]
+    return check_reports(reply, target.where, len(bundles))
 
 
 def gates(report: dict, manifest: dict, budget_ms: float | None, baseline_acc: float | None,

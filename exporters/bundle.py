@@ -128,7 +128,8 @@ def write_bundle(out: str | Path, model_bytes: bytes, arrays: dict, manifest: di
 
 
 def read_bundle(path: str | Path) -> dict:
-    """The verified manifest of a bundle: every file present and matching its checksum, else one clear error."""
+    """The verified manifest of a bundle: its schema, every file present and matching its checksum, no link
+    and no unlisted file, readable reference I/O; else one clear error."""
     from edgeprune.profilers.bundle import verify
     from edgeprune.profilers.errors import ProfilerError
 
@@ -145,3 +146,38 @@ def read_bundle(path: str | Path) -> dict:
         raise BadInputError(f"{path}/manifest.json was modified after export (id mismatch)",
                             "re-run edgeprune export; never edit a bundle by hand")
     return manifest
+
+
+def bundle_files(bundles: dict) -> dict:
+    """{job file name: local path} that sends each bundle ({name on the device: bundle dir}, already read with
+    `read_bundle`) as its manifest and the files it lists, one by one: never reports/ or anything else beside
+    them, and never through a link (the device verifies the checksums again)."""
+    from edgeprune.profilers.bundle import MANIFEST_FILE
+
+    from edgeprune.errors import BadInputError
+
+    files = {}
+    for name, bundle in bundles.items():
+        manifest = json.loads((Path(bundle) / MANIFEST_FILE).read_text())
+        for member in [MANIFEST_FILE, *sorted(manifest["files"])]:
+            path = Path(bundle) / member
+            if path.is_symlink() or not path.is_file():
+                raise BadInputError(f"bundle {bundle} changed while it was being sent: {member} is no longer a "
+                                    "plain file", "run the command again; do not edit a bundle while it is in use")
+            files[f"{name}/{member}"] = path
+    return files
+
+
+def check_reports(reply: dict, where: str, n: int) -> list:
+    """The `n` per-bundle reports a device's `profilers bundle` job returned, checked before any gate reads them."""
+    from edgeprune.profilers.bundle import REPORT
+    from edgeprune.profilers.schema import check
+
+    from edgeprune.errors import DeviceError
+
+    hint = "the device side and the host side may be different edgeprune versions; reinstall edgeprune"
+    check(reply, REPORT, lambda bad: DeviceError(f"the bundle job on {where} returned a malformed report: {bad}",
+                                                 hint))
+    if len(reply["bundles"]) != n:
+        raise DeviceError(f"the bundle job on {where} returned {len(reply['bundles'])} reports for {n} bundles", hint)
+    return reply["bundles"]

@@ -13,15 +13,60 @@ import hashlib
 import json
 import os
 import time
+import zipfile
 
 import numpy as np
 
 from .errors import ProfilerError
 from .parity import compare_outputs
+from .schema import Bool, Int, ListOf, MapOf, Maybe, Num, Obj, Str, Tagged, check
 from .timing import Estimator, _percentile, measure_interleaved
 
 FORMAT_VERSION = 1
 ENGINE_SUFFIX = ".engine"
+MANIFEST_FILE = "manifest.json"
+REFERENCE_FILE = "reference_io.npz"
+REPORTS_DIR = "reports"  # validation reports may be written here, beside the checksummed files
+
+SHA256 = Str(pattern="[0-9a-f]{64}", what="a sha256 (64 hex digits)")
+TOLERANCE = Obj({"atol": Num(min=0), "rtol": Num(min=0)})
+NORMALISED = Obj({"kind": Str(), "mean": ListOf(Num(), min_len=1), "std": ListOf(Num(), min_len=1)})
+MANIFEST = Obj({
+    "id": Str(),
+    "model": Str(),
+    "files": MapOf(Obj({"sha256": SHA256}, {"bytes": Int(min=0)})),
+    "inputs": ListOf(Obj({"name": Str(), "shape": ListOf(Int(min=0), min_len=1), "dtype": Str()}), min_len=1),
+    "outputs": ListOf(Obj({"name": Str()}, {"shape": ListOf(Maybe(Int(min=0)))}), min_len=1),
+    "source": Obj({"spec": Str()}, {"family": Str(), "seq_len": Maybe(Int(min=1)), "pruned_from": Maybe(Str())}),
+    "runtime": Obj({}, {"backend": Str(), "provider": Maybe(Str()), "precision": Maybe(Str()),
+                        "threads": Maybe(Int(min=1))}),
+}, {
+    # image folders are re-normalised with the bundle's statistics (edgeprune/validation.py)
+    "preprocessing": Maybe(Tagged("kind", {"image": NORMALISED, "digits": NORMALISED}, other=Obj())),
+    "table": Maybe(Obj({}, {"id": Str(), "fidelity": Maybe(Obj({}, {"within_10": Maybe(Num(min=0, max=1))})),
+                            "estimator": Maybe(Obj()), "fingerprint": Maybe(Obj({}, {"device": Maybe(Str())})),
+                            "runtime": Maybe(Obj())})),
+    "budget": Maybe(Str()), "budget_ms": Maybe(Num(min=0)), "predicted_ms": Maybe(Num(min=0)),
+    "baseline_accuracy": Maybe(Num(min=0, max=1)), "parity_tolerance": Maybe(TOLERANCE),
+    "widths": Maybe(MapOf(Int(min=0))),
+    "engine": Maybe(Obj({"file": Str(),
+                         "settings": Obj({"precision": Str(["fp32", "fp16", "int8"])},
+                                         {"int8_calibration": Maybe(Obj({"samples": Int(min=0)}))})},
+                        {"tensorrt_version": Maybe(Str()), "parity_tolerance": Maybe(TOLERANCE),
+                         "gpu": Maybe(Obj({}, {"name": Maybe(Str()), "compute_capability": Maybe(Str())}))})),
+})
+REQUEST = Obj({"bundles": ListOf(Str(), min_len=1)}, {
+    "data": Maybe(Str()), "parity": Maybe(TOLERANCE),
+    "runtime": Maybe(Obj({}, {"backend": Maybe(Str(["onnxruntime", "tensorrt"])), "threads": Maybe(Int(min=1))})),
+    "latency": Maybe(Obj({}, {"runs": Int(min=1), "seconds": Num(min=0), "warmup_runs": Int(min=0),
+                              "estimator": Maybe(Obj())})),
+})
+# what `run_bundles` returns, checked by the host before any gate reads it (exporters/bundle.py)
+REPORT = Obj({"bundles": ListOf(Obj({
+    "parity": Obj({"ok": Bool(), "atol": Num(min=0), "outputs": MapOf(Obj({"ok": Bool()}, {"needed_atol": Num()}))}),
+    "latency": Obj({"estimate_ms": Num(min=0), "p50_ms": Num(min=0), "p90_ms": Num(min=0), "p99_ms": Num(min=0),
+                    "n": Int(min=1)}),
+}, {"accuracy": Maybe(Obj({"top1": Num(), "n": Int(min=0)}))}))})
 
 
 def sha256_file(path):
@@ -33,28 +78,85 @@ def sha256_file(path):
 
 
 def read_manifest(bundle_dir):
-    """The manifest, or an error record naming what is wrong with it."""
-    path = os.path.join(bundle_dir, "manifest.json")
-    if not os.path.isfile(path):
+    """The manifest, checked against its schema, or an error record naming what is wrong with it."""
+    path = os.path.join(bundle_dir, MANIFEST_FILE)
+    if not os.path.isfile(path) or os.path.islink(path):
         raise ProfilerError("incomplete_bundle", "bundle %s has no manifest.json" % bundle_dir,
                             "give the directory edgeprune export wrote")
     try:
         with open(path) as handle:
             manifest = json.load(handle)
-    except ValueError as err:
+    except (ValueError, UnicodeDecodeError) as err:
         raise ProfilerError("tampered_bundle", "manifest.json is not valid JSON (%s)" % err,
                             "re-run edgeprune export")
-    if manifest.get("kind") != "bundle" or manifest.get("format_version") != FORMAT_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("kind") != "bundle" \
+            or manifest.get("format_version") != FORMAT_VERSION:
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
         raise ProfilerError("tampered_bundle", "manifest.json is not an edgeprune bundle manifest (format %s)"
-                            % manifest.get("format_version"), "re-run edgeprune export with this edgeprune")
+                            % version, "re-run edgeprune export with this edgeprune")
+    check(manifest, MANIFEST, lambda bad: ProfilerError(
+        "tampered_bundle", "%s: %s" % (path, bad), "re-run edgeprune export; never edit a bundle by hand"))
+    names = [manifest["model"]] + ([manifest["engine"]["file"]] if manifest.get("engine") else [])
+    for name in list(manifest["files"]) + names:
+        if not _plain_name(name):
+            raise ProfilerError("tampered_bundle", "%s lists %r, which is not a file inside the bundle" % (path, name),
+                                "re-run edgeprune export; never edit a bundle by hand")
+    unlisted = [name for name in names + [REFERENCE_FILE] if name not in manifest["files"]]
+    if unlisted:
+        raise ProfilerError("tampered_bundle", "%s has no checksum for %s" % (path, ", ".join(unlisted)),
+                            "re-run edgeprune export; never edit a bundle by hand")
     return manifest
 
 
+def _plain_name(name):
+    """A relative path that stays inside the bundle and is neither the manifest nor under reports/."""
+    parts = name.split("/")
+    return not (name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in parts)
+                or parts[0] in (MANIFEST_FILE, REPORTS_DIR))
+
+
+def _entries(top, prefix=""):
+    """(relative name, DirEntry) of everything under `top`, not following links; reports/ is not entered."""
+    for entry in sorted(os.scandir(top), key=lambda e: e.name):
+        name = prefix + entry.name
+        yield name, entry
+        if entry.is_dir(follow_symlinks=False) and name != REPORTS_DIR:
+            for item in _entries(entry.path, name + "/"):
+                yield item
+
+
+def check_contents(bundle_dir, manifest):
+    """Nothing but the listed files, the manifest and reports/: a bundle is sent to the device as a whole, so a
+    symbolic link (say, notes.txt -> ~/.ssh/id_ed25519) or an unlisted file would travel unchecked."""
+    listed = set(manifest["files"]) | {MANIFEST_FILE}
+    folders = {name.rsplit("/", 1)[0] for name in listed if "/" in name}
+    unlisted = []
+    for name, entry in _entries(bundle_dir):
+        if entry.is_symlink():
+            raise ProfilerError("unsafe_bundle", "bundle %s holds a symbolic link, %s; refusing to read or send it"
+                                % (bundle_dir, name), "remove the link: a bundle holds only the files edgeprune "
+                                "export wrote")
+        if entry.is_dir(follow_symlinks=False):
+            if name != REPORTS_DIR and not any(f == name or f.startswith(name + "/") for f in folders):
+                unlisted.append(name + "/")
+        elif not entry.is_file(follow_symlinks=False):
+            raise ProfilerError("unsafe_bundle", "bundle %s holds %s, which is not a regular file" % (bundle_dir, name),
+                                "remove it: a bundle holds only the files edgeprune export wrote")
+        elif name not in listed:
+            unlisted.append(name)
+    if unlisted:
+        raise ProfilerError("tampered_bundle", "bundle %s holds files its manifest does not list: %s"
+                            % (bundle_dir, ", ".join(unlisted)),
+                            "remove them (reports may go in %s/), or re-run edgeprune export" % REPORTS_DIR)
+
+
 def verify(bundle_dir):
-    """Check every file the manifest lists against its sha256; returns the manifest."""
+    """Check the manifest, that the bundle holds its files and nothing else, every sha256, and the reference
+    I/O; returns the manifest."""
     manifest = read_manifest(bundle_dir)
+    check_contents(bundle_dir, manifest)
     missing, changed = [], []
-    for name, entry in sorted(manifest.get("files", {}).items()):
+    for name, entry in sorted(manifest["files"].items()):
         path = os.path.join(bundle_dir, name)
         if not os.path.isfile(path):
             missing.append(name)
@@ -66,15 +168,48 @@ def verify(bundle_dir):
     if changed:
         raise ProfilerError("tampered_bundle", "checksum mismatch in %s: the file changed after export"
                             % ", ".join(changed), "re-run edgeprune export; never edit a bundle by hand")
+    read_reference(bundle_dir, manifest)
     return manifest
+
+
+def read_reference(bundle_dir, manifest):
+    """({input name: array}, {output name: array}) of reference_io.npz: every input and output the manifest
+    names, numeric, one sample count for all. Parity on a partial file would compare nothing and pass."""
+    path = os.path.join(bundle_dir, REFERENCE_FILE)
+    hint = "re-run edgeprune export; never edit a bundle by hand"
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not hasattr(archive, "files"):
+            raise ValueError("not an .npz archive")
+        with archive:
+            arrays = {k: archive[k] for k in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ProfilerError("tampered_bundle", "%s cannot be read: %s" % (path, str(err)[:160]), hint)
+    inputs = {k[len("input:"):]: v for k, v in arrays.items() if k.startswith("input:")}
+    outputs = {k[len("output:"):]: v for k, v in arrays.items() if k.startswith("output:")}
+    wanted = [("input:", s["name"], inputs) for s in manifest["inputs"]] + \
+        [("output:", s["name"], outputs) for s in manifest["outputs"]]
+    absent = [prefix + name for prefix, name, found in wanted if name not in found]
+    if absent:
+        raise ProfilerError("tampered_bundle", "%s lacks %s" % (path, ", ".join(absent)), hint)
+    first = manifest["inputs"][0]
+    n = len(inputs[first["name"]]) if inputs[first["name"]].ndim else 0
+    for key, value in sorted(arrays.items()):
+        if value.dtype.kind not in "biuf" or value.ndim == 0 or len(value) != n or not n:
+            raise ProfilerError("tampered_bundle", "%s: %s (%s %s) is not a batch of numbers like input:%s"
+                                % (path, key, value.dtype, "x".join(map(str, value.shape)) or "scalar",
+                                   first["name"]), hint)
+    for spec in manifest["inputs"]:
+        got = inputs[spec["name"]]
+        if got.ndim != len(spec["shape"]):
+            raise ProfilerError("tampered_bundle", "%s: input:%s has shape %s, the manifest's input is %s" % (
+                path, spec["name"], "x".join(map(str, got.shape)), "x".join(map(str, spec["shape"]))), hint)
+    return inputs, outputs
 
 
 def parity(session, bundle_dir, manifest, atol, rtol):
     """Run the reference inputs; compare with the reference outputs exported beside the model."""
-    path = os.path.join(bundle_dir, "reference_io.npz")
-    with np.load(path, allow_pickle=False) as ref:
-        inputs = {k[len("input:"):]: ref[k] for k in ref.files if k.startswith("input:")}
-        outputs = {k[len("output:"):]: ref[k] for k in ref.files if k.startswith("output:")}
+    inputs, outputs = read_reference(bundle_dir, manifest)
     names = [o.name for o in session.get_outputs()]
     n = next(iter(inputs.values())).shape[0]
     got = {name: [] for name in names}
@@ -220,6 +355,9 @@ def check_engines(manifests, asked):
 def run_bundles(request, base_dir="."):
     """Validate every bundle of the request on this device; raises ProfilerError before anything runs on bad
     input (any bundle tampered or incomplete, data that fits no bundle, a runtime the device lacks)."""
+    check(request, REQUEST, lambda bad: ProfilerError("bad_request", "bundle request: %s" % bad,
+                                                      "the device side and the host side may be different "
+                                                      "edgeprune versions"))
     dirs = [os.path.join(base_dir, b) for b in request["bundles"]]
     manifests = [verify(d) for d in dirs]
     data = None
@@ -258,8 +396,7 @@ def run_bundles(request, base_dir="."):
                       "parity": parity(session, bundle_dir, manifest, tol["atol"], tol["rtol"])}
             if data is not None and "labels" in data:
                 report["accuracy"] = accuracy(session, data, manifest)
-        with np.load(os.path.join(bundle_dir, "reference_io.npz"), allow_pickle=False) as ref:
-            feeds = {k[len("input:"):]: ref[k][:1] for k in ref.files if k.startswith("input:")}
+        feeds = {k: v[:1] for k, v in read_reference(bundle_dir, manifest)[0].items()}
         entries.append((model_path, runtime, feeds))
         reports.append(report)
     from .sysinfo import device_state

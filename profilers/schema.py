@@ -163,7 +163,7 @@ class ListOf(Schema):
 
     def __init__(self, items, min_len=0):
         self.items, self.min_len = items, min_len
-        self.what = "a list" if not min_len else "a list of at least %d" % min_len
+        self.what = {0: "a list", 1: "a non-empty list"}.get(min_len, "a list of at least %d items" % min_len)
 
     def check(self, value, path):
         if not isinstance(value, list) or len(value) < self.min_len:
@@ -176,13 +176,14 @@ class ListOf(Schema):
 
 
 class Tagged(Schema):
-    """An object whose `key` field names which of `variants` ({tag: schema}) the rest must follow."""
+    """An object whose `key` field names which of `variants` ({tag: schema}) the rest must follow; a tag
+    not among them must follow `other` (when given: formats that allow kinds they do not constrain)."""
 
     what = "an object"
 
-    def __init__(self, key, variants):
-        self.key, self.variants = key, variants
-        self.tag = Str(sorted(variants))
+    def __init__(self, key, variants, other=None):
+        self.key, self.variants, self.other = key, variants, other
+        self.tag = Str() if other is not None else Str(sorted(variants))
 
     def check(self, value, path):
         if not isinstance(value, dict):
@@ -190,7 +191,10 @@ class Tagged(Schema):
         where = "%s.%s" % (path, self.key) if path else self.key
         if self.key not in value:
             return "%s: missing, expected %s" % (where, self.tag.what)
-        return self.tag.check(value[self.key], where) or self.variants[value[self.key]].check(value, path)
+        bad = self.tag.check(value[self.key], where)
+        if bad:
+            return bad
+        return self.variants.get(value[self.key], self.other).check(value, path)
 
 
 class Const(Schema):

@@ -109,12 +109,26 @@ def check_job_name(name: str) -> str:
     return name
 
 
-def place(source: pathlib.Path, dest: pathlib.Path) -> None:
-    """Copy a file or a folder (following links) into the job's working dir."""
+def refuse_links(source: pathlib.Path) -> None:
+    """A folder sent to the device may hold no symbolic link: a link inside it (say, a bundle's notes.txt ->
+    ~/.ssh/id_ed25519) would carry what it points at out of the folder. `source` itself is what the caller named."""
     if not source.exists():
         raise BadInputError(f"cannot send {source} to the device: no such file or folder", "check the path")
+    if not source.is_dir():
+        return
+    for root, dirs, files in os.walk(source):  # does not descend into linked folders; they are listed in dirs
+        for name in sorted(dirs + files):
+            path = pathlib.Path(root, name)
+            if path.is_symlink():
+                raise BadInputError(f"cannot send {source} to the device: {path} is a symbolic link",
+                                    "remove the link (or replace it with the file itself if it belongs there)")
+
+
+def place(source: pathlib.Path, dest: pathlib.Path) -> None:
+    """Copy a file or a folder into the job's working dir, never following a link inside the folder."""
+    refuse_links(source)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if source.is_dir():
-        shutil.copytree(source, dest, dirs_exist_ok=True)
+    if source.is_dir():  # symlinks=True: a link that appeared after the check is copied as a link, not followed
+        shutil.copytree(source, dest, symlinks=True, dirs_exist_ok=True)
     else:
         shutil.copyfile(source, dest)

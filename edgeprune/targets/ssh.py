@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import pathlib
 import re
 import secrets
@@ -32,7 +33,7 @@ from typing import IO, Any
 from ..atomic import atomic_file
 from ..errors import BadInputError, DeviceError
 from .job import Completed, ProgressCallback, result, stream
-from .local import check_job_name
+from .local import check_job_name, refuse_links
 
 log = logging.getLogger(__name__)
 
@@ -388,10 +389,7 @@ class SSHTarget:
     def _put(self, files: dict[str, pathlib.Path]) -> None:
         members = {check_job_name(name): pathlib.Path(path) for name, path in files.items()}
         for path in members.values():
-            if not path.exists():
-                raise BadInputError(
-                    f"cannot send {path} to the device: no such file or folder", "check the path"
-                )
+            refuse_links(path)
         completed = self._ssh(
             f"cd {shlex.quote(self._workdir())} && tar -xf -",
             what=f"copying files to {self.where}",
@@ -529,7 +527,11 @@ def check_ssh_path(path: pathlib.Path, flag: str) -> None:
 
 
 def _write_tar(pipe: IO[bytes], members: dict[str, pathlib.Path]) -> None:
-    """Stream a tar of `members` (name in the archive -> local file or folder) into `pipe`."""
+    """Stream a tar of `members` (name in the archive -> local file or folder) into `pipe`.
+
+    A member is followed to what its path names; links inside a folder are archived as links, never
+    followed (callers refuse them first: `refuse_links`).
+    """
 
     def clean(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
         name = pathlib.PurePosixPath(info.name).name
@@ -540,6 +542,6 @@ def _write_tar(pipe: IO[bytes], members: dict[str, pathlib.Path]) -> None:
         info.mode = 0o755 if info.isdir() or info.mode & 0o111 else 0o644
         return info
 
-    with tarfile.open(fileobj=pipe, mode="w|", dereference=True, format=tarfile.PAX_FORMAT) as archive:
+    with tarfile.open(fileobj=pipe, mode="w|", dereference=False, format=tarfile.PAX_FORMAT) as archive:
         for name, path in members.items():
-            archive.add(str(path), arcname=name, recursive=True, filter=clean)
+            archive.add(os.path.realpath(path), arcname=name, recursive=True, filter=clean)
