@@ -95,9 +95,10 @@ def prune(model, table=None, out: str | Path | None = None, *, budget: str | Non
                            bn_recalibrate=bn_recalibrate)
     measurements = MeasurementCache(cache) if measure else None
     try:
-        with _measuring_device(table, device, host, measure and table is not None and (budget or target),
-                               ssh_options) as (session, note):
-            result = prune_model(loaded, table, options, session, measurements, reporter)
+        # the device is opened whenever there is a table: its fingerprint is checked even with measure=False
+        with _measuring_device(table, device, host, table is not None, ssh_options) as (session, note):
+            result = prune_model(loaded, table, options, session, measurements, reporter,
+                                 fingerprint_advisory=not measure and not (device or host))
     finally:
         if measurements is not None:
             measurements.close()
@@ -143,12 +144,12 @@ def _as_loaded(model, table, weights, model_args, input_shape, seq_len, regime):
 
 
 @contextmanager
-def _measuring_device(table, device, host, measure, ssh_options):
+def _measuring_device(table, device, host, wanted, ssh_options):
     """(DeviceSession or None, note): the table's device when it is this machine or reachable at `host`."""
     from .devices import load_registry, open_device
     from .errors import DeviceError
 
-    if not measure:
+    if not wanted:
         yield None, None
         return
     registry = load_registry()
@@ -159,7 +160,7 @@ def _measuring_device(table, device, host, measure, ssh_options):
     except DeviceError as err:
         if device or host:
             raise
-        yield None, f"not measured: {err.message}"
+        yield None, f"not measured or checked against a device: {err.message}"
         return
     try:
         yield session, None

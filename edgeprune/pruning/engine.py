@@ -214,9 +214,12 @@ def slim_copy(pristine, space, units: list, scores) -> tuple:
     return candidate, apply_keep(groups, keep, candidate)
 
 
-def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, reporter=None) -> PruneResult:
+def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, reporter=None,
+                fingerprint_advisory: bool = False) -> PruneResult:
     """Prune `loaded` (a LoadedModel) against `table`; measure on `session` (a DeviceSession) when given.
 
+    The table's fingerprint is checked against `session` whenever one is given, measured or not; with
+    `fingerprint_advisory` (no measurement, and no device named by the user) a mismatch is a warning note.
     Without a table only the baselines' ratio / MACs modes run (nothing is predicted or measured).
     """
     from edgeprune.latency.build import Reporter
@@ -263,8 +266,13 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
                 f"(dense {dense_pred:.3g} ms, every group at {options.min_keep:.0%})",
                 f"ask for at least {dense_pred / floor:.2f}x / {floor:.3g} ms, or lower --min-keep")
     measuring = session is not None and options.measure and budget_ms is not None
-    if measuring:
-        check_fingerprint(table, _fingerprint(session, table))
+    if session is not None and table is not None:  # measured or not, the table must be this device's
+        try:
+            check_fingerprint(table, _fingerprint(session, table))
+        except BadInputError as err:
+            if options.measure or not fingerprint_advisory:
+                raise
+            notes.append(f"warning: {err.message}; the prediction holds for the table's device, not this one")
     target_ms, rounds, measured = budget_ms, [], None
     for round_index in range(options.max_rounds if measuring else 1):
         try:

@@ -129,6 +129,25 @@ def test_table_from_another_device_or_thread_count_is_refused(tiny_table, tmp_pa
     assert "runtime_version: table '0.1'" in str(err.value)
 
 
+def test_no_measure_still_checks_the_fingerprint(tiny_table, tmp_path, formula_device):
+    """--no-measure skips timing, not the check: a named device refuses another's table; without one, a warning."""
+    table, _ = tiny_table
+    data = table.to_dict()
+    data["fingerprint"] = dict(data["fingerprint"], device_model="Other CPU 9000")
+    from edgeprune.latency.table import LatencyTable
+
+    other = tmp_path / "other.json"
+    LatencyTable.from_dict(data).save(other)
+    with pytest.raises(BadInputError, match="device_model: table 'Other CPU 9000' vs device"):
+        edgeprune.prune(tiny_loaded(), other, tmp_path / "x", budget="1.2x", device="cpu", measure=False)
+    assert not (tmp_path / "x").exists()
+    res = edgeprune.prune(tiny_loaded(), other, None, budget="1.2x", measure=False)
+    assert any(n.startswith("warning: the table was measured under another device fingerprint") and "Other CPU 9000"
+               in n for n in res.notes)
+    same = edgeprune.prune(tiny_loaded(), tiny_table[1], None, budget="1.2x", measure=False)
+    assert not any("fingerprint" in n for n in same.notes) and same.measured is None
+
+
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("llama") / "tiny-llama"
