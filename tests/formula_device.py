@@ -45,8 +45,9 @@ def model_ms(proto) -> float:
 
 def cell_ms(cell: dict) -> float:
     """The formula's latency of a plan's cell: one call's overhead plus its block (the cell's helper ops are free)."""
-    from edgeprune.latency.blocks import Block, extract_blocks
     from edgeprune.profilers.synth import build_cell
+
+    from edgeprune.latency.blocks import Block, extract_blocks
 
     sig, c_in, c_out = cell["signature"], cell["c_in"], cell["c_out"]
     if cell["kind"] in TRANSFORMER_MACS:  # found by exporter scope names in models, which a micro-ONNX lacks
