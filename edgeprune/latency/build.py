@@ -22,6 +22,7 @@ from .blocks import GraphBlocks, extract_blocks
 from .cache import MeasurementCache, fingerprint_key
 from .fidelity import choose_calibration, error_figures, noise_ceiling
 from .grid import plan_signature
+from .result import check_result
 from .table import LatencyTable, cell_record
 
 PLAN_VERSION = 1
@@ -156,6 +157,7 @@ class Measurer:
             local = self.workdir / f"result{self.jobs}.json"
             self.target.fetch(reply["result_file"], local)
             reply = json.loads(local.read_text())
+        reply = check_result(reply, self.target.where)
         facts = reply.get("facts") or {}
         self.device_state.append({"job": self.jobs, "thermal": facts.get("thermal"),
                                   "cpu_cur_freq_khz": facts.get("cpu_cur_freq_khz"),
