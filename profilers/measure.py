@@ -11,11 +11,27 @@ from .errors import ProfilerError
 from .timing import Estimator, measure_interleaved
 
 DRIFT_LIMIT = 0.03
+GROUP_SIZE = 16  # cells per interleaved group: the most an interrupted job loses (docs/profiling.md)
 
 
 def progress(stage, done, total):
     """One JSON line on stderr; the host turns these into a progress bar."""
-    sys.stderr.write(json.dumps({"progress": done, "total": total, "stage": stage}) + "\n")
+    _line({"progress": done, "total": total, "stage": stage})
+
+
+def emit(kind, key, **fields):
+    """A finished measurement as one JSON line on stderr, written the moment it is final.
+
+    The host commits each such record to its cache as it arrives, so a job stopped half-way keeps everything it
+    finished. A line is one write under the pipe's atomic size, so a killed job never leaves half a record.
+    """
+    record = {"record": kind, "key": key}
+    record.update(fields)
+    _line(record)
+
+
+def _line(obj):
+    sys.stderr.write(json.dumps(obj) + "\n")
     sys.stderr.flush()
 
 
@@ -24,59 +40,84 @@ def _cell_bytes(cell):
     return model.SerializeToString()
 
 
-def _reference_ms(make_runner, reference, estimator):
-    """The reference cell, timed longer than a cell so its own noise does not read as drift."""
-    runner = make_runner(_cell_bytes(reference))
-    runner.activate()
-    steady = Estimator.from_dict(dict(estimator.to_dict(), passes=5, pass_s=max(estimator.pass_s, 0.05)))
+class _Reference(object):
+    """The reference cell, loaded once and re-timed between groups.
+
+    It is timed longer than a cell (5 passes of >= 50 ms) so its own noise does not read as drift; keeping its
+    session loaded saves a session start and a warm-up per reading.
+    """
+
+    def __init__(self, make_runner, reference, estimator):
+        self.runner = make_runner(_cell_bytes(reference))
+        self.runner.activate()
+        self.estimator = Estimator.from_dict(dict(estimator.to_dict(), passes=5, pass_s=max(estimator.pass_s, 0.05)))
+        self.warm = False
+
+    def time_ms(self):
+        stats = measure_interleaved([self.runner], self.estimator, warm=not self.warm)[0]
+        self.warm = True
+        return stats["estimate_ms"]
+
+    def close(self):
+        self.runner.deactivate()
+
+
+def _time_group(group, make_runner, estimator, errors):
+    """([keys], [stats]) of one group's cells timed in interleaved passes; cells the runtime refuses go to errors."""
+    runners, keys = [], []
     try:
-        return measure_interleaved([runner], steady)[0]["estimate_ms"]
+        for cell in group:
+            try:
+                runner = make_runner(_cell_bytes(cell))
+                runner.activate()
+            except ProfilerError as err:
+                errors[cell["key"]] = err.record()
+                continue
+            except Exception as err:  # the runtime refused the cell: report it, measure the rest
+                errors[cell["key"]] = ProfilerError(
+                    "cell_failed", "the runtime cannot run cell %s: %s" % (cell["key"], str(err)[:200]),
+                    "this block shape is not supported by the runtime").record()
+                continue
+            runners.append(runner)
+            keys.append(cell["key"])
+        return keys, (measure_interleaved(runners, estimator) if runners else [])
     finally:
-        runner.deactivate()
+        for runner in runners:
+            runner.deactivate()
 
 
-def measure_cells(cells, make_runner, estimator, reference=None, group_size=24, retries=1):
-    """Time cells in interleaved groups; a reference cell timed around each group detects drift.
+def measure_cells(cells, make_runner, estimator, reference=None, group_size=GROUP_SIZE, retries=1):
+    """Time cells in interleaved groups; a reference cell timed between groups detects drift.
 
     A group whose reference moved by more than 3 % between before and after is measured again (at most
-    `retries` times); the drift seen is returned so the host can record it.
+    `retries` times). The reading after one group is the reading before the next. A group's cells are final
+    once its drift check passes: each is then emitted as a record (see `emit`), so a group is the most an
+    interrupted job can lose. The drift seen is returned so the host can record it.
     """
     results, errors, drift = {}, {}, []
     total = len(cells)
-    done = 0
-    for start in range(0, total, group_size):
-        group = cells[start:start + group_size]
-        for attempt in range(retries + 1):
-            before = _reference_ms(make_runner, reference, estimator) if reference else None
-            runners, keys = [], []
-            try:
-                for cell in group:
-                    try:
-                        runner = make_runner(_cell_bytes(cell))
-                        runner.activate()
-                    except ProfilerError as err:
-                        errors[cell["key"]] = err.record()
-                        continue
-                    except Exception as err:  # the runtime refused the cell: report it, measure the rest
-                        errors[cell["key"]] = ProfilerError(
-                            "cell_failed", "the runtime cannot run cell %s: %s" % (cell["key"], str(err)[:200]),
-                            "this block shape is not supported by the runtime").record()
-                        continue
-                    runners.append(runner)
-                    keys.append(cell["key"])
-                stats = measure_interleaved(runners, estimator) if runners else []
-            finally:
-                for runner in runners:
-                    runner.deactivate()
-            after = _reference_ms(make_runner, reference, estimator) if reference else None
-            moved = abs(after / before - 1.0) if reference and before > 0 else 0.0
-            if moved <= DRIFT_LIMIT or attempt == retries:
-                drift.append({"group": start // group_size, "drift": moved, "attempts": attempt + 1})
-                for key, stat in zip(keys, stats):
-                    results[key] = stat
-                break
-        done += len(group)
-        progress("cells", done, total)
+    ref = _Reference(make_runner, reference, estimator) if reference and cells else None
+    try:
+        before = ref.time_ms() if ref else None
+        for start in range(0, total, group_size):
+            group = cells[start:start + group_size]
+            attempts = 0
+            while True:
+                attempts += 1
+                keys, stats = _time_group(group, make_runner, estimator, errors)
+                after = ref.time_ms() if ref else None
+                moved = abs(after / before - 1.0) if ref and before > 0 else 0.0
+                before = after
+                if moved <= DRIFT_LIMIT or attempts > retries:
+                    break
+            drift.append({"group": start // group_size, "drift": moved, "attempts": attempts})
+            for key, stat in zip(keys, stats):
+                results[key] = stat
+                emit("cell", key, stats=stat)
+            progress("cells", start + len(group), total)
+    finally:
+        if ref:
+            ref.close()
     return results, errors, drift
 
 
@@ -110,6 +151,8 @@ def measure_models(models, make_runner, estimator, rounds=1, base_dir="."):
     finally:
         for runner in runners:
             runner.deactivate()
+    for key in keys:  # a model is final with its last round; the rounds are interleaved, so all end together
+        emit("model", key, rounds=results[key])
     return results, errors, round_s
 
 
@@ -135,7 +178,7 @@ def run_plan(plan, base_dir="."):
     started = time.time()
     cells, cell_errors, drift = measure_cells(plan.get("cells", []), make_cell_runner, estimator,
                                               reference=plan.get("reference"),
-                                              group_size=plan.get("group_size", 24))
+                                              group_size=plan.get("group_size", GROUP_SIZE))
     models, model_errors, round_s = measure_models(plan.get("models", []), make_runner, estimator,
                                           rounds=plan.get("model_rounds", 1), base_dir=base_dir)
     errors = dict(cell_errors)

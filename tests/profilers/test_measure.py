@@ -199,15 +199,43 @@ class FakeRunner:
         FakeRunner.live -= 1
 
 
-def test_measure_cells_deactivates_every_runner_and_reports_progress(capsys):
+def test_measure_cells_deactivates_every_runner_and_emits_each_group_then_its_progress(capsys):
     from profilers.timing import Estimator
 
     FakeRunner.live = 0
-    results, errors, drift = measure_cells(CELLS, FakeRunner, Estimator(**FAST), group_size=2)
-    assert FakeRunner.live == 0
+    reference = dict(CELLS[1], key="reference")
+    results, errors, drift = measure_cells(CELLS, FakeRunner, Estimator(**FAST), reference=reference, group_size=2)
+    assert FakeRunner.live == 0  # the cells' runners and the reference's
     assert set(results) == {c["key"] for c in CELLS} and errors == {}
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
-    assert [(p["progress"], p["total"], p["stage"]) for p in lines] == [(2, 3, "cells"), (3, 3, "cells")]
+    # Each cell is sent as its own record once its group is final, before that group's progress line.
+    assert [line.get("key") or line.get("progress") for line in lines] == ["conv@4x8", "gemm@16x4", 2, "pool@8x8", 3]
+    assert all(line["stats"] == results[line["key"]] for line in lines if line.get("record") == "cell")
+    assert [(p["total"], p["stage"]) for p in lines if "progress" in p] == [(3, "cells")] * 2
+
+
+def test_a_drifted_group_is_remeasured_and_emitted_once_with_shared_reference_readings(capsys, monkeypatch):
+    """Cells of a group are final only after its drift check; the reading after a group opens the next one."""
+    import profilers.measure as measure
+    from profilers.timing import Estimator
+
+    readings = iter([1.0, 1.0, 1.1, 1.1])  # before g0, after g0 | after g1: +10 % drift | after g1 again: steady
+    calls = []
+
+    def time_ms(self):
+        calls.append(1)
+        return next(readings)
+
+    monkeypatch.setattr(measure._Reference, "time_ms", time_ms)
+    FakeRunner.live = 0
+    results, _, drift = measure_cells(CELLS, FakeRunner, Estimator(**FAST), reference=dict(CELLS[1], key="ref"),
+                                      group_size=2)
+    assert len(calls) == 4  # one reading per group boundary, plus one for the retry
+    assert [(d["group"], d["attempts"]) for d in drift] == [(0, 1), (1, 2)]
+    assert drift[1]["drift"] == pytest.approx(0.0)
+    assert FakeRunner.live == 0
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines() if '"record"' in line]
+    assert sorted(r["key"] for r in records) == sorted(results)  # the drifted attempt sent nothing
 
 
 # -- the device-side command line ---------------------------------------------------------------------------
@@ -232,8 +260,11 @@ def test_cli_run_writes_the_result_file(tmp_path):
     assert set(result["models"]) == {"m"}  # found beside the plan file
     assert result["errors"] == {}
     assert not (tmp_path / "r.json.tmp").exists()
-    progress = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
-    assert {"progress": 2, "total": 2, "stage": "cells"} in progress
+    lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert {"progress": 2, "total": 2, "stage": "cells"} in lines
+    # Every result was also sent on stderr as soon as it was final: the host commits these as they come.
+    assert {r["key"]: r["stats"] for r in lines if r.get("record") == "cell"} == result["cells"]
+    assert {r["key"]: r["rounds"] for r in lines if r.get("record") == "model"} == result["models"]
 
 
 def test_cli_run_to_stdout(tmp_path):
