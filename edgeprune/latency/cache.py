@@ -1,7 +1,8 @@
 """SQLite measurement cache keyed by device fingerprint + cell or model key.
 
-Every measurement lands here as soon as its batch returns, so re-profiling costs ~nothing and an interrupted
-profile resumes where it stopped. WAL mode lets concurrent profiles share one file.
+Every measurement lands here the moment the device reports it final, one transaction each, so re-profiling costs
+~nothing and an interrupted profile resumes where it stopped. WAL mode lets concurrent profiles share one file;
+a transaction is all or nothing, so a killed process never leaves half a record.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class MeasurementCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(str(self.path), timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
+            # Each measurement is its own transaction. In WAL mode NORMAL keeps every commit across a killed
+            # process (only a power cut may roll back the last few) and commits in ~0.1 ms instead of an fsync
+            # each (5 ms measured here): a group of records the device sends at once is on disk within a
+            # millisecond or two, which is the window a SIGKILL of the host can lose.
+            self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute(
                 "CREATE TABLE IF NOT EXISTS measurements (fingerprint TEXT NOT NULL, kind TEXT NOT NULL, "
                 "key TEXT NOT NULL, stats TEXT NOT NULL, created REAL NOT NULL, "
@@ -61,7 +67,12 @@ class MeasurementCache:
             out.update({key: json.loads(stats) for key, stats in rows})
         return out
 
+    def put(self, fingerprint: str, kind: str, key: str, stats: dict, body: dict | None = None) -> None:
+        """One measurement in a transaction of its own: durable as soon as this returns."""
+        self.put_many(fingerprint, kind, {key: stats}, body=body)
+
     def put_many(self, fingerprint: str, kind: str, items: dict, body: dict | None = None) -> None:
+        """Several measurements in one transaction (all or none of them)."""
         now = time.time()
         with self.db:
             if body is not None:

@@ -99,3 +99,39 @@ def test_default_path(monkeypatch, tmp_path):
     cache = MeasurementCache()
     assert cache.path == default_path() and cache.path.is_file()
     cache.close()
+
+
+def test_put_is_visible_to_another_connection_at_once(path):
+    writer, reader = MeasurementCache(path), MeasurementCache(path)
+    fp = fingerprint_key(FP_A)
+    writer.put(fp, "cell", "conv@8x8", STATS, body=FP_A)
+    assert reader.get_many(fp, "cell", ["conv@8x8"]) == {"conv@8x8": STATS}  # committed, not pending
+    writer.close()
+    reader.close()
+
+
+def test_every_put_survives_a_killed_writer(path):
+    """A record is durable once `put` returns, even when the writer is SIGKILLed right after (WAL, synchronous
+    NORMAL): the writer prints each key after its put, and every printed key is found afterwards."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import json, sys, time\n"
+            "from edgeprune.latency.cache import MeasurementCache\n"
+            "cache = MeasurementCache(sys.argv[1])\n"
+            "for i in range(100000):\n"
+            "    cache.put('fp', 'cell', 'c%d' % i, {'estimate_ms': i + 1.0})\n"
+            "    print('c%d' % i, flush=True)\n"
+            "    time.sleep(0.001)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    printed = [proc.stdout.readline().strip() for _ in range(50)]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    printed += proc.stdout.read().split()
+    cache = MeasurementCache(path)
+    got = cache.get_many("fp", "cell", [f"c{i}" for i in range(len(printed) + 5)])
+    assert set(printed) <= set(got)
+    assert all(got[key] == {"estimate_ms": int(key[1:]) + 1.0} for key in got)  # no half-written record
+    cache.close()
