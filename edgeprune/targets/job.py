@@ -4,6 +4,11 @@ Both targets run their job through `stream()`: the local one runs Python directl
 The child gets its own session, so a terminal's Ctrl-C reaches only the host process, which then stops
 the child (and, for SSH, the remote job) in a known order instead of racing it. A job leaves no process
 behind: when its main process ends, whatever it left running in its process group is stopped too.
+
+Stderr carries JSON lines of two sorts, both handed to `on_progress`: progress (`{"progress": n, ...}`) and
+finished measurements (`{"record": kind, "key": ...}`), which the caller commits as they come. When a job is
+stopped early (Ctrl-C, SIGTERM, timeout) the lines it wrote before it stopped are still handed over, so
+nothing the device finished is lost to the interruption.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ def stream(
     on_progress: ProgressCallback | None = None,
     timeout: float | None = None,
 ) -> Completed:
-    """Run `argv` to completion; call `on_progress` (in this thread) for each JSON progress line on stderr.
+    """Run `argv` to completion; call `on_progress` (in this thread) for each JSON progress or record line on stderr.
 
     Args:
         what: names the job in error messages ("device job on root@jetson:22").
@@ -60,7 +65,9 @@ def stream(
         stdout_sink: receives stdout as it arrives; without one, stdout is collected into `Completed.stdout`.
         timeout: seconds; past it the child is stopped and DeviceError raised.
 
-    Any exception raised here (timeout, an error in `on_progress`, KeyboardInterrupt) stops the child first.
+    Any exception raised here (timeout, an error in `on_progress`, KeyboardInterrupt) stops the child first;
+    then, unless `on_progress` itself failed, the lines the child wrote before it stopped are handed to
+    `on_progress` (the one a KeyboardInterrupt cut short is handed over again: callers must be idempotent).
     """
     proc = subprocess.Popen(
         list(argv),
@@ -115,6 +122,7 @@ def stream(
 
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
     deadline = time.monotonic() + timeout if timeout is not None else None
+    delivering: dict | None = None  # the line `on_progress` is handling; set while it runs
     try:
         while True:
             wait = 0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic()))
@@ -139,7 +147,9 @@ def stream(
                 if line.strip():
                     tail.append(line)
             elif on_progress is not None:
+                delivering = progress
                 on_progress(progress)
+                delivering = None
         remaining = None if deadline is None else max(0.1, deadline - time.monotonic())
         try:
             returncode = proc.wait(remaining)
@@ -148,10 +158,13 @@ def stream(
         _end_stragglers(proc)
         for helper in helpers:
             helper.join()
-    except BaseException:
+    except BaseException as exc:
         stop(proc)
         for helper in helpers:
             helper.join(STOP_GRACE_S)
+        if on_progress is not None and (delivering is None or isinstance(exc, KeyboardInterrupt)):
+            for event in ([delivering] if delivering else []) + _queued_records(lines):
+                on_progress(event)
         raise
     finally:
         if not any(helper.is_alive() for helper in helpers):
@@ -236,13 +249,29 @@ def describe_exit(returncode: int) -> str:
 
 
 def _progress_record(line: str) -> dict | None:
+    """A progress or record line as a dict; None for anything else (a half-written line is not JSON)."""
     if not line.startswith("{"):
         return None
     try:
         record = json.loads(line)
     except ValueError:
         return None
-    return record if isinstance(record, dict) and "progress" in record else None
+    return record if isinstance(record, dict) and ("progress" in record or "record" in record) else None
+
+
+def _queued_records(lines: queue.Queue) -> list[dict]:
+    """The progress and record lines a stopped child wrote that were not handed over yet."""
+    out = []
+    while True:
+        try:
+            raw = lines.get_nowait()
+        except queue.Empty:
+            return out
+        if raw is None:
+            return out
+        event = _progress_record(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+        if event is not None:
+            out.append(event)
 
 
 def _last_json_object(text: str) -> dict | None:
