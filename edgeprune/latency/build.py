@@ -1,7 +1,8 @@
 """`edgeprune profile` as a library call: blocks -> grid plan -> device measurements -> table -> fidelity.
 
 The host decides what to measure; the target (this machine or an SSH device) runs `profilers/` to measure it.
-Every measurement is cached in SQLite as soon as its batch returns. The table's cells are frozen before any
+Every measurement is committed to the SQLite cache the moment the device reports it final, so an interrupted
+profile resumes where it stopped. The table's cells are frozen before any
 whole model is timed; the dense model calibrates Σ cells, and seeded held-out variants measure fidelity.
 """
 
@@ -130,7 +131,13 @@ def dense_onnx(loaded, workdir: Path) -> tuple:
 
 
 class Measurer:
-    """Sends plans to the target in batches and caches every result under the fingerprint."""
+    """Sends plans to the target in batches and commits every result to the cache as it arrives.
+
+    The device streams each finished cell (and whole model) as a record line; each is committed in its own
+    transaction before the next is read, and the lines a stopped job wrote are still handed over
+    (targets/job.py), so Ctrl-C or SIGTERM loses nothing the device finished. The job's final reply repeats
+    every result; anything the stream did not bring is committed from it.
+    """
 
     def __init__(self, target, cache: MeasurementCache, fp: dict, runtime: dict, estimator: dict,
                  model_estimator: dict, workdir: Path):
@@ -169,30 +176,44 @@ class Measurer:
         return reply
 
     def cells(self, cells: list, reference: dict | None, batch: int, on_progress, fresh: bool = False) -> tuple:
-        """{cell key: stats} for every cell, measuring only those the cache lacks (all of them when `fresh`).
+        """{cell key: stats} for every cell, measuring only those the cache lacks.
 
-        Returns (stats, cached).
+        `fresh` measures every cell again and keeps, per cell, the faster of the cached and the new reading
+        (a noise burst only ever slows a cell down). Returns (stats, number of cells taken from the cache).
         """
         keys = [c["key"] for c in cells]
-        have = {} if fresh else self.cache.get_many(self.fp_key, "cell", keys)
+        known = self.cache.get_many(self.fp_key, "cell", keys)
+        have = {} if fresh else dict(known)
         todo = [c for c in cells if c["key"] not in have]
-        done = len(have)
-        on_progress({"progress": done, "total": len(cells), "stage": "cells"})
+        cached = len(have)
+
+        def commit(key: str, stats: dict) -> None:
+            old = known.get(key)
+            if fresh and old is not None and old["estimate_ms"] <= stats["estimate_ms"]:
+                stats = old
+            else:
+                self.cache.put(self.fp_key, "cell", key, stats, body=self.fp)
+            have[key] = stats
+
+        on_progress({"progress": cached, "total": len(cells), "stage": "cells"})
         for start in range(0, len(todo), batch):
             chunk = todo[start:start + batch]
+            wanted = {c["key"] for c in chunk}
             plan = {"format_version": PLAN_VERSION, "kind": "plan", "runtime": self.runtime,
-                    "estimator": self.estimator, "reference": reference, "cells": chunk, "group_size": 32}
+                    "estimator": self.estimator, "reference": reference, "cells": chunk}
 
-            def relay(event, offset=done):
-                if event.get("stage") == "cells":
+            def relay(event: dict, offset: int = cached + start, wanted: set = wanted) -> None:
+                if event.get("record") == "cell":
+                    commit(*_streamed(event, wanted, "stats"))
+                elif event.get("stage") == "cells":
                     on_progress({"progress": offset + event["progress"], "total": len(cells), "stage": "cells"})
 
             reply = self._run(plan, {}, relay)
             self.drift.extend(reply.get("drift", []))
-            self.cache.put_many(self.fp_key, "cell", reply["cells"], body=self.fp)
-            have.update(reply["cells"])
-            done += len(chunk)
-        return have, len(cells) - len(todo)
+            for key, stats in reply["cells"].items():
+                if key not in have:
+                    commit(key, stats)
+        return have, cached
 
     def has_model(self, key: str) -> bool:
         return bool(self.cache.get_many(self.fp_key, "model", [key]))
@@ -205,18 +226,41 @@ class Measurer:
         """
         have = {} if fresh else self.cache.get_many(self.fp_key, "model", list(models))
         todo = {k: p for k, p in models.items() if k not in have}
-        if todo:
-            entries = [{"key": k, "file": f"m_{k[:16]}.onnx"} for k in todo]
-            files = {f"m_{k[:16]}.onnx": p for k, p in todo.items()}
-            plan = {"format_version": PLAN_VERSION, "kind": "plan", "runtime": self.runtime,
-                    "estimator": self.model_estimator, "models": entries, "model_rounds": rounds}
-            reply = self._run(plan, files, on_progress)
-            self.model_round_s = reply.get("model_round_s", [])
-            self.models_measured = len(entries)
-            got = {k: {"rounds": [s["estimate_ms"] for s in v], "stats": v[0]} for k, v in reply["models"].items()}
-            self.cache.put_many(self.fp_key, "model", got, body=self.fp)
-            have.update(got)
+        if not todo:
+            return have
+        entries = [{"key": k, "file": f"m_{k[:16]}.onnx"} for k in todo]
+        files = {f"m_{k[:16]}.onnx": p for k, p in todo.items()}
+        plan = {"format_version": PLAN_VERSION, "kind": "plan", "runtime": self.runtime,
+                "estimator": self.model_estimator, "models": entries, "model_rounds": rounds}
+        committed = set()
+
+        def commit(key: str, rounds_stats: list) -> None:
+            have[key] = {"rounds": [s["estimate_ms"] for s in rounds_stats], "stats": rounds_stats[0]}
+            self.cache.put(self.fp_key, "model", key, have[key], body=self.fp)
+            committed.add(key)
+
+        def relay(event: dict) -> None:
+            if event.get("record") == "model":
+                commit(*_streamed(event, set(todo), "rounds"))
+            else:
+                on_progress(event)
+
+        reply = self._run(plan, files, relay)
+        self.model_round_s = reply.get("model_round_s", [])
+        self.models_measured = len(entries)
+        for key, rounds_stats in reply["models"].items():
+            if key not in committed:
+                commit(key, rounds_stats)
         return have
+
+
+def _streamed(event: dict, wanted: set, field_name: str) -> tuple:
+    """(key, payload) of a record line the device streamed; anything else is a device-side bug, not data."""
+    key, payload = event.get("key"), event.get(field_name)
+    if key not in wanted or not payload:
+        raise DeviceError(f"the device sent a result for {key!r} that the plan did not ask for, or an empty one",
+                          "the device side and the host side may be different edgeprune versions")
+    return key, payload
 
 
 def plan_cells(graph: GraphBlocks, step: int, density: str) -> tuple:
@@ -277,16 +321,10 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
             cells += extra
             cached += more_cached
         suspects = implausible(cells, stats, step)
-        if suspects:  # slower than a wider cell of the same regime: a noise burst, measure once more
+        if suspects:  # slower than a wider cell of the same regime: a noise burst, measure once more, keep the faster
             again, _ = measurer.cells(suspects, reference, options.batch_cells, reporter.stage("cells"), fresh=True)
-            for cell in suspects:
-                if again[cell["key"]]["estimate_ms"] < stats[cell["key"]]["estimate_ms"]:
-                    stats[cell["key"]] = again[cell["key"]]
-            measurer.cache.put_many(measurer.fp_key, "cell", {c["key"]: stats[c["key"]] for c in suspects},
-                                    body=measurer.fp)
-            remeasured = len(suspects)
-        else:
-            remeasured = 0
+            stats.update(again)
+        remeasured = len(suspects)
         reporter.done("cells")
         table_s = time.time() - t0
         table_cells = {}
