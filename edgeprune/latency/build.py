@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Callable
 
 from edgeprune.errors import DeviceError
+from edgeprune.profilers.schema import ListOf, check
 
 from .blocks import GraphBlocks, extract_blocks
 from .cache import MeasurementCache, fingerprint_key
 from .fidelity import choose_calibration, error_figures, noise_ceiling
 from .grid import plan_signature
-from .result import check_result
+from .result import STATS, check_result
 from .table import LatencyTable, cell_record
 
 PLAN_VERSION = 1
@@ -204,7 +205,7 @@ class Measurer:
 
             def relay(event: dict, offset: int = cached + start, wanted: set = wanted) -> None:
                 if event.get("record") == "cell":
-                    commit(*_streamed(event, wanted, "stats"))
+                    commit(*_streamed(event, wanted, "stats", STATS, self.target.where))
                 elif event.get("stage") == "cells":
                     on_progress({"progress": offset + event["progress"], "total": len(cells), "stage": "cells"})
 
@@ -241,7 +242,7 @@ class Measurer:
 
         def relay(event: dict) -> None:
             if event.get("record") == "model":
-                commit(*_streamed(event, set(todo), "rounds"))
+                commit(*_streamed(event, set(todo), "rounds", ListOf(STATS, min_len=1), self.target.where))
             else:
                 on_progress(event)
 
@@ -254,13 +255,14 @@ class Measurer:
         return have
 
 
-def _streamed(event: dict, wanted: set, field_name: str) -> tuple:
-    """(key, payload) of a record line the device streamed; anything else is a device-side bug, not data."""
-    key, payload = event.get("key"), event.get(field_name)
-    if key not in wanted or not payload:
-        raise DeviceError(f"the device sent a result for {key!r} that the plan did not ask for, or an empty one",
-                          "the device side and the host side may be different edgeprune versions")
-    return key, payload
+def _streamed(event: dict, wanted: set, name: str, schema, where: str) -> tuple:
+    """(key, payload) of a record the device streamed, checked before it is cached like the final reply is."""
+    key = event.get("key")
+    hint = "the device side and the host side may be different edgeprune versions; reinstall edgeprune"
+    if key not in wanted:
+        raise DeviceError(f"the device on {where} sent a result for {key!r}, which the plan did not ask for", hint)
+    return key, check(event.get(name), schema, lambda bad: DeviceError(
+        f"the device on {where} sent a malformed {name} record for {key}: {bad}", hint))
 
 
 def plan_cells(graph: GraphBlocks, step: int, density: str) -> tuple:

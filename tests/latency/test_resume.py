@@ -26,8 +26,10 @@ def stats(ms: float) -> dict:
 class ScriptedDevice:
     """Streams a record per planned cell/model; `stop_after` records in, raises KeyboardInterrupt (Ctrl-C)."""
 
+    where = "a scripted device"
+
     def __init__(self, ms: dict | None = None, stop_after: int | None = None, stream: bool = True,
-                 extra: dict | None = None):
+                 extra: tuple | None = None):
         self.ms, self.stop_after, self.stream, self.extra = ms or {}, stop_after, stream, extra
         self.plans = []
 
@@ -38,7 +40,7 @@ class ScriptedDevice:
         records = [("cell", c["key"], "stats", stats(self.ms.get(c["key"], 1.0))) for c in plan.get("cells", [])]
         records += [("model", m["key"], "rounds", [stats(2.0), stats(2.1)]) for m in plan.get("models", [])]
         if self.extra:
-            records.append(("cell", self.extra["key"], "stats", stats(1.0)))
+            records.insert(1, self.extra)
         for sent, (kind, key, name, payload) in enumerate(records):
             if sent == self.stop_after:
                 raise KeyboardInterrupt
@@ -105,11 +107,15 @@ def test_cells_the_stream_did_not_bring_are_committed_from_the_reply(cache, tmp_
     assert cached_cells(cache) == got and len(got) == len(CELLS)
 
 
-def test_a_record_the_plan_did_not_ask_for_is_refused(cache, tmp_path):
-    device = ScriptedDevice(extra={"key": "conv@999x999"})
-    with pytest.raises(DeviceError, match="did not ask for"):
+@pytest.mark.parametrize("extra, message", [
+    (("cell", "conv@999x999", "stats", stats(1.0)), "did not ask for"),
+    (("cell", CELLS[1]["key"], "stats", dict(stats(1.0), estimate_ms=None)), "malformed stats record for conv@16x16: estimate_ms: expected a number"),
+])
+def test_a_bad_record_is_refused_and_not_cached(cache, tmp_path, extra, message):
+    device = ScriptedDevice(extra=extra)
+    with pytest.raises(DeviceError, match=message):
         measurer(device, cache, tmp_path).cells(CELLS[:2], None, 200, lambda e: None)
-    assert cache.get_many(fingerprint_key(FP), "cell", ["conv@999x999"]) == {}
+    assert set(cached_cells(cache)) == {CELLS[0]["key"]}  # the good record before it stays
 
 
 def test_models_are_committed_as_they_stream(cache, tmp_path):
