@@ -105,8 +105,11 @@ def write_bundle(out: str | Path, model_bytes: bytes, arrays: dict, manifest: di
                  external_data: bytes | None = None) -> dict:
     """Write the files, then the manifest with their checksums; the directory appears only when complete."""
     import numpy as np
+    from edgeprune.profilers.bundle import MANIFEST
+    from edgeprune.profilers.schema import check
 
     from edgeprune.atomic import atomic_dir
+    from edgeprune.errors import BadInputError
 
     files = {"model.onnx": model_bytes}
     if external_data is not None:
@@ -120,6 +123,9 @@ def write_bundle(out: str | Path, model_bytes: bytes, arrays: dict, manifest: di
                     files={name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
                            for name, data in files.items()})
     manifest["id"] = content_id(manifest)
+    check(manifest, MANIFEST, lambda bad: BadInputError(f"the bundle's manifest would not be readable: {bad}",
+                                                        "check the values given to export (accuracies are "
+                                                        "fractions in [0, 1]); nothing was written"))
     with atomic_dir(out) as tmp:
         for name, data in files.items():
             (Path(tmp) / name).write_bytes(data)

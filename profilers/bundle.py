@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import ProfilerError
 from .parity import compare_outputs
-from .schema import Bool, Int, ListOf, MapOf, Maybe, Num, Obj, Str, Tagged, check
+from .schema import Bool, Either, Int, ListOf, MapOf, Maybe, Num, Obj, Str, Tagged, check
 from .timing import Estimator, _percentile, measure_interleaved
 
 FORMAT_VERSION = 1
@@ -30,6 +30,7 @@ REPORTS_DIR = "reports"  # validation reports may be written here, beside the ch
 
 SHA256 = Str(pattern="[0-9a-f]{64}", what="a sha256 (64 hex digits)")
 TOLERANCE = Obj({"atol": Num(min=0), "rtol": Num(min=0)})
+BUDGET = Either(Str(), Num(min=0), what="a budget like \"4.2ms\" or \"2x\"")
 NORMALISED = Obj({"kind": Str(), "mean": ListOf(Num(), min_len=1), "std": ListOf(Num(), min_len=1)})
 MANIFEST = Obj({
     "id": Str(),
@@ -46,7 +47,7 @@ MANIFEST = Obj({
     "table": Maybe(Obj({}, {"id": Str(), "fidelity": Maybe(Obj({}, {"within_10": Maybe(Num(min=0, max=1))})),
                             "estimator": Maybe(Obj()), "fingerprint": Maybe(Obj({}, {"device": Maybe(Str())})),
                             "runtime": Maybe(Obj())})),
-    "budget": Maybe(Str()), "budget_ms": Maybe(Num(min=0)), "predicted_ms": Maybe(Num(min=0)),
+    "budget": Maybe(BUDGET), "budget_ms": Maybe(Num(min=0)), "predicted_ms": Maybe(Num(min=0)),
     "baseline_accuracy": Maybe(Num(min=0, max=1)), "parity_tolerance": Maybe(TOLERANCE),
     "widths": Maybe(MapOf(Int(min=0))),
     "engine": Maybe(Obj({"file": Str(),

@@ -39,7 +39,7 @@ class Schema(object):
         raise NotImplementedError
 
     def expected(self, value, path):
-        return "%s: expected %s, got %s" % (path or "the file", self.what, show(value))
+        return "%sexpected %s, got %s" % (path + ": " if path else "", self.what, show(value))
 
 
 class _Bounded(Schema):

@@ -13,8 +13,28 @@ import json
 from pathlib import Path
 
 from edgeprune.errors import BadInputError
+from edgeprune.profilers.schema import Either, Int, ListOf, MapOf, Maybe, Num, Obj, Str, check
 
 FORMAT_VERSION = 1
+SIZE = Either(Int(min=0), ListOf(Int(min=0)), what="a size (an integer or a list of integers)")
+# config.json: the `edgeprune` section load_pruned rebuilds from (the rest is Hugging Face's own config)
+CONFIG = Obj({"edgeprune": Obj({
+    "source": Obj({"spec": Str()}, {"family": Str(), "input_shape": Maybe(ListOf(Int(min=1), min_len=1)),
+                                    "seq_len": Maybe(Int(min=1)), "regime": Maybe(Str()), "model_args": Maybe(Obj()),
+                                    "sha256": Maybe(Str())}),
+    "widths": MapOf(Int(min=0)),
+    "modules": MapOf(MapOf(SIZE)),
+})}, {"model_type": Str()})
+MS = Maybe(Num(min=0))
+# provenance.json: what export copies into the bundle's manifest
+PROVENANCE = Obj({}, {
+    "widths": Maybe(MapOf(Int(min=0))), "budget": Maybe(Either(Str(), Num(min=0), what="a budget like \"2x\"")),
+    "budget_ms": MS, "predicted_ms": MS, "dense_predicted_ms": MS, "baseline_accuracy": Maybe(Num(min=0, max=1)),
+    "measured": Maybe(Obj({}, {"dense_ms": MS, "pruned_ms": MS, "budget_ms": MS})),
+    "table": Maybe(Obj({}, {"id": Str(), "runtime": Maybe(Obj()), "fidelity": Maybe(Obj()),
+                            "fingerprint": Maybe(Obj()), "estimator": Maybe(Obj())})),
+    "distillation": Maybe(Obj()),
+})
 SIZE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
               "normalized_shape", "num_heads", "num_key_value_heads", "num_key_value_groups", "embed_dim",
               "head_dim", "kdim", "vdim", "hidden_size", "intermediate_size", "num_attention_heads",
@@ -127,22 +147,39 @@ def is_pruned_dir(path: str | Path) -> bool:
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         return False
     try:
-        return "edgeprune" in json.loads((path / "config.json").read_text())
+        config = json.loads((path / "config.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False
+    return isinstance(config, dict) and "edgeprune" in config
 
 
 def read_section(path: Path) -> dict:
+    """config.json, its `edgeprune` section checked against the schema before anything is rebuilt from it."""
     try:
         config = json.loads((path / "config.json").read_text())
         section = config["edgeprune"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
         raise BadInputError(f"{path} is not an edgeprune pruned-model directory (config.json unreadable)",
                             "give the directory edgeprune prune or distill wrote") from None
-    if section.get("format_version") != FORMAT_VERSION:
-        raise BadInputError(f"{path} has pruned-model format {section.get('format_version')}, this edgeprune reads "
-                            f"{FORMAT_VERSION}", "re-run edgeprune prune")
-    return config
+    version = section.get("format_version") if isinstance(section, dict) else None
+    if version != FORMAT_VERSION:
+        raise BadInputError(f"{path} has pruned-model format {version}, this edgeprune reads {FORMAT_VERSION}",
+                            "re-run edgeprune prune")
+    return check(config, CONFIG, lambda bad: BadInputError(f"{path / 'config.json'}: {bad}",
+                                                           "re-run edgeprune prune; never edit config.json by hand"))
+
+
+def read_provenance(path: Path) -> dict:
+    """provenance.json ({} when absent), checked: export copies its numbers into the bundle's manifest."""
+    file = path / "provenance.json"
+    if not file.is_file():
+        return {}
+    try:
+        provenance = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadInputError(f"{file} is not valid JSON ({err})", "re-run edgeprune prune") from None
+    return check(provenance, PROVENANCE, lambda bad: BadInputError(
+        f"{file}: {bad}", "re-run edgeprune prune; never edit provenance.json by hand"))
 
 
 def load_pruned(path: str | Path, base=None):
@@ -158,6 +195,7 @@ def load_pruned(path: str | Path, base=None):
         raise BadInputError(f"pruned model {path} does not exist", "give the directory edgeprune prune wrote")
     config = read_section(path)
     section = config["edgeprune"]
+    provenance = read_provenance(path)
     module = base if base is not None else _rebuild(config, section["source"])
     try:
         state = load_file(str(path / "model.safetensors"))
@@ -170,9 +208,6 @@ def load_pruned(path: str | Path, base=None):
     except RuntimeError as err:
         raise BadInputError(f"{path}: weights do not fit the recorded architecture ({str(err).splitlines()[0][:160]})",
                             "the directory was modified; re-run edgeprune prune") from None
-    provenance = {}
-    if (path / "provenance.json").is_file():
-        provenance = json.loads((path / "provenance.json").read_text())
     return module.eval(), section, provenance
 
 

@@ -163,6 +163,20 @@ def test_reference_io_against_its_schema(bundle, payload, expected):
     assert expected in caught.value.message
 
 
+def test_the_writer_refuses_a_manifest_the_reader_would_refuse(tmp_path):
+    """A percent where a fraction belongs fails the export, not a later validate; a budget as a number is fine."""
+    model, w = tiny_model()
+    x = np.ones((2, 4), np.float32)
+    arrays = {"input:x": x, "output:y": x @ w}
+    manifest = {"source": {"spec": "test:tiny", "family": "vision"}, "runtime": {"backend": "onnxruntime"},
+                "inputs": [{"name": "x", "shape": [1, 4], "dtype": "float32"}], "outputs": [{"name": "y"}]}
+    with pytest.raises(BadInputError, match=r"baseline_accuracy: expected a number in \[0, 1\] or null, got 93.1"):
+        write_bundle(tmp_path / "b", model, arrays, dict(manifest, baseline_accuracy=93.1))
+    assert not list(tmp_path.iterdir())
+    write_bundle(tmp_path / "b", model, arrays, dict(manifest, budget=4.2))
+    assert read_bundle(tmp_path / "b")["budget"] == 4.2
+
+
 def test_tampered_and_incomplete_bundles_are_still_refused(bundle):
     model = (bundle / "model.onnx").read_bytes()
     (bundle / "model.onnx").write_bytes(model[:10] + b"\x00\x01" + model[12:])
