@@ -68,7 +68,12 @@ class ProfileResult:
 
 
 class Reporter:
-    """Progress and messages; the CLI passes one that draws rich progress bars."""
+    """Progress hooks that do nothing; the CLI passes edgeprune.progress.RichReporter, which draws them.
+
+    `stage(name, total)` opens a line and returns a callback for `{"progress": n, "total": t, "detail": s}`
+    events; `total=None` says no count is known (drawn as a spinner with elapsed time, never `0/?`).
+    `done(name)` ends every open line of that name, so nothing keeps counting after its stage.
+    """
 
     def stage(self, name: str, total: int | None = None) -> Callable[[dict], None]:
         return lambda event: None
