@@ -39,13 +39,18 @@ def accuracy(module, samples, batch_size: int = 64) -> float:
 
 
 def train_digits(module=None, input_shape: tuple = DIGITS_SHAPE, epochs: int = 4, seed: int = 0,
-                 batch_size: int = 32, lr: float = 2e-3) -> Trained:
-    """Train `module` (default: resnet18 with 10 classes) on the digits train split; report test accuracy."""
+                 batch_size: int = 32, lr: float = 2e-3, reporter=None) -> Trained:
+    """Train `module` (default: resnet18 with 10 classes) on the digits train split; report test accuracy.
+
+    `reporter` (default: the enclosing CLI block's) gets a "train" line counting optimiser steps, so a slow
+    machine shows its ETA instead of minutes of silence.
+    """
     import torch
     import torch.nn.functional as F
 
     from .data import digits
     from .models import load_model
+    from .progress import active_reporter
 
     torch.manual_seed(seed)
     if module is None:
@@ -56,8 +61,11 @@ def train_digits(module=None, input_shape: tuple = DIGITS_SHAPE, epochs: int = 4
     steps = epochs * ((len(train) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     gen = torch.Generator().manual_seed(seed)
+    reporter = reporter or active_reporter()
+    progress = reporter.stage("train", steps)
+    done = 0
     started = time.time()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         module.train()
         order = torch.randperm(len(train), generator=gen)
         for start in range(0, len(train), batch_size):
@@ -71,5 +79,8 @@ def train_digits(module=None, input_shape: tuple = DIGITS_SHAPE, epochs: int = 4
             loss.backward()
             opt.step()
             sched.step()
+            done += 1
+            progress({"progress": done, "detail": f"epoch {epoch + 1}/{epochs}"})
+    reporter.done("train")
     module.eval()
     return Trained(module, accuracy(module, test), time.time() - started, epochs)

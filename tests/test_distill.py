@@ -91,3 +91,32 @@ def test_unlabeled_data_distils_from_the_teacher_alone(digits_setup, tmp_path):
     assert done.accuracy == {} and len(done.result.losses) == 1 and done.result.losses[0] > 0
     meta = json.loads((tmp_path / "c" / "meta.json").read_text())
     assert meta["top_k"] == 4 and meta["shape"] == [256, 4]
+
+
+class Recorder:
+    """A Reporter that keeps every event, to check what the progress line was told."""
+
+    def __init__(self):
+        self.events, self.totals, self.ended = [], {}, []
+
+    def stage(self, name, total=None):
+        self.totals[name] = total
+        return lambda event: self.events.append((name, event))
+
+    def done(self, name):
+        self.ended.append(name)
+
+
+def test_training_reports_every_step_with_its_epoch_and_ends_the_line():
+    from edgeprune.data import Samples
+    from edgeprune.distillation.train import DistillOptions, train_student
+
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    samples = Samples(torch.randn(10, 1, 2, 2), torch.randint(0, 3, (10,)), "test", {})
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    rec = Recorder()
+    train_student(student, samples, DistillOptions(epochs=2, batch_size=4), teacher=teacher, reporter=rec)
+    assert rec.totals == {"distill": 6} and rec.ended == ["distill"]  # 3 batches of ≤ 4 per epoch, 2 epochs
+    steps = [e["progress"] for _, e in rec.events]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert [e["detail"] for _, e in rec.events] == ["epoch 1/2"] * 3 + ["epoch 2/2"] * 3

@@ -42,13 +42,18 @@ def split(samples, holdout: float, seed: int):
 
 def distill_model(student_loaded, teacher_loaded, data: str, out: str | Path, *, options: DistillOptions,
                   cache_dir: str | Path | None = None, online: bool = False, holdout: float = 0.2,
-                  force: bool = False) -> Distilled:
-    """Distil `teacher_loaded` into `student_loaded` (a pruned-model LoadedModel) on `data`; save to `out`."""
+                  force: bool = False, reporter=None) -> Distilled:
+    """Distil `teacher_loaded` into `student_loaded` (a pruned-model LoadedModel) on `data`; save to `out`.
+
+    `reporter` (default: the enclosing CLI block's) shows the teacher pass and the training steps.
+    """
     from edgeprune.atomic import check_writable
     from edgeprune.data import load_samples
     from edgeprune.examples import accuracy
+    from edgeprune.progress import active_reporter
     from edgeprune.pruning.checkpoint import load_pruned, save_pruned
 
+    reporter = reporter or active_reporter()
     check_writable(out, force)
     if student_loaded.pruned_source is None:
         raise BadInputError(f"the student {student_loaded.spec} is not an edgeprune pruned-model directory",
@@ -69,9 +74,12 @@ def distill_model(student_loaded, teacher_loaded, data: str, out: str | Path, *,
         from .cache import load_or_build
 
         cache_dir = Path(cache_dir) if cache_dir else Path(out).with_name(Path(out).name + ".teacher-cache")
+        reporter.stage("teacher", None)
         cache = load_or_build(cache_dir, teacher, teacher_loaded.source_sha256, train, top_k=options.top_k,
                               temperature=options.temperature, batch_size=options.batch_size * 2)
-    result = train_student(student, train, options, cache=cache, teacher=None if cache else teacher)
+        reporter.done("teacher")
+    result = train_student(student, train, options, cache=cache, teacher=None if cache else teacher,
+                           reporter=reporter)
     if held is not None:
         acc["student_after"] = accuracy(result.student, held)
     provenance = dict(student_loaded.provenance or {})

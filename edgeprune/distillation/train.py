@@ -58,10 +58,16 @@ def _logits(output):
     return getattr(output, "logits", output)
 
 
-def train_student(student, samples, options: DistillOptions, cache=None, teacher=None) -> DistillResult:
-    """Distil into `student` from `cache` (a TeacherCache) or, when None, from `teacher` run every step."""
+def train_student(student, samples, options: DistillOptions, cache=None, teacher=None,
+                  reporter=None) -> DistillResult:
+    """Distil into `student` from `cache` (a TeacherCache) or, when None, from `teacher` run every step.
+
+    `reporter` (default: the enclosing CLI block's) gets a "distill" line counting optimiser steps.
+    """
     import torch
     import torch.nn.functional as F
+
+    from edgeprune.progress import active_reporter
 
     if cache is None and teacher is None:
         raise ValueError("give a teacher cache or a teacher")
@@ -75,8 +81,11 @@ def train_student(student, samples, options: DistillOptions, cache=None, teacher
     losses = []
     if teacher is not None:
         teacher.eval()
+    reporter = reporter or active_reporter()
+    progress = reporter.stage("distill", steps)
+    step = 0
     started = time.time()
-    for _ in range(options.epochs):
+    for epoch in range(options.epochs):
         student.train()
         order = torch.randperm(len(inputs), generator=gen)
         total, count = 0.0, 0
@@ -105,7 +114,10 @@ def train_student(student, samples, options: DistillOptions, cache=None, teacher
             sched.step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)
+            step += 1
+            progress({"progress": step, "detail": f"epoch {epoch + 1}/{options.epochs}"})
         losses.append(total / max(1, count))
+    reporter.done("distill")
     train_s = time.time() - started
     refresh_batchnorm(student, inputs, options.batch_size)
     student.eval()
