@@ -1,7 +1,10 @@
 """The validation report a person reads: report.json, report.md, a latency histogram, a Pareto plot.
 
 Written atomically into one directory beside the bundles (never inside them: a bundle's checksummed set
-does not change when it is validated).
+does not change when it is validated). report.md links the plots by relative path, so it reads right when
+opened in its folder. format_version 2: gates carry `status` (passed / failed / skipped) and their `rule`;
+the accuracy gates are `accuracy_vs_baseline` (relative) and `accuracy_floor` (absolute); `passed` is true
+only when no requested gate was skipped (`status` says "incomplete" otherwise).
 """
 
 from __future__ import annotations
@@ -32,12 +35,18 @@ def device_state_line(state: dict) -> str:
     return "; ".join(parts) + "." if parts else "clocks and temperatures are not readable on this device."
 
 
-def markdown(validation, baseline) -> str:
-    lines = ["# edgeprune validation report", ""]
-    if validation.failed:
-        lines += ["**FAILED**: " + "; ".join(validation.failed), ""]
-    else:
-        lines += ["**PASSED**: every gate that applies holds.", ""]
+STATUS_LINE = {"passed": "**PASSED**: every requested gate ran and held.",
+               "incomplete": "**INCOMPLETE**: no gate failed, but some were skipped, so they prove nothing: ",
+               "failed": "**FAILED**: "}
+GATE_STATE = {"passed": "pass", "failed": "**FAIL**", "skipped": "skipped"}
+PLOT_TITLES = {"latency.png": "Latency of every timed run", "pareto.png": "Accuracy vs latency"}
+
+
+def markdown(validation, baseline, plot_files: list | tuple = ()) -> str:
+    """report.md: the verdict, one row per bundle, each gate with its rule, and the plots linked beside it."""
+    status = validation.status
+    detail = {"passed": "", "incomplete": "; ".join(validation.skipped), "failed": "; ".join(validation.failed)}
+    lines = ["# edgeprune validation report", "", STATUS_LINE[status] + detail[status], ""]
     lines += ["| bundle | device | parity | accuracy | p50 ms | p90 ms | p99 ms | estimate ms | predicted ms "
               "| budget ms | cold start ms |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in validation.reports + ([baseline] if baseline else []):
@@ -57,51 +66,99 @@ def markdown(validation, baseline) -> str:
     lines += [f"Device: {first.get('where', '—')}; " + device_state_line(first.get("device_state") or {}), ""]
     for r in validation.reports:
         lines.append(f"## {Path(r['bundle']).name}")
-        for name, gate in r.get("gates", {}).items():
-            state = {True: "pass", False: "**FAIL**", None: "not checked"}[gate["ok"]]
-            detail = gate.get("why") or \
-                f"value {_fmt(gate.get('value'), '.4g')}, limit {_fmt(gate.get('limit'), '.4g')}"
-            lines.append(f"- {name}: {state} ({detail})")
+        lines += [f"- {gate_line(name, gate)}" for name, gate in r.get("gates", {}).items()]
+        lines.append("")
+    if plot_files:
+        lines += ["## Plots", ""]
+        lines += [f"![{PLOT_TITLES.get(f, f)}]({f})" for f in plot_files]  # relative: beside report.md
         lines.append("")
     return "\n".join(lines)
 
 
+def gate_line(name: str, gate: dict) -> str:
+    """`name: pass (rule; value v, limit l)` — the rule says relative or absolute, so a limit is never a puzzle."""
+    if gate["status"] == "skipped":
+        return f"{name}: skipped ({gate['rule']}: {gate['why']})"
+    return (f"{name}: {GATE_STATE[gate['status']]} ({gate['rule']}; value {_fmt(gate.get('value'), '.4g')}, "
+            f"limit {_fmt(gate.get('limit'), '.4g')})")
+
+
 def plots(validation, baseline, folder: Path) -> list:
     """latency.png (histogram of every timed run per bundle); pareto.png (accuracy vs latency, ≥ 2 bundles)."""
+    plt = _pyplot()
+    reports = validation.reports + ([baseline] if baseline else [])
+    figures = {"latency.png": latency_figure(reports, baseline), "pareto.png": pareto_figure(reports, baseline)}
+    written = []
+    for name, fig in figures.items():
+        if fig is not None:
+            fig.savefig(folder / name, dpi=120)
+            plt.close(fig)
+            written.append(name)
+    return written
+
+
+def _pyplot():
+    """pyplot on the file-only backend: reports are written on machines without a display."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
-    reports = validation.reports + ([baseline] if baseline else [])
+    return plt
+
+
+def _label(report: dict, baseline) -> str:
+    return Path(report["bundle"]).name + (" (baseline)" if report is baseline else "")
+
+
+def _budgets(reports: list) -> list:
+    return sorted({((r.get("gates") or {}).get("latency") or {}).get("limit") for r in reports} - {None})
+
+
+def latency_figure(reports: list, baseline=None):
+    """Histogram of every timed run per bundle on shared bins, the budget as a labelled line."""
+    import numpy as np
+
+    plt = _pyplot()
+    runs = np.concatenate([np.asarray(r["latency"]["runs_ms"], dtype=float) for r in reports])
+    # bins end at the slowest p99 (x 1.1), slower runs counted in the last one: a single noise spike must
+    # not squeeze every bar into one column
+    top = max(r["latency"]["p99_ms"] for r in reports) * 1.1
+    bins = np.linspace(runs.min(), max(top, runs.min() * 1.01), 60)
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in reports:
-        ax.hist(r["latency"]["runs_ms"], bins=60, alpha=0.6, label=Path(r["bundle"]).name)
-        gate = (r.get("gates") or {}).get("latency") or {}
-        if gate.get("limit"):
-            ax.axvline(gate["limit"], linestyle="--", color="red", linewidth=1)
-    ax.set_xlabel("latency per run (ms), batch 1")
+        ax.hist(np.clip(r["latency"]["runs_ms"], None, bins[-1]), bins=bins, alpha=0.6, label=_label(r, baseline))
+    for limit in _budgets(reports):
+        ax.axvline(limit, linestyle="--", color="red", linewidth=1.2, label=f"budget {limit:.3g} ms")
+    ax.set_title(f"Latency per run on {reports[0].get('device') or 'the device'} (batch 1, warm-up excluded)",
+                 fontsize=10)
+    ax.set_xlabel("latency per run (ms); slower runs are counted in the last bin")
     ax.set_ylabel("runs")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(folder / "latency.png", dpi=120)
-    plt.close(fig)
-    written.append("latency.png")
-    points = [(r["latency"]["estimate_ms"], r["accuracy"]["top1"], Path(r["bundle"]).name) for r in reports
+    return fig
+
+
+def pareto_figure(reports: list, baseline=None):
+    """Accuracy vs latency of every bundle with an accuracy (None below two); names in the legend, where
+    they cannot run off the axes as labels beside the points did."""
+    plt = _pyplot()
+    points = [(r["latency"]["estimate_ms"], r["accuracy"]["top1"], _label(r, baseline)) for r in reports
               if (r.get("accuracy") or {}).get("top1") is not None]
-    if len(points) >= 2:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for ms, acc, name in points:
-            ax.scatter([ms], [acc])
-            ax.annotate(name, (ms, acc), fontsize=8)
-        ax.set_xlabel("latency (ms, table estimator)")
-        ax.set_ylabel("top-1 accuracy")
-        fig.tight_layout()
-        fig.savefig(folder / "pareto.png", dpi=120)
-        plt.close(fig)
-        written.append("pareto.png")
-    return written
+    if len(points) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for ms, acc, name in points:
+        ax.scatter([ms], [acc], s=40, label=f"{name}: {ms:.2f} ms, {acc:.4f}")
+    for limit in _budgets(reports):
+        ax.axvline(limit, linestyle="--", color="red", linewidth=1.2, label=f"budget {limit:.3g} ms")
+    ax.margins(x=0.15, y=0.15)
+    ax.set_title("Accuracy vs latency (table estimator)", fontsize=10)
+    ax.set_xlabel("latency (ms, table estimator)")
+    ax.set_ylabel("top-1 accuracy")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
 
 
 def write_report(out: str | Path, validation, baseline=None) -> Path:
@@ -110,8 +167,9 @@ def write_report(out: str | Path, validation, baseline=None) -> Path:
     with atomic_dir(out) as tmp:
         tmp = Path(tmp)
         files = plots(validation, baseline, tmp)
-        data = {"format_version": 1, "kind": "validation_report", "passed": not validation.failed,
-                "failed": validation.failed, "bundles": validation.reports, "baseline": baseline, "plots": files}
+        data = {"format_version": 2, "kind": "validation_report", "passed": validation.passed,
+                "status": validation.status, "failed": validation.failed, "skipped": validation.skipped,
+                "bundles": validation.reports, "baseline": baseline, "plots": files}
         (tmp / "report.json").write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
-        (tmp / "report.md").write_text(markdown(validation, baseline))
+        (tmp / "report.md").write_text(markdown(validation, baseline, files))
     return Path(out)

@@ -2,9 +2,14 @@
 
 Checksums are verified on the host before anything is copied, and again on the device before anything runs.
 Labelled data is preprocessed here (the device side has no torch or PIL) and checked against each bundle's
-input spec. Gates: parity against the reference outputs; latency (the table's estimator, at the bundle's
-threads) ≤ budget; accuracy ≥ ratio × baseline (the manifest's, or a `--baseline` bundle measured on the same
-data in the same run). Every failed gate is listed; the report is written whether gates pass or not.
+input spec. Gates, named for what they compare:
+- `parity`: outputs on the reference inputs within the bundle's tolerance;
+- `latency`: the table's estimator (at the bundle's threads) ≤ budget;
+- `accuracy_vs_baseline`: top-1 ≥ `min_accuracy_ratio` × the baseline's top-1 (a `--baseline` bundle measured
+  on the same data in the same run, else the manifest's) — relative: 0.98 with a 0.9955 baseline is 0.9756;
+- `accuracy_floor`: top-1 ≥ `min_accuracy`, an absolute figure (only when asked for).
+A gate that cannot run (no budget, no labelled data, no baseline accuracy) is *skipped*, never passed: the
+result passes only when every requested gate ran and held. Failed gates raise after the report is written.
 """
 
 from __future__ import annotations
@@ -21,7 +26,18 @@ from .errors import BadInputError, CheckFailedError
 class Validation:
     reports: list  # one per bundle: {bundle, manifest id, parity, accuracy, latency, gates}
     out: Path | None
-    failed: list = field(default_factory=list)  # "bundle: gate: why" lines
+    failed: list = field(default_factory=list)  # "bundle: gate why" lines
+    skipped: list = field(default_factory=list)  # "bundle: gate skipped: why" lines
+
+    @property
+    def passed(self) -> bool:
+        """Every requested gate ran and held; a skipped gate is not a pass."""
+        return not self.failed and not self.skipped
+
+    @property
+    def status(self) -> str:
+        """"failed" (a gate failed), "incomplete" (none failed, some skipped) or "passed"."""
+        return "failed" if self.failed else "incomplete" if self.skipped else "passed"
 
 
 def prepare_data(data: str, manifest: dict, workdir: Path) -> Path:
@@ -72,36 +88,62 @@ def run_on_device(target, bundles: list, data_path: Path | None, settings: dict,
 
 
 def gates(report: dict, manifest: dict, budget_ms: float | None, baseline_acc: float | None,
-          min_ratio: float) -> dict:
-    """{gate: {ok, value, limit, why}} for parity, latency and accuracy (skipped gates say why)."""
-    out = {"parity": {"ok": report["parity"]["ok"], "value": max(
+          min_ratio: float | None, min_accuracy: float | None = None) -> dict:
+    """{gate: {ok, status, rule, value, limit, why}}; `ok` is None and `status` "skipped" when a gate cannot run.
+
+    `min_ratio` None leaves out `accuracy_vs_baseline`, `min_accuracy` None leaves out `accuracy_floor`.
+    """
+    out = {"parity": _gate(report["parity"]["ok"], "outputs within atol of the reference outputs", value=max(
         (r.get("needed_atol", float("inf")) for r in report["parity"]["outputs"].values()), default=0.0),
-        "limit": report["parity"]["atol"]}}
+        limit=report["parity"]["atol"])}
     est = report["latency"]["estimate_ms"]
     if budget_ms is None:
-        out["latency"] = {"ok": None, "value": est, "why": "no budget in the manifest and no --budget"}
+        out["latency"] = _skipped("estimate ≤ budget", "no budget in the manifest and no --budget", value=est)
     else:
-        out["latency"] = {"ok": est <= budget_ms, "value": est, "limit": budget_ms}
+        out["latency"] = _gate(est <= budget_ms, f"estimate ≤ budget {budget_ms:.3f} ms", value=est, limit=budget_ms)
     acc = (report.get("accuracy") or {}).get("top1")
-    if acc is None:
-        out["accuracy"] = {"ok": None, "why": "no labelled --data"}
-    elif baseline_acc is None:
-        out["accuracy"] = {"ok": None, "value": acc, "why": "no baseline accuracy (manifest or --baseline)"}
-    else:
-        out["accuracy"] = {"ok": acc >= min_ratio * baseline_acc, "value": acc, "limit": min_ratio * baseline_acc,
-                           "baseline": baseline_acc}
+    if min_ratio is not None:
+        rule = f"top-1 ≥ {min_ratio:g} × baseline top-1"
+        if acc is None:
+            out["accuracy_vs_baseline"] = _skipped(rule, "no labelled --data", ratio=min_ratio)
+        elif baseline_acc is None:
+            out["accuracy_vs_baseline"] = _skipped(rule, "no baseline accuracy (manifest or --baseline)", value=acc,
+                                                   ratio=min_ratio)
+        else:
+            limit = min_ratio * baseline_acc
+            out["accuracy_vs_baseline"] = _gate(acc >= limit, f"{rule} {baseline_acc:.4f} = {limit:.4f}", value=acc,
+                                                limit=limit, baseline=baseline_acc, ratio=min_ratio)
+    if min_accuracy is not None:
+        rule = f"top-1 ≥ {min_accuracy:g} (absolute)"
+        if acc is None:
+            out["accuracy_floor"] = _skipped(rule, "no labelled --data")
+        else:
+            out["accuracy_floor"] = _gate(acc >= min_accuracy, rule, value=acc, limit=min_accuracy)
     return out
+
+
+def _gate(ok: bool, rule: str, **fields) -> dict:
+    return dict(fields, ok=bool(ok), status="passed" if ok else "failed", rule=rule)
+
+
+def _skipped(rule: str, why: str, **fields) -> dict:
+    return dict(fields, ok=None, status="skipped", rule=rule, why=why)
 
 
 def validate(bundles: list, device: str | None = None, host: str | None = None, data: str | None = None,
              budget: str | None = None, baseline: str | None = None, out: str | Path | None = None,
-             min_accuracy_ratio: float = 0.99, runs: int = 200, seconds: float = 10.0, threads: int | None = None,
-             ssh_options: dict | None = None, force: bool = False, runtime_name: str | None = None) -> Validation:
-    """Validate `bundles` on the device; raises CheckFailedError (exit 1) listing failed gates after writing."""
+             min_accuracy_ratio: float | None = 0.99, runs: int = 200, seconds: float = 10.0,
+             threads: int | None = None, ssh_options: dict | None = None, force: bool = False,
+             runtime_name: str | None = None, min_accuracy: float | None = None, reporter=None) -> Validation:
+    """Validate `bundles` on the device; raises CheckFailedError (exit 1) listing failed gates after writing.
+
+    Skipped gates do not raise: they are listed in `Validation.skipped` and the report, and `passed` is False.
+    """
     from edgeprune.exporters.bundle import read_bundle
 
     from .atomic import check_writable
     from .devices import load_registry, open_device
+    from .progress import active_reporter
     from .pruning.engine import parse_budget
 
     if out is not None:
@@ -128,12 +170,15 @@ def validate(bundles: list, device: str | None = None, host: str | None = None, 
             open_device(device, host, ssh_options or {}, load_registry()) as session:
         work = Path(tmp)
         data_path = prepare_data(data, manifests[0], work) if data else None
+        reporter = reporter or active_reporter()
+        reporter.stage("validate", None)
         reports = run_on_device(session.target, paths, data_path, settings, work)
+        reporter.done("validate")
         for path, manifest, report in zip(paths, manifests, reports):
             report.update(bundle=str(path), manifest_id=manifest["id"], device=session.spec.name,
                           where=session.target.where, predicted_ms=manifest.get("predicted_ms"))
     baseline_report = reports.pop() if baseline else None
-    failed = []
+    failed, skipped = [], []
     for report, manifest in zip(reports, manifests):
         # a speedup budget is judged against the dense baseline timed interleaved in this run when there is one;
         # otherwise against the manifest's budget in ms (the table's dense measurement / speedup)
@@ -146,11 +191,13 @@ def validate(bundles: list, device: str | None = None, host: str | None = None, 
         baseline_acc = ((baseline_report or {}).get("accuracy") or {}).get("top1")
         if baseline_acc is None:
             baseline_acc = manifest.get("baseline_accuracy")
-        report["gates"] = gates(report, manifest, budget_ms, baseline_acc, min_accuracy_ratio)
+        report["gates"] = gates(report, manifest, budget_ms, baseline_acc, min_accuracy_ratio, min_accuracy)
         for name, gate in report["gates"].items():
-            if gate["ok"] is False:
+            if gate["status"] == "failed":
                 failed.append(f"{report['bundle']}: {name} {_gate_line(name, gate)}")
-    result = Validation(reports, Path(out) if out else None, failed)
+            elif gate["status"] == "skipped":
+                skipped.append(f"{report['bundle']}: {name} skipped: {gate['why']}")
+    result = Validation(reports, Path(out) if out else None, failed, skipped)
     if out is not None:
         from .reports import write_report
 
@@ -164,6 +211,9 @@ def validate(bundles: list, device: str | None = None, host: str | None = None, 
 def _gate_line(name: str, gate: dict) -> str:
     if name == "latency":
         return f"{gate['value']:.3f} ms > budget {gate['limit']:.3f} ms"
-    if name == "accuracy":
-        return f"{gate['value']:.4f} < {gate['limit']:.4f} (baseline {gate['baseline']:.4f})"
+    if name == "accuracy_vs_baseline":
+        return (f"{gate['value']:.4f} < {gate['limit']:.4f} "
+                f"({gate['ratio']:g} × baseline {gate['baseline']:.4f}; --min-accuracy-ratio)")
+    if name == "accuracy_floor":
+        return f"{gate['value']:.4f} < {gate['limit']:.4f} (absolute; --min-accuracy)"
     return f"needs atol {gate['value']:.3g} > {gate['limit']:.3g}"

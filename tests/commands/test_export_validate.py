@@ -84,6 +84,40 @@ def test_validate_passes_gates_and_writes_the_report(bundles, models, tmp_path):
     assert (out / "latency.png").stat().st_size > 1000 and "PASSED" in (out / "report.md").read_text()
     assert r["where"] == "this machine" and set(r["device_state"]) == {"before", "after"}
     assert "Device: this machine;" in (out / "report.md").read_text()
+    # --min-accuracy alone is the absolute floor: no relative gate was asked for, none skipped
+    assert {k: g["status"] for k, g in r["gates"].items()} == {"parity": "passed", "latency": "passed",
+                                                               "accuracy_floor": "passed"}
+    result = json.loads(proc.stdout)
+    assert result["passed"] and result["status"] == "passed" and result["skipped"] == []
+
+
+def test_relative_accuracy_gate_says_its_rule_on_stdout(bundles, models, tmp_path):
+    bundle, dense = bundles
+    _, data = models
+    proc = run_cli("validate", str(bundle), "--device", "cpu", "--data", str(data), "--baseline", str(dense),
+                   "--min-accuracy-ratio", "0", "--seconds", "0.2", "--runs", "5")
+    assert proc.returncode == 0, proc.stderr
+    line = [x for x in proc.stdout.splitlines() if "accuracy_vs_baseline" in x][0]
+    assert "accuracy_vs_baseline: pass (top-1 ≥ 0 × baseline top-1" in line
+    assert "PASSED" in proc.stdout
+
+
+def test_skipped_gates_are_listed_not_passed_and_exit_3(bundles, tmp_path):
+    _, dense = bundles  # no budget in its manifest, and no --data: latency and accuracy cannot run
+    out = tmp_path / "report"
+    proc = run_cli("--json", "validate", str(dense), "--device", "cpu", "--seconds", "0.2", "--runs", "5",
+                   "--out", str(out))
+    assert proc.returncode == 3, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["passed"] is False and result["status"] == "incomplete"
+    assert [x.split(": ", 1)[1] for x in result["skipped"]] == [
+        "latency skipped: no budget in the manifest and no --budget", "accuracy_vs_baseline skipped: no labelled --data"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] is False and report["skipped"] == result["skipped"]
+    human = run_cli("validate", str(dense), "--device", "cpu", "--seconds", "0.2", "--runs", "5", "--allow-skipped")
+    assert human.returncode == 0, human.stderr
+    assert "parity: pass" in human.stdout and "latency: skipped" in human.stdout
+    assert "INCOMPLETE" in human.stdout and "PASSED" not in human.stdout
 
 
 def test_failed_gates_exit_1_listing_every_gate_after_writing_the_report(bundles, models, tmp_path):
@@ -94,7 +128,7 @@ def test_failed_gates_exit_1_listing_every_gate_after_writing_the_report(bundles
                    "--min-accuracy", "1.0", "--seconds", "0.2", "--runs", "5", "--out", str(out))
     assert proc.returncode == 1, proc.stderr
     line = [x for x in proc.stderr.splitlines() if x.startswith("error:")][0]
-    assert "latency" in line and "accuracy" in line  # both failed gates named
+    assert "latency" in line and "accuracy_floor" in line and "absolute" in line  # both failed gates named
     assert "FAILED" in (out / "report.md").read_text()
 
 
