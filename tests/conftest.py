@@ -6,6 +6,19 @@ import os
 
 import pytest
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_measurement_cache(tmp_path_factory):
+    """Tests never read or write the user's own measurement cache (a test that wants one passes --cache)."""
+    path = tmp_path_factory.mktemp("edgeprune-cache") / "cache.sqlite"
+    old = os.environ.get("EDGEPRUNE_CACHE")
+    os.environ["EDGEPRUNE_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("EDGEPRUNE_CACHE", None)
+    else:
+        os.environ["EDGEPRUNE_CACHE"] = old
+
+
 # ---------------------------------------------------------------------------------------------------------
 # SSH: a real sshd on 127.0.0.1 for the SSH target's end-to-end tests (helper module: tests/sshd.py).
 # Missing sshd/ssh skips those tests on a developer machine, but fails them in CI (CI=true), where

@@ -67,6 +67,8 @@ class PruneOptions:
     threads: int | None = None  # the target's threads / precision: must be the table's (None: the table's)
     precision: str | None = None
     bn_recalibrate: bool = True  # re-estimate BatchNorm statistics on the --calib inputs after pruning
+    search: int = 24  # whole candidates scored by calibration loss after the knapsack (0: knapsack only)
+    sensitivity_points: int = 4  # widths per group at which cutting that group alone is measured
 
 
 @dataclass
@@ -146,25 +148,41 @@ def calibration_batches(loaded, options: PruneOptions) -> tuple:
 
 
 def solve(options: PruneOptions, cost, widths, groups: list, scores: list, budget_ms: float | None, step: int,
-          dense_macs: int) -> list:
-    """Unit counts per group for the chosen mode."""
+          dense_macs: int, values: list | None = None) -> list:
+    """Unit counts per group for the chosen mode (`values`: the latency knapsack's option values)."""
     from . import solver
 
     if options.mode == "latency":
         if budget_ms is None:
             raise BadInputError("latency mode needs --budget", "write e.g. --budget 2x or --budget 4.2ms")
-        return solver.solve_latency(cost, groups, scores, budget_ms, step, options.min_keep).units
+        return solver.solve_latency(cost, groups, values if values is not None else scores, budget_ms, step,
+                                    options.min_keep).units
     make = solver.uniform_units if options.mode == "uniform" else solver.global_units
     if options.ratio is not None:
         return make(groups, scores, options.ratio, options.round_to)
     if options.macs is not None:
         ratio = solver.ratio_for(lambda r: widths.macs(make(groups, scores, r, options.round_to)) / dense_macs,
-                                 options.macs)
+                                 options.macs, what=f"{options.mode} pruning's MACs share")
     elif budget_ms is not None:
-        ratio = solver.ratio_for(lambda r: cost.predict(make(groups, scores, r, options.round_to)), budget_ms)
+        ratio = solver.ratio_for(lambda r: cost.predict(make(groups, scores, r, options.round_to)), budget_ms,
+                                 what=f"{options.mode} pruning's predicted latency (ms)")
     else:
         raise BadInputError(f"{options.mode} mode needs --ratio, --macs or --budget", "e.g. --ratio 0.3")
     return make(groups, scores, ratio, options.round_to)
+
+
+def seed_candidates(cost, groups: list, scores: list, target_ms: float, step: int, knapsack: list) -> dict:
+    """The search's starting pool: the knapsack's widths, and uniform / global cuts at the same predicted latency."""
+    from . import solver
+
+    seeds = {"knapsack": knapsack}
+    for name, make in (("uniform", solver.uniform_units), ("global", solver.global_units)):
+        try:
+            ratio = solver.ratio_for(lambda r, make=make: cost.predict(make(groups, scores, r, step)), target_ms)
+        except solver.UnreachableBudgetError:
+            continue  # this baseline cannot reach the target; the search goes on without it
+        seeds[name] = make(groups, scores, ratio, step)
+    return seeds
 
 
 def check_request(loaded, table, options: PruneOptions) -> None:
@@ -235,6 +253,13 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
     module = loaded.module
     pristine = copy.deepcopy(module)
     notes = []
+    if session is not None and table is not None:  # measured or not, the table must be this device's
+        try:
+            check_fingerprint(table, _fingerprint(session, table))
+        except BadInputError as err:
+            if options.measure or not fingerprint_advisory:
+                raise
+            notes.append(f"warning: {err.message}; the prediction holds for the table's device, not this one")
 
     def space(mod):
         wrapped = loaded.export_module(mod)
@@ -266,17 +291,18 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
                 f"(dense {dense_pred:.3g} ms, every group at {options.min_keep:.0%})",
                 f"ask for at least {dense_pred / floor:.2f}x / {floor:.3g} ms, or lower --min-keep")
     measuring = session is not None and options.measure and budget_ms is not None
-    if session is not None and table is not None:  # measured or not, the table must be this device's
-        try:
-            check_fingerprint(table, _fingerprint(session, table))
-        except BadInputError as err:
-            if options.measure or not fingerprint_advisory:
-                raise
-            notes.append(f"warning: {err.message}; the prediction holds for the table's device, not this one")
-    target_ms, rounds, measured = budget_ms, [], None
+    values = scorer = None
+    if options.mode == "latency" and budget_ms is not None:
+        values, scorer = option_values(loaded, pristine, space, groups, scores, batches, options, step, cache,
+                                       reporter, notes)
+    target_ms, rounds, measured, searched = budget_ms, [], None, None
     for round_index in range(options.max_rounds if measuring else 1):
         try:
-            units = solve(options, cost, widths, groups, scores.normalized, target_ms, step, dense_macs)
+            units = solve(options, cost, widths, groups, scores.normalized, target_ms, step, dense_macs, values)
+            if scorer is not None and options.search > 0:
+                searched = search_widths(cost, groups, scores, values, scorer, target_ms, step, units, options,
+                                         reporter)
+                units = searched.units
         except UnreachableBudgetError:
             if round_index == 0:
                 raise
@@ -288,6 +314,12 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
         record = {"round": round_index, "target_ms": target_ms, "units": units,
                   "predicted_ms": cost.predict(units) if cost else None,
                   "macs": widths.macs(units) if widths else None}
+        if searched is not None:
+            record["search"] = {"winner": searched.winner, "calib_loss": searched.loss,
+                                "evaluations": searched.evaluations, "wall_s": searched.wall_s,
+                                "seeds": {k: None if v is None else {"calib_loss": v["loss"],
+                                                                     "predicted_ms": v["predicted_ms"]}
+                                          for k, v in searched.seeds.items()}}
         rounds.append(record)
         if not measuring:
             break
@@ -325,6 +357,60 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
     final = rounds[-1]
     return PruneResult(candidate, kept, dense_pred, final["predicted_ms"], budget_ms, final["macs"], dense_macs,
                        measured, rounds, notes, bn_layers=bn_layers)
+
+
+def option_values(loaded, pristine, space, groups: list, scores, batches: list, options: PruneOptions, step: int,
+                  cache, reporter, notes: list) -> tuple:
+    """(value per group for the knapsack, CandidateScorer or None), and a note saying where the values came from.
+
+    With calibration samples: each group's measured loss when cut alone (sensitivity.py), cached under the
+    model's weights, criterion, samples and widths, so solving again at another budget costs nothing.
+    Without: the criterion's scores normalised per group (data-free, and weaker: docs/pruning.md).
+    """
+    from .sensitivity import CandidateScorer, Sensitivity, measure_sensitivity, sensitivity_key
+    from .solver import candidate_units
+
+    if not batches:
+        notes.append("no --calib: option values are the criterion's scores normalised per group (data-free; "
+                     "calibration samples let edgeprune measure what each cut costs, docs/pruning.md)")
+        return scores.normalized, None
+    choices = {i: candidate_units(g, step, options.min_keep) for i, g in enumerate(groups)
+               if scores.normalized[i] is not None and g.units > 1}
+    scorer = CandidateScorer(pristine, space, scores, batches)
+    key = sensitivity_key(loaded.source_sha256, options.criterion, batches, choices, options.sensitivity_points,
+                          options.seed)
+    hit = cache.get_many("sensitivity", "sensitivity", [key]) if cache is not None else {}
+    if key in hit:
+        sens = Sensitivity.from_dict(hit[key])
+        how = "cached"
+    else:
+        bar = reporter.stage("sensitivity", None)
+        sens = measure_sensitivity(scorer, groups, choices, options.sensitivity_points,
+                                   lambda done, total: bar({"progress": done, "total": total}))
+        reporter.done("sensitivity")
+        if cache is not None:
+            cache.put("sensitivity", "sensitivity", key, sens.to_dict())
+        how = f"{sens.wall_s:.1f} s"
+    notes.append(f"option values: calibration loss (KL to the dense model, BatchNorm re-estimated) of each of "
+                 f"{len(choices)} groups cut alone, {sens.evaluations} cuts ({how})")
+    return sens.values(groups), scorer
+
+
+def search_widths(cost, groups: list, scores, values: list, scorer, target_ms: float, step: int, knapsack: list,
+                  options: PruneOptions, reporter):
+    """Search whole candidates from the knapsack, uniform and global seeds (search.py)."""
+    from .search import search
+    from .solver import candidate_units
+
+    choices = {i: candidate_units(g, step, options.min_keep) for i, g in enumerate(groups) if values[i] is not None
+               and g.units > 1}
+    seeds = seed_candidates(cost, groups, scores.normalized, target_ms, step, knapsack)
+    bar = reporter.stage("search", options.search)
+    try:
+        return search(cost, groups, choices, values, target_ms, scorer, seeds, options.search, options.seed,
+                      lambda done, total: bar({"progress": done, "total": total}))
+    finally:
+        reporter.done("search")
 
 
 def _fingerprint(session, table) -> dict:

@@ -1,16 +1,17 @@
 """Choose how many units every group keeps: latency-budget knapsack, and the baselines' ratio modes.
 
-Latency mode maximises the kept importance Σ_g K_g(w_g) (K_g: sum of the w_g best normalised scores of group g)
-subject to predicted latency ≤ budget. The table's calibrated prediction is a constant plus a sum of per-block
-terms, and each group changes only the blocks whose widths it sets, so a group's option has a marginal cost:
-the change of its blocks' terms with every other group held where it is. That is a multiple-choice knapsack
-(one width per group), solved exactly by dynamic programming over discretised cost. Because a block's cost
-depends on both its c_in and c_out group (bilinear), the solve is re-linearised in several steps, each from the
-previous solution toward a tighter intermediate target; options may cost less than nothing (leaving an off-step
-width, or a staircase tread), which the DP allows. Widths are the multiples of the table's channel step (every
-head count for attention), so results land on the measured step edges rather than on a fixed round-to. A final
-repair pass removes the cheapest importance per millisecond until the exact prediction fits, then grows back
-whatever still fits.
+Latency mode maximises the kept value Σ_g V_g(w_g) subject to predicted latency ≤ budget. V_g is a function of
+the units group g keeps: the measured calibration loss of cutting g alone, negated and made concave
+(sensitivity.py), or without calibration data the sum of the w_g best normalised criterion scores. The table's
+calibrated prediction is a constant plus a sum of per-block terms, and each group changes only the blocks whose
+widths it sets, so a group's option has a marginal cost: the change of its blocks' terms with every other group
+held where it is. That is a multiple-choice knapsack (one width per group), solved exactly by dynamic
+programming over discretised cost. Because a block's cost depends on both its c_in and c_out group (bilinear),
+the solve is re-linearised in several steps, each from the previous solution toward a tighter intermediate
+target; options may cost less than nothing (leaving an off-step width, or a staircase tread), which the DP
+allows. Widths are the multiples of the table's channel step (every head count for attention), so results land
+on the measured step edges rather than on a fixed round-to. A final repair pass removes the least value per
+millisecond until the exact prediction fits, then grows back whatever still fits.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def _mckp(values: list, costs: list, capacity: float, bins: int = 2000) -> list:
     if cap < 0:
         return [int(np.argmin(c)) for c in costs]
     res = cap / bins if cap > 0 else 1.0
-    size = bins + 1
+    size = bins + 1 if cap > 0 else 1  # no capacity left: only options at their group's minimum cost fit
     neg = -1e300
     dp = np.full(size, neg)
     dp[0] = 0.0
@@ -134,38 +135,47 @@ def _mckp(values: list, costs: list, capacity: float, bins: int = 2000) -> list:
     return picks[::-1]
 
 
-def solve_latency(cost: CostModel, groups: list, scores: list, budget_ms: float, step: int,
+def as_values(values: list) -> list:
+    """Value functions of kept units per group: callables pass through, score arrays give Σ of the best scores."""
+    return [v if v is None or callable(v) else (lambda u, s=v: kept_value(s, u)) for v in values]
+
+
+def solve_latency(cost: CostModel, groups: list, values: list, budget_ms: float, step: int,
                   min_keep: float = 0.3, relinearize: int = 4) -> Solution:
-    """Most important units within `budget_ms` (predicted); raises UnreachableBudgetError when impossible."""
+    """Most valuable widths within `budget_ms` (predicted); raises UnreachableBudgetError when impossible.
+
+    `values`: per group a function of kept units (or an array of normalised scores; None keeps the group whole).
+    """
+    values = as_values(values)
     units = [g.units for g in groups]
-    prunable = [i for i, g in enumerate(groups) if scores[i] is not None and g.units > 1]
+    prunable = [i for i, g in enumerate(groups) if values[i] is not None and g.units > 1]
     options = {i: candidate_units(groups[i], step, min_keep) for i in prunable}
     dense_ms = cost.predict(units)
     steps = []
     if dense_ms <= budget_ms:
-        return Solution(units, dense_ms, cost.widths.macs(units), _value(scores, units), steps)
+        return Solution(units, dense_ms, cost.widths.macs(units), _value(values, units), steps)
     for s in range(1, relinearize + 1):
         target = dense_ms * (budget_ms / dense_ms) ** (s / relinearize)
         terms = cost.terms(units)
         now = cost.constant + float(terms.sum())
         vals, costs = [], []
         for i in prunable:
-            vals.append([kept_value(scores[i], u) for u in options[i]])
+            vals.append([values[i](u) for u in options[i]])
             costs.append([cost.delta(units, terms, i, u) for u in options[i]])
         picks = _mckp(vals, costs, target - now)
         for i, j in zip(prunable, picks):
             units[i] = options[i][j]
         steps.append({"target_ms": target, "predicted_ms": cost.predict(units)})
-    units = _repair(cost, units, prunable, options, scores, budget_ms)
+    units = repair(cost, units, prunable, options, values, budget_ms)
     final = cost.predict(units)
-    return Solution(units, final, cost.widths.macs(units), _value(scores, units), steps)
+    return Solution(units, final, cost.widths.macs(units), _value(values, units), steps)
 
 
-def _value(scores: list, units: list) -> float:
-    return sum(kept_value(s, u) for s, u in zip(scores, units))
+def _value(values: list, units: list) -> float:
+    return sum(v(u) for v, u in zip(values, units) if v is not None)
 
 
-def _repair(cost: CostModel, units: list, prunable: list, options: dict, scores: list, budget_ms: float) -> list:
+def repair(cost: CostModel, units: list, prunable: list, options: dict, values: list, budget_ms: float) -> list:
     """Shrink by the best importance-per-ms move until the exact prediction fits; then grow back what fits."""
     units = list(units)
     pred = cost.predict(units)
@@ -178,7 +188,7 @@ def _repair(cost: CostModel, units: list, prunable: list, options: dict, scores:
                 continue
             u = lower[-1]
             saved = -cost.delta(units, terms, i, u)
-            lost = kept_value(scores[i], units[i]) - kept_value(scores[i], u)
+            lost = values[i](units[i]) - values[i](u)
             if saved <= 0:
                 continue
             rate = lost / saved
@@ -201,7 +211,7 @@ def _repair(cost: CostModel, units: list, prunable: list, options: dict, scores:
             added = cost.delta(units, terms, i, u)
             if pred + added > budget_ms:
                 continue
-            gain = kept_value(scores[i], u) - kept_value(scores[i], units[i])
+            gain = values[i](u) - values[i](units[i])
             rate = gain / max(added, 1e-9)
             if best is None or rate > best[0]:
                 best = (rate, i, u)
@@ -211,15 +221,15 @@ def _repair(cost: CostModel, units: list, prunable: list, options: dict, scores:
         pred = cost.predict(units)
 
 
-def fastest_units(groups: list, scores: list, step: int, min_keep: float) -> list:
-    """Every prunable group at its smallest allowed width."""
-    return [candidate_units(g, step, min_keep)[0] if scores[i] is not None and g.units > 1 else g.units
+def fastest_units(groups: list, values: list, step: int, min_keep: float) -> list:
+    """Every prunable group (value or scores not None) at its smallest allowed width."""
+    return [candidate_units(g, step, min_keep)[0] if values[i] is not None and g.units > 1 else g.units
             for i, g in enumerate(groups)]
 
 
-def fastest(cost: CostModel, groups: list, scores: list, step: int, min_keep: float) -> float:
+def fastest(cost: CostModel, groups: list, values: list, step: int, min_keep: float) -> float:
     """A lower bound on reachable latency: every prunable group at its smallest allowed width."""
-    return cost.predict(fastest_units(groups, scores, step, min_keep))
+    return cost.predict(fastest_units(groups, values, step, min_keep))
 
 
 # -- the baselines' modes --------------------------------------------------------------------------------
@@ -257,10 +267,15 @@ def global_units(groups: list, scores: list, ratio: float, round_to: int | None 
             if scores[i] is not None and g.units > 1 else g.units for i, g in enumerate(groups)]
 
 
-def ratio_for(measure, target: float, lo: float = 0.0, hi: float = 0.95, iters: int = 30) -> float:
-    """The pruning ratio at which `measure(ratio)` (decreasing in ratio) first drops to `target` (bisection)."""
+def ratio_for(measure, target: float, lo: float = 0.0, hi: float = 0.95, iters: int = 30,
+              what: str = "the measure") -> float:
+    """The pruning ratio at which `measure(ratio)` (decreasing in ratio) first drops to `target` (bisection).
+
+    Raises UnreachableBudgetError when even ratio `hi` stays above the target.
+    """
     if measure(hi) > target:
-        return hi
+        raise UnreachableBudgetError(f"{what} cannot reach {target:.4g}: removing {hi:.0%} of every group still "
+                                     f"gives {measure(hi):.4g}", "ask for less, or use --mode latency")
     for _ in range(iters):
         mid = (lo + hi) / 2
         if measure(mid) > target:

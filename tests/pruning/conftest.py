@@ -52,3 +52,18 @@ def tiny_table(tmp_path_factory):
     table = measure_table(tiny_loaded(), path.with_suffix(".sqlite"))
     table.save(path)
     return table, path
+
+
+@pytest.fixture(scope="module")
+def tiny_cost(tiny_table):
+    """(CostModel, unit groups, table) of the tiny CNN on the formula device's table."""
+    from edgeprune.pruning.solver import CostModel
+    from edgeprune.pruning.space import build_space
+    from edgeprune.pruning.widths import probe_width_model
+
+    table, _ = tiny_table
+    loaded = tiny_loaded()
+    module = loaded.module
+    space = lambda m: build_space(m, loaded.example_inputs())  # noqa: E731
+    widths = probe_width_model(loaded, module, loaded.example_inputs(), space)
+    return CostModel(table, widths), space(module), table

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from edgeprune.pruning.solver import (
-    CostModel,
     UnreachableBudgetError,
     _mckp,
     candidate_units,
@@ -20,7 +19,6 @@ from edgeprune.pruning.solver import (
     uniform_units,
 )
 from edgeprune.pruning.space import UnitGroup, build_space
-from edgeprune.pruning.widths import probe_width_model
 from tests.pruning.conftest import tiny_loaded
 
 
@@ -65,16 +63,6 @@ def test_round_to_and_uniform_global_modes():
     assert sum(kept) == 24  # half of 48 units, the lowest normalised scores first
     assert kept_value(scores[0], 2) == pytest.approx((31 + 30) / 16)
     assert ratio_for(lambda r: 1 - r, 0.25) == pytest.approx(0.75, abs=1e-6)
-
-
-@pytest.fixture(scope="module")
-def tiny_cost(tiny_table):
-    table, _ = tiny_table
-    loaded = tiny_loaded()
-    module = loaded.module
-    widths = probe_width_model(loaded, module, loaded.example_inputs(), lambda m: build_space(m, loaded.example_inputs()))
-    groups = build_space(module, loaded.example_inputs())
-    return CostModel(table, widths), groups, table
 
 
 def test_latency_solve_meets_the_budget_and_keeps_more_importance_than_uniform(tiny_cost):

@@ -1,0 +1,198 @@
+"""What cutting one group to a width costs, in loss units: the knapsack's option values.
+
+A criterion (l1, l2, taylor, ...) ranks the units *inside* a group; it says nothing about how much accuracy a
+group can give up. Dividing every group's scores by its own mean made every unit of every group worth about the
+same, so the latency knapsack stripped the narrow, high-resolution groups first (docs/pruning.md). Here each
+group is cut alone to a few candidate widths, BatchNorm statistics are re-estimated for that cut, and the loss
+against the dense model's own outputs on the calibration samples is measured (KL of the softmax over the last
+axis: classes or vocabulary, no labels needed). That is G × k forward passes over the calibration samples.
+
+The measured losses become concave option values: loss is made non-increasing in width (a wider group never
+loses more) and then replaced by its lower convex hull, so each further unit removed costs at least as much as
+the previous one; widths between measured points are read off the hull. Values of all groups, attention heads
+and MLP channels included, are on one scale (nats of KL), which is what lets a whole GQA group compete with
+MLP channels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+Value = Callable[[int], float]
+
+
+@dataclass
+class Sensitivity:
+    """Measured loss per group at a few widths; every group's dense width has `dense_loss`."""
+
+    names: list  # group names, in space order
+    widths: list  # per group: measured widths (ascending), [] for a group that is not pruned
+    losses: list  # per group: loss at each measured width
+    dense_loss: float = 0.0  # the dense widths' loss (BatchNorm re-estimation alone moves it off zero)
+    wall_s: float = 0.0
+    cached: bool = False
+    evaluations: int = 0
+    notes: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"names": self.names, "widths": self.widths, "losses": self.losses, "dense_loss": self.dense_loss,
+                "wall_s": self.wall_s, "evaluations": self.evaluations}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Sensitivity:
+        return cls(list(data["names"]), [list(w) for w in data["widths"]], [list(v) for v in data["losses"]],
+                   float(data["dense_loss"]), float(data.get("wall_s", 0.0)),
+                   evaluations=int(data.get("evaluations", 0)))
+
+    def values(self, groups: list) -> list:
+        """Per group, a concave value function of kept units (−loss; None for groups that stay whole)."""
+        out = []
+        for group, widths, losses in zip(groups, self.widths, self.losses):
+            if not widths:
+                out.append(None)
+                continue
+            out.append(concave_value(widths + [group.units], losses + [self.dense_loss]))
+        return out
+
+
+def concave_value(widths: list, losses: list) -> Value:
+    """−loss as a concave, non-decreasing function of width through the measured points (linear between)."""
+    order = np.argsort(widths)
+    w = np.asarray(widths, dtype=np.float64)[order]
+    loss = np.asarray(losses, dtype=np.float64)[order]
+    loss = np.maximum.accumulate(loss[::-1])[::-1]  # never more loss for more units
+    hull = _lower_hull(w, loss)
+    hw, hl = w[hull], loss[hull]
+
+    def value(units: int) -> float:
+        return -float(np.interp(units, hw, hl, left=hl[0] + (hw[0] - units) * _slope(hw, hl)))
+
+    return value
+
+
+def _slope(hw: np.ndarray, hl: np.ndarray) -> float:
+    """Loss per unit removed below the smallest measured width (the first hull segment, extended)."""
+    if len(hw) < 2:
+        return 0.0
+    return float((hl[0] - hl[1]) / (hw[1] - hw[0]))
+
+
+def _lower_hull(x: np.ndarray, y: np.ndarray) -> list:
+    """Indices of the lower convex hull of points sorted by x (monotone chain)."""
+    hull: list = []
+    for i in range(len(x)):
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            if (y[b] - y[a]) * (x[i] - x[a]) >= (y[i] - y[a]) * (x[b] - x[a]):
+                hull.pop()
+            else:
+                break
+        hull.append(i)
+    return hull
+
+
+def probe_widths(options: list, points: int) -> list:
+    """Up to `points` widths below the dense one, spread over a group's allowed widths (smallest always in)."""
+    below = options[:-1]
+    if len(below) <= points:
+        return list(below)
+    picks = {below[0]}
+    for k in range(1, points):
+        picks.add(below[round(k * (len(below) - 1) / (points - 1))])
+    return sorted(picks)
+
+
+def outputs(module, batches: list) -> list:
+    """The model's outputs (logits) per calibration batch, in eval mode."""
+    import torch
+
+    module.eval()
+    with torch.no_grad():
+        return [_logits(module(*inputs)) for inputs in batches]
+
+
+def _logits(out):
+    out = getattr(out, "logits", out)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return out.detach().float()
+
+
+def calib_loss(module, batches: list, reference: list) -> float:
+    """Mean KL(dense ‖ candidate) of the softmax over the last axis, over every sample (and token)."""
+    import torch
+    import torch.nn.functional as F
+
+    total, count = 0.0, 0
+    module.eval()
+    with torch.no_grad():
+        for inputs, ref in zip(batches, reference):
+            out = _logits(module(*inputs))
+            ref = ref.reshape(-1, ref.shape[-1])
+            out = out.reshape(-1, out.shape[-1])
+            kl = F.kl_div(F.log_softmax(out, -1), F.log_softmax(ref, -1), log_target=True, reduction="sum")
+            total += float(kl)
+            count += ref.shape[0]
+    return total / max(count, 1)
+
+
+class CandidateScorer:
+    """Calibration loss of the pristine model slimmed to any unit counts, BatchNorm re-estimated first.
+
+    Results are memoised by unit counts, so search never pays twice for one candidate.
+    """
+
+    def __init__(self, pristine, space, scores, batches: list, reference: list | None = None):
+        self.pristine, self.space, self.scores, self.batches = pristine, space, scores, batches
+        self.reference = reference if reference is not None else outputs(pristine, batches)
+        self.memo: dict = {}
+
+    def __call__(self, units: list) -> float:
+        key = tuple(int(u) for u in units)
+        if key not in self.memo:
+            from .batchnorm import recalibrate_batchnorm
+            from .engine import slim_copy
+
+            candidate, _ = slim_copy(self.pristine, self.space, list(key), self.scores)
+            recalibrate_batchnorm(candidate, self.batches)
+            self.memo[key] = calib_loss(candidate, self.batches, self.reference)
+        return self.memo[key]
+
+
+def measure_sensitivity(scorer: CandidateScorer, groups: list, options: dict, points: int = 4,
+                        on_progress: Callable[[int, int], None] | None = None) -> Sensitivity:
+    """Cut each group alone to up to `points` of its allowed widths (`options`: group index -> widths)."""
+    started = time.time()
+    dense = [g.units for g in groups]
+    plan = {i: probe_widths(options[i], points) for i in options}
+    total = sum(len(v) for v in plan.values()) + 1
+    widths, losses = [[] for _ in groups], [[] for _ in groups]
+    dense_loss = scorer(dense)
+    done = 1
+    for i, probes in plan.items():
+        for w in probes:
+            units = list(dense)
+            units[i] = w
+            widths[i].append(w)
+            losses[i].append(scorer(units))
+            done += 1
+            if on_progress is not None:
+                on_progress(done, total)
+    return Sensitivity([g.name for g in groups], widths, losses, dense_loss, time.time() - started, evaluations=total)
+
+
+def sensitivity_key(source_sha256: str, criterion: str, batches: list, options: dict, points: int, seed: int) -> str:
+    """Cache key: the model's weights, the criterion ordering units, the calibration samples, the probed widths."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([source_sha256, criterion, seed, points, {str(k): v for k, v in sorted(options.items())}],
+                             sort_keys=True).encode())
+    for inputs in batches:
+        for x in inputs:
+            digest.update(x.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
