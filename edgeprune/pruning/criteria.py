@@ -5,8 +5,8 @@ The baselines the research methods must beat, written to their papers' definitio
 - `l1`, `l2` (no data): Σ|w|^p over the unit's weights in each coupled layer, averaged over the layers
   (Torch-Pruning's group magnitude).
 - `bn_scale` (no data): |γ| of the unit's BatchNorm channels (Network Slimming); groups without BatchNorm stay whole.
-- `taylor` (data): Σ|w·∂L/∂w| over the unit's weights in every coupled layer (first-order Taylor, Molchanov et
-  al. 2019: the estimated loss change of removing the whole group slice).
+- `taylor` (data): per calibration batch, (Σ w·∂L/∂w over the unit's weights in every coupled layer)², averaged
+  over batches (Molchanov et al. 2019: the squared first-order estimate of the loss change of removing the unit).
 - `random` (no data): seeded uniform noise.
 - `wanda_sp` (data): Σ_j Σ_i |W_ij|·‖X_j‖₂ over the unit's input columns j of the output projection (An et al.,
   FLAP's Wanda-sp baseline).
@@ -188,38 +188,54 @@ def _tp(importance, group):
 
 
 def _taylor(groups: list, module, batches: list, loss_fn) -> list:
-    """Accumulate gradients over the batches, then score |w·grad| per unit (summed over coupled layers)."""
+    """Molchanov et al. (2019): per batch, (Σ w·∂L/∂w over the unit's slice in every coupled layer)², averaged.
+
+    The sum is signed and squared per batch: near convergence a unit's gradients point different ways in
+    different batches, and summing gradients over batches first lets them cancel (that was this criterion's
+    earlier form; it under-scored exactly the units that matter).
+    """
     import torch
 
-    module.zero_grad(set_to_none=True)
     was_training = module.training
     module.eval()
-    with torch.enable_grad():
+    total = [None] * len(groups)
+    try:
         for inputs in batches:
-            loss_fn(module, inputs).backward()
-    if was_training:
-        module.train()
-    raw = []
-    for group in groups:
-        if group.kind == "channels":
-            raw.append(_group_taylor(group.handle))
-        else:
-            from .transformer import oriented
+            module.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                loss_fn(module, inputs).backward()
+            for i, group in enumerate(groups):
+                contribution = _unit_taylor(group)
+                if contribution is not None:
+                    total[i] = contribution ** 2 if total[i] is None else total[i] + contribution ** 2
+    finally:
+        module.zero_grad(set_to_none=True)
+        if was_training:
+            module.train()
+    return [None if t is None else t / len(batches) for t in total]
 
-            parts = []
-            for m, side, units in unit_slices(group):
-                grad = m.weight.grad if m.weight.grad is not None else torch.zeros_like(m.weight)
-                parts.append(_per_unit(oriented(m.weight * grad, m).abs(), side, units))
-            raw.append(np.sum(parts, axis=0))
-    module.zero_grad(set_to_none=True)
-    return raw
+
+def _unit_taylor(group) -> np.ndarray | None:
+    """Per unit, the signed Σ w·grad over its slice of every weight the group couples (this batch's gradients)."""
+    if group.kind == "channels":
+        return _group_taylor(group.handle)
+    import torch
+
+    from .transformer import oriented
+
+    parts = []
+    for m, side, units in unit_slices(group):
+        grad = m.weight.grad if m.weight.grad is not None else torch.zeros_like(m.weight)
+        parts.append(_per_unit(oriented(m.weight.detach() * grad, m), side, units))
+    return np.sum(parts, axis=0)
 
 
 def _group_taylor(handle) -> np.ndarray | None:
-    """Σ|w·grad| per channel over every parameterised layer of a Torch-Pruning group.
+    """Per channel, the signed Σ w·grad over every parameterised layer of a Torch-Pruning group.
 
     Written here rather than taken from torch_pruning.importance.GroupTaylorImportance: in Torch-Pruning 1.6 its
-    BatchNorm branch tests for the GroupNorm pruning function, so BatchNorm scales never enter the score.
+    BatchNorm branch tests for the GroupNorm pruning function, so BatchNorm scales never enter the score, and it
+    takes |w·grad| per weight instead of squaring the unit's sum.
     """
     import torch
     import torch_pruning.pruner.function as fn
@@ -232,7 +248,7 @@ def _group_taylor(handle) -> np.ndarray | None:
         if weight is None or weight.grad is None or not isinstance(weight, torch.Tensor):
             continue
         idxs = torch.as_tensor(sorted(idxs), dtype=torch.long)
-        wg = (weight.detach() * weight.grad).abs()
+        wg = weight.detach() * weight.grad
         if prune in outs:
             wg = wg.transpose(0, 1) if getattr(layer, "transposed", False) else wg
             parts.append(wg.flatten(1).sum(1)[idxs])

@@ -51,7 +51,7 @@ def test_bn_scale_is_gamma_and_groups_without_bn_stay_whole():
     assert by["3"] is None  # conv2's group has no BatchNorm: Network Slimming does not prune it
 
 
-def test_taylor_is_abs_weight_times_gradient_summed_over_coupled_layers():
+def test_taylor_squares_each_batchs_signed_sum_over_coupled_layers_then_averages():
     model = small_chain()
     groups = build_space(model, (torch.zeros(1, 2, 4, 4),))
     gen = torch.Generator().manual_seed(0)
@@ -63,18 +63,31 @@ def test_taylor_is_abs_weight_times_gradient_summed_over_coupled_layers():
         return F.cross_entropy(module(*inputs), y)
 
     scores = score_groups("taylor", groups, model, batches, loss_fn)
-    # by hand: accumulate the same gradients, then |w * dw| per channel, summed over conv1 out, bn, conv2 in
-    ref = small_chain()
+    # by hand: per batch, Σ w·dw per channel over conv1 out, bn, conv2 in (signed), squared; mean over batches
+    want = np.zeros(3)
     for inputs, y in zip(batches, labels):
+        ref = small_chain()
         F.cross_entropy(ref(*inputs), y).backward()
-    w1, g1 = ref[0].weight, ref[0].weight.grad
-    gm, gg = ref[1].weight, ref[1].weight.grad
-    w2, g2 = ref[3].weight, ref[3].weight.grad
-    want = [((w1[c] * g1[c]).abs().sum() + (gm[c] * gg[c]).abs() + (w2[:, c] * g2[:, c]).abs().sum()).item()
-            for c in range(3)]
+        w1, g1 = ref[0].weight, ref[0].weight.grad
+        gm, gg = ref[1].weight, ref[1].weight.grad
+        w2, g2 = ref[3].weight, ref[3].weight.grad
+        want += [((w1[c] * g1[c]).sum() + gm[c] * gg[c] + (w2[:, c] * g2[:, c]).sum()).item() ** 2 for c in range(3)]
     by = {g.name: s for g, s in zip(groups, scores.raw)}
-    np.testing.assert_allclose(by["0"], want, rtol=1e-5)
+    np.testing.assert_allclose(by["0"], want / 2, rtol=1e-5)
     assert all(p.grad is None for p in model.parameters())  # gradients are cleared after scoring
+
+
+def test_taylor_does_not_let_opposite_batches_cancel():
+    """y = W2·W1·x, loss = Σy: unit j's w·g is 2·W1[j]·W2[j]·x, +x in one batch and −x in the next."""
+    model = torch.nn.Sequential(torch.nn.Linear(1, 2, bias=False), torch.nn.Linear(2, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0], [2.0]]))
+        model[1].weight.copy_(torch.tensor([[3.0, -1.0]]))
+    groups = build_space(model, (torch.ones(1, 1),))
+    batches = [(torch.ones(1, 1),), (-torch.ones(1, 1),)]
+    scores = score_groups("taylor", groups, model, batches, lambda m, inputs: m(*inputs).sum())
+    # per batch: (±2·1·3)² = 36 and (±2·2·(−1))² = 16 both times; summing the gradients first would give 0
+    np.testing.assert_allclose(scores.raw[0], [36.0, 16.0])
 
 
 def test_random_is_seeded():
