@@ -10,20 +10,22 @@ The baselines the research methods must beat, written to their papers' definitio
 - `random` (no data): seeded uniform noise.
 - `wanda_sp` (data): Σ_j Σ_i |W_ij|·‖X_j‖₂ over the unit's input columns j of the output projection (An et al.,
   FLAP's Wanda-sp baseline).
-- `flap` (data): Σ_j Var(X_j)·‖W_:,j‖₂² (FLAP's fluctuation metric), standardised per group kind; the removed
-  columns' mean input goes into the projection's bias.
+- `flap` (data): Var(X_j)·‖W_:,j‖₂² per input column j of the output projection (FLAP's fluctuation metric,
+  squared for attention), standardised within each layer, a kv group scored by the mean of its columns, as in
+  the reference code; the removed columns' mean input goes into the projection's bias.
 
-Scores are compared across groups by the solver after normalisation: magnitude-style scores are divided by
-their group's mean (Torch-Pruning's default) and multiplied by the number of layers the group couples, FLAP
-scores are standardised per kind (attention / MLP) as in the paper, Taylor scores are used as they are (they
-estimate a loss change, already comparable; a group's change is the sum over its coupled layers).
+A criterion decides which units of a group go first. How many go is decided by the latency knapsack from
+measured calibration losses when --calib is given (sensitivity.py); without data, and in `--mode global`, the
+scores themselves are compared across groups after normalisation: magnitude-style scores are divided by their
+group's mean (Torch-Pruning's default) and multiplied by the number of layers the group couples, FLAP scores
+come standardised per layer (attention and MLP alike, as in the reference code), Taylor scores are used as they
+are (they estimate a loss change, already comparable).
 
 Why the layer count: after division by the group mean every unit is worth about 1, so a residual-stream
 channel (coupled through the stem and every block of a stage, 5-9 layers) would be worth no more than a
-channel inside one block (2 layers) while costing latency in all of them. The latency knapsack then strips the
-residual streams of the early stages first (measured: resnet18 on digits kept 8 of 64 stem channels at 2x and
-fell to chance accuracy at 1.25x, every magnitude criterion alike). Counting the coupled layers values a unit
-by how much of the network it removes, which is what its latency cost also counts.
+channel inside one block (2 layers) while costing latency in all of them. Counting the coupled layers values a
+unit by how much of the network it removes, which is what its latency cost also counts. It remains a guess at
+what a cut costs; the measured sensitivity replaces it whenever calibration samples exist.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ CRITERIA = {c.name: c for c in (
     Criterion("taylor", True, "none", summary="first-order Taylor |w·grad| on calibration batches"),
     Criterion("random", False, "none", summary="seeded random scores (a floor every criterion must beat)"),
     Criterion("wanda_sp", True, "mean", transformers_only=True, summary="structured Wanda: |W|·‖X‖ per head / channel"),
-    Criterion("flap", True, "standard", transformers_only=True,
+    Criterion("flap", True, "none", transformers_only=True,
               summary="FLAP fluctuation Var(X)·‖W‖², with bias compensation"),
 )}
 
@@ -318,9 +320,19 @@ def _wanda_sp(group, stats: dict) -> np.ndarray:
 
 
 def _flap(group, stats: dict) -> np.ndarray:
+    """FLAP (An et al. 2024) as its reference code scores it, standardised within the layer.
+
+    Per input column j of the output projection: m_j = Var(X_j)·‖W_:,j‖₂², squared for attention. The metric is
+    standardised over the layer's columns ((m − mean) / std, unbiased), which puts attention and MLP structures
+    of every layer on one scale; a kv group's score is the mean of its columns, an MLP channel's its column's.
+    """
     w = _in_matrix(projection(group))
     per_col = stats["var"] * (w * w).sum(0)
-    return np.array([per_col[idx].sum() for idx in _columns(group)])
+    if group.kind == "heads":
+        per_col = per_col ** 2
+    sd = float(per_col.std(ddof=1)) if per_col.size > 1 else 0.0
+    per_col = (per_col - per_col.mean()) / (sd or 1.0)
+    return np.array([per_col[idx].mean() for idx in _columns(group)])
 
 
 def compensate_bias(group, removed_units: list, input_mean: np.ndarray) -> None:

@@ -159,15 +159,18 @@ def test_wanda_sp_is_abs_weight_times_input_norm_per_structure():
     np.testing.assert_allclose(scores.raw[2], [per_col[0:16].sum(), per_col[16:32].sum()], rtol=1e-6)
 
 
-def test_flap_fluctuation_and_per_kind_standardisation():
+def test_flap_as_its_reference_code_squared_attention_standardised_per_layer_head_mean():
     model, groups, batches, scores = llama_scored("flap")
     down = model.model.layers[0].mlp.down_proj
     x = projection_inputs(model, batches, down)
-    var = x.var(0, unbiased=False)
-    want = (var * down.weight.detach().double().pow(2).sum(0)).numpy()
-    np.testing.assert_allclose(scores.raw[1], want, rtol=1e-5)
-    mlp_all = np.concatenate([scores.raw[1], scores.raw[3]])
-    np.testing.assert_allclose(scores.normalized[1], (scores.raw[1] - mlp_all.mean()) / mlp_all.std(), rtol=1e-6)
+    m = (x.var(0, unbiased=False) * down.weight.detach().double().pow(2).sum(0)).numpy()
+    np.testing.assert_allclose(scores.raw[1], (m - m.mean()) / m.std(ddof=1), rtol=1e-5)
+    o = model.model.layers[0].self_attn.o_proj  # 2 kv groups of 16 columns (2 query heads of 8)
+    xo = projection_inputs(model, batches, o)
+    a = ((xo.var(0, unbiased=False) * o.weight.detach().double().pow(2).sum(0)) ** 2).numpy()
+    z = (a - a.mean()) / a.std(ddof=1)
+    np.testing.assert_allclose(scores.raw[0], [z[:16].mean(), z[16:].mean()], rtol=1e-5)
+    assert all(np.array_equal(n, r) for n, r in zip(scores.normalized, scores.raw))  # already on one scale
 
 
 def test_flap_bias_compensation_lands_in_the_next_layers_bias():
