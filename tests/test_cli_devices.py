@@ -11,13 +11,13 @@ import sys
 import pytest
 import yaml
 
-from edgeprune.devices import builtin_device_files, detect_device, local_facts
+from edgeprune.devices import builtin_device_files, detect_device, load_registry, local_facts
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def edgeprune(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200"}
+def edgeprune(*args: str, columns: int = 200) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": str(columns)}
     return subprocess.run([sys.executable, "-m", "edgeprune", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120, check=False)
 
@@ -48,6 +48,18 @@ def test_devices_table() -> None:
     for name in ("jetson-orin-nano", "raspberry-pi-5", "cuda", "cpu"):
         assert name in proc.stdout
     assert " *" in proc.stdout  # this machine is marked
+
+
+def test_devices_table_fits_80_columns_without_breaking_a_word() -> None:
+    proc = edgeprune("devices", columns=80)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80 and "…" not in proc.stdout
+    first_words = {line.split()[0] for line in lines if line.strip()}
+    for spec in load_registry().values():  # every name and alias whole, at the start of its own line
+        assert {spec.name, *spec.aliases, *spec.family_aliases} <= first_words
+        row = next(line for line in lines if line.startswith(spec.name + " "))
+        assert " ".join(spec.runtimes[0].precisions) in row  # a runtime's precisions on one line, unbroken
 
 
 def test_doctor_cpu_json_passes_here() -> None:
