@@ -14,15 +14,18 @@ def demo(out_obj, workdir, force):
     """Train a digits CNN (or reuse it), then profile, prune to 2x, distill, export and validate it here."""
     from edgeprune.demo import run_demo
     from edgeprune.progress import RichReporter
+    from edgeprune.reports import gate_line
 
     with RichReporter(enabled=not out_obj.quiet) as reporter:
         s = run_demo(workdir, reporter, say=out_obj.print, force=force)
     stages = ", ".join(x["stage"] + (" (reused)" if x["skipped"] else f" {x['wall_s']:.0f} s") for x in s["stages"])
+    verdict = {"passed": "[green]PASSED[/]", "incomplete": "[yellow]INCOMPLETE[/]"}.get(s["status"], "[red]FAILED[/]")
     out_obj.print(
-        f"[bold]edgeprune demo[/] {'[green]PASSED[/]' if s['passed'] else '[red]FAILED[/]'} in {s['wall_s']:.0f} s\n"
+        f"[bold]edgeprune demo[/] {verdict} in {s['wall_s']:.0f} s\n"
         f"  latency (cpu, 1 thread, interleaved): dense {s['dense_ms']:.2f} ms -> pruned {s['pruned_ms']:.2f} ms "
         f"({s['speedup']:.2f}x, budget 2x)\n"
         f"  accuracy (digits test): dense {s['dense_accuracy']:.4f} -> pruned + distilled {s['pruned_accuracy']:.4f}\n"
+        + "".join(f"  {gate_line(name, gate)}\n" for name, gate in s["gates"].items()) +
         f"  stages: {stages}\n"
         f"  report: {s['report']}")
     out_obj.result(s)
