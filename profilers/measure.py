@@ -11,7 +11,7 @@ from .errors import ProfilerError
 from .timing import Estimator, measure_interleaved
 
 DRIFT_LIMIT = 0.03
-GROUP_SIZE = 16  # cells per interleaved group: the most an interrupted job loses (docs/profiling.md)
+GROUP_SIZE = 24  # cells per interleaved group: the most an interrupted job discards (docs/profiling.md)
 
 
 def progress(stage, done, total):
