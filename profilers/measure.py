@@ -23,7 +23,7 @@ def emit(kind, key, **fields):
     """A finished measurement as one JSON line on stderr, written the moment it is final.
 
     The host commits each such record to its cache as it arrives, so a job stopped half-way keeps everything it
-    finished. A line is one write under the pipe's atomic size, so a killed job never leaves half a record.
+    finished. A line cut off by a kill is not JSON, so the host never takes half a record for a whole one.
     """
     record = {"record": kind, "key": key}
     record.update(fields)

@@ -2,8 +2,8 @@
 
 The host decides what to measure; the target (this machine or an SSH device) runs `profilers/` to measure it.
 Every measurement is committed to the SQLite cache the moment the device reports it final, so an interrupted
-profile resumes where it stopped. The table's cells are frozen before any
-whole model is timed; the dense model calibrates Σ cells, and seeded held-out variants measure fidelity.
+profile resumes where it stopped. The table's cells are frozen before any whole model is timed; the dense model
+calibrates Σ cells, and seeded held-out variants measure fidelity.
 """
 
 from __future__ import annotations
