@@ -9,7 +9,7 @@ import click
 @click.argument("bundle", type=click.Path())
 @click.pass_obj
 def inspect(out_obj, bundle):
-    """Verify BUNDLE (every checksum) and print what it holds."""
+    """Verify BUNDLE (manifest, every checksum, nothing unlisted, no links) and print what it holds."""
     from edgeprune.exporters.bundle import read_bundle
 
     m = read_bundle(bundle)
@@ -19,7 +19,7 @@ def inspect(out_obj, bundle):
     lines = [f"[bold]bundle[/] {bundle}  (manifest {m['id'][:12]}, checksums ok)",
              f"  source: {m['source']['spec']}" + (f" (pruned from {m['source']['pruned_from']})"
                                                    if m["source"].get("pruned_from") else ""),
-             f"  input: {spec}; preprocessing: {m.get('preprocessing', {}).get('kind')}",
+             f"  input: {spec}; preprocessing: {(m.get('preprocessing') or {}).get('kind')}",
              f"  runtime: {m['runtime'].get('backend')} {m['runtime'].get('provider') or ''} "
              f"{m['runtime'].get('precision')} · {m['runtime'].get('threads')} thread(s)",
              f"  table: {str(table.get('id'))[:12] if table else '—'}"

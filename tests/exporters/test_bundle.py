@@ -103,9 +103,11 @@ def files_under(root: Path) -> list:
 def test_a_good_bundle_reads_and_inspects(bundle):
     m = read_bundle(bundle)
     assert set(m["files"]) == {"model.onnx", "reference_io.npz"}
-    proc = run_cli("inspect", str(bundle))
+    edit_manifest(bundle, lambda m: m.update(preprocessing=None, budget="2x", budget_ms=0.5, predicted_ms=0.25,
+                                             table={"id": "f" * 64, "fidelity": {"within_10": 0.9}}))
+    proc = run_cli("inspect", str(bundle))  # every optional field null or set: still prints
     assert proc.returncode == 0, proc.stderr
-    assert "checksums ok" in proc.stdout
+    assert "checksums ok" in proc.stdout and "preprocessing: None" in proc.stdout and "= 0.500 ms" in proc.stdout
 
 
 @pytest.mark.parametrize("edit, expected", [
