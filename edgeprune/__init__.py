@@ -4,10 +4,16 @@ The public API mirrors the CLI verbs; heavy imports happen on first use so `impo
 """
 
 __version__ = "0.1.0"
-__all__ = ["profile", "prune", "distill", "load", "export", "validate", "load_table"]
+__all__ = ["profile", "prune", "distill", "load", "export", "validate", "load_table", "Criterion",
+           "ScoreContext", "register_criterion"]
+_CRITERIA = ("Criterion", "ScoreContext", "register_criterion")
 
 
 def __getattr__(name):
+    if name in _CRITERIA:
+        from .pruning import criteria
+
+        return getattr(criteria, name)
     if name in __all__:
         from . import api
 

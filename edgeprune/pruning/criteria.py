@@ -31,31 +31,112 @@ what a cut costs; the measured sensitivity replaces it whenever calibration samp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from edgeprune.errors import BadInputError
 
 
+@dataclass
+class ScoreContext:
+    """What a criterion may read: the model, its unit groups, calibration batches, the loss, a seed."""
+
+    groups: list
+    module: object
+    batches: list = field(default_factory=list)
+    loss_fn: Callable | None = None  # loss_fn(module, inputs) -> scalar loss (Taylor)
+    seed: int = 0
+    _stats: list | None = None
+
+    def input_stats(self) -> list:
+        """Per group: mean, variance and norm of the output projection's input columns (computed once)."""
+        if self._stats is None:
+            self._stats = _input_stats(self.groups, self.module, self.batches)
+        return self._stats
+
+
 @dataclass(frozen=True)
 class Criterion:
+    """A registry entry: `score(ctx)` returns one 1-D array of per-unit scores per group (None: keep it whole)."""
+
     name: str
-    needs_data: bool
-    normalize: str  # "mean", "standard" or "none"
+    score: Callable[[ScoreContext], list]
+    needs_data: bool = False
+    normalize: str = "mean"  # how scores become comparable across groups: "mean", "standard" or "none"
     transformers_only: bool = False
+    compensates_bias: bool = False  # the removed columns' mean input joins the next bias (FLAP)
     summary: str = ""
 
 
-CRITERIA = {c.name: c for c in (
-    Criterion("l1", False, "mean", summary="group L1 magnitude"),
-    Criterion("l2", False, "mean", summary="group L2 magnitude (sum of squares)"),
-    Criterion("bn_scale", False, "mean", summary="BatchNorm scale |γ| (Network Slimming)"),
-    Criterion("taylor", True, "none", summary="first-order Taylor |w·grad| on calibration batches"),
-    Criterion("random", False, "none", summary="seeded random scores (a floor every criterion must beat)"),
-    Criterion("wanda_sp", True, "mean", transformers_only=True, summary="structured Wanda: |W|·‖X‖ per head / channel"),
-    Criterion("flap", True, "none", transformers_only=True,
-              summary="FLAP fluctuation Var(X)·‖W‖², with bias compensation"),
-)}
+class CriterionRegistry:
+    """The `--criterion` names; an instance, so tests can build their own. Registering a name twice is an error."""
+
+    def __init__(self, criteria: tuple = ()):
+        self._items: dict = {}
+        for criterion in criteria:
+            self.register(criterion)
+
+    def register(self, criterion: Criterion) -> Criterion:
+        if not isinstance(criterion, Criterion) or not callable(criterion.score):
+            raise TypeError("register a Criterion(name, score=callable(ScoreContext) -> list of arrays)")
+        if criterion.normalize not in ("mean", "standard", "none"):
+            raise ValueError(f"criterion {criterion.name}: normalize must be mean, standard or none")
+        if criterion.name in self._items:
+            raise ValueError(f"criterion {criterion.name!r} is already registered")
+        self._items[criterion.name] = criterion
+        return criterion
+
+    def get(self, name: str) -> Criterion:
+        if name not in self._items:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(self._items), n=2)
+            raise BadInputError(f"unknown criterion '{name}'", f"did you mean {', '.join(close)}?" if close
+                                else f"choose one of {', '.join(self._items)}")
+        return self._items[name]
+
+    def names(self) -> list:
+        return list(self._items)
+
+    def items(self):
+        return self._items.items()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
+
+
+def _bn_scales(ctx: ScoreContext) -> list:
+    raw = [_bn_scale(g) for g in ctx.groups]
+    if all(r is None for r in raw):
+        raise BadInputError("criterion bn_scale needs BatchNorm layers and this model has none in its groups",
+                            "use l1, l2 or taylor")
+    return raw
+
+
+def _random(ctx: ScoreContext) -> list:
+    rng = np.random.default_rng(ctx.seed)
+    return [rng.random(g.units) for g in ctx.groups]
+
+
+CRITERIA = CriterionRegistry((
+    Criterion("l1", lambda ctx: [_magnitude(g, 1) for g in ctx.groups], summary="group L1 magnitude"),
+    Criterion("l2", lambda ctx: [_magnitude(g, 2) for g in ctx.groups], summary="group L2 magnitude (sum of squares)"),
+    Criterion("bn_scale", _bn_scales, summary="BatchNorm scale |γ| (Network Slimming)"),
+    Criterion("taylor", lambda ctx: _taylor(ctx.groups, ctx.module, ctx.batches, ctx.loss_fn), needs_data=True,
+              normalize="none", summary="first-order Taylor (Σ w·grad)² per batch, averaged (Molchanov et al.)"),
+    Criterion("random", _random, normalize="none", summary="seeded random scores (a floor every criterion must beat)"),
+    Criterion("wanda_sp", lambda ctx: [_wanda_sp(g, st) for g, st in zip(ctx.groups, ctx.input_stats())],
+              needs_data=True, transformers_only=True, summary="structured Wanda: |W|·‖X‖ per head / channel"),
+    Criterion("flap", lambda ctx: [_flap(g, st) for g, st in zip(ctx.groups, ctx.input_stats())], needs_data=True,
+              normalize="none", transformers_only=True, compensates_bias=True,
+              summary="FLAP fluctuation Var(X)·‖W‖², standardised per layer, with bias compensation"),
+))
+
+
+def register_criterion(criterion: Criterion) -> Criterion:
+    """Add a criterion of your own to `--criterion` / `edgeprune.prune(criterion=NAME)`."""
+    return CRITERIA.register(criterion)
 
 
 @dataclass
@@ -69,13 +150,7 @@ class Scores:
 
 
 def get_criterion(name: str) -> Criterion:
-    if name not in CRITERIA:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(CRITERIA), n=2)
-        raise BadInputError(f"unknown criterion '{name}'",
-                            f"did you mean {', '.join(close)}?" if close else f"choose one of {', '.join(CRITERIA)}")
-    return CRITERIA[name]
+    return CRITERIA.get(name)
 
 
 def score_groups(name: str, groups: list, module, batches: list | None = None, loss_fn=None, seed: int = 0) -> Scores:
@@ -90,24 +165,11 @@ def score_groups(name: str, groups: list, module, batches: list | None = None, l
                             "use l1, l2, bn_scale, taylor or random for this model")
     if crit.needs_data and not batches:
         raise BadInputError(f"criterion {name} needs calibration data", "pass --calib PATH (or choose l1 / l2)")
-    input_mean = {}
-    if name in ("l1", "l2"):
-        raw = [_magnitude(g, 1 if name == "l1" else 2) for g in groups]
-    elif name == "bn_scale":
-        raw = [_bn_scale(g) for g in groups]
-        if all(r is None for r in raw):
-            raise BadInputError("criterion bn_scale needs BatchNorm layers and this model has none in its groups",
-                                "use l1, l2 or taylor")
-    elif name == "random":
-        rng = np.random.default_rng(seed)
-        raw = [rng.random(g.units) for g in groups]
-    elif name == "taylor":
-        raw = _taylor(groups, module, batches, loss_fn)
-    else:
-        stats = _input_stats(groups, module, batches)
-        raw = [_wanda_sp(g, stats[i]) if name == "wanda_sp" else _flap(g, stats[i]) for i, g in enumerate(groups)]
-        if name == "flap":
-            input_mean = {i: stats[i]["mean"] for i in range(len(groups))}
+    ctx = ScoreContext(groups, module, list(batches or []), loss_fn, seed)
+    raw = crit.score(ctx)
+    if len(raw) != len(groups) or any(r is not None and len(r) != g.units for r, g in zip(raw, groups)):
+        raise ValueError(f"criterion {name} must return one score per unit of every group")
+    input_mean = {i: st["mean"] for i, st in enumerate(ctx.input_stats())} if crit.compensates_bias else {}
     return Scores(name, raw, normalize(raw, groups, crit.normalize), input_mean)
 
 

@@ -231,3 +231,45 @@ def test_llm_criteria_refuse_cnns_and_unknown_names_suggest():
         score_groups("wanda_sp", groups, model, [EXAMPLE])
     with pytest.raises(BadInputError, match="did you mean l2"):
         score_groups("l22", groups, model)
+
+
+def test_registry_is_an_instance_that_refuses_duplicates_and_non_callables():
+    from edgeprune.pruning.criteria import Criterion, CriterionRegistry
+
+    registry = CriterionRegistry((Criterion("mine", lambda ctx: []),))
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(Criterion("mine", lambda ctx: []))
+    with pytest.raises(TypeError):
+        registry.register(Criterion("broken", score=None))
+    with pytest.raises(BadInputError, match="did you mean mine"):
+        registry.get("mien")
+
+
+def test_a_users_own_criterion_decides_which_units_go():
+    """Registered through the public API, then used by name: the kept units are the ones it ranks highest."""
+    import edgeprune
+    from edgeprune.pruning import criteria
+
+    def last_units_first(ctx):  # prefers high indices: the kept units must be the last ones of every group
+        return [np.arange(g.units, dtype=float) for g in ctx.groups]
+
+    edgeprune.register_criterion(edgeprune.Criterion("prefer_last", last_units_first, normalize="none"))
+    try:
+        model = tiny_cnn()
+        groups = build_space(model, EXAMPLE)
+        scores = score_groups("prefer_last", groups, model)
+        assert [list(s) for s in scores.raw] == [list(range(g.units)) for g in groups]
+        from edgeprune.pruning.engine import slim_copy
+
+        slim, kept = slim_copy(model, lambda m: build_space(m, EXAMPLE), [g.units // 2 for g in groups], scores)
+        assert kept == {g.name: g.units // 2 for g in groups}
+        first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        slim_first = next(m for m in slim.modules() if isinstance(m, torch.nn.Conv2d))
+        n = slim_first.out_channels
+        assert torch.equal(slim_first.weight, first.weight[-n:, : slim_first.in_channels])  # the last ones stayed
+        with pytest.raises(ValueError, match="one score per unit"):
+            edgeprune.register_criterion(edgeprune.Criterion("short", lambda ctx: [np.ones(1) for _ in ctx.groups]))
+            score_groups("short", groups, model)
+    finally:
+        criteria.CRITERIA._items.pop("prefer_last", None)
+        criteria.CRITERIA._items.pop("short", None)
