@@ -9,41 +9,16 @@ miss and the solve repeats (bounded rounds), so the saved model is the one that 
 from __future__ import annotations
 
 import copy
-import re
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeprune.budget import BUDGET_TOLERANCE, Budget, meets_budget, parse_budget, tolerance_text  # noqa: F401
 from edgeprune.errors import BadInputError
 
 FINGERPRINT_KEYS = ("device", "device_model", "machine", "cpu_count", "runtime", "runtime_version", "provider",
                     "precision", "threads")
-
-
-@dataclass(frozen=True)
-class Budget:
-    kind: str  # "ms" or "speedup"
-    value: float
-
-    def __str__(self) -> str:
-        return f"{self.value:g}ms" if self.kind == "ms" else f"{self.value:g}x"
-
-    def ms(self, dense_ms: float) -> float:
-        return self.value if self.kind == "ms" else dense_ms / self.value
-
-
-def parse_budget(text: str | float | None) -> Budget | None:
-    """`4.2ms` (milliseconds in the table's estimator) or `2x` (speedup over the dense model)."""
-    if text is None:
-        return None
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|x|×)\s*", str(text).lower())
-    if not m or float(m.group(1)) <= 0:
-        raise BadInputError(f"cannot read budget '{text}'", "write it like 4.2ms or 2x")
-    kind = "ms" if m.group(2) == "ms" else "speedup"
-    if kind == "speedup" and float(m.group(1)) < 1:
-        raise BadInputError(f"a speedup budget below 1x ({text}) asks for a slower model", "write e.g. 1.5x")
-    return Budget(kind, float(m.group(1)))
 
 
 @dataclass
@@ -63,7 +38,6 @@ class PruneOptions:
     seed: int = 0
     measure: bool = True
     max_rounds: int = 3
-    tolerance: float = 0.03  # a measured latency within 3 % of the budget meets it (the estimator's noise)
     threads: int | None = None  # the target's threads / precision: must be the table's (None: the table's)
     precision: str | None = None
     bn_recalibrate: bool = True  # re-estimate BatchNorm statistics on the --calib inputs after pruning
@@ -327,7 +301,7 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
         limit = budget.ms(measured["dense_ms"]) if budget.kind == "speedup" else budget_ms
         measured["budget_ms"] = limit
         record["measured"] = measured
-        if measured["pruned_ms"] <= limit * (1 + options.tolerance):
+        if meets_budget(measured["pruned_ms"], limit):
             break
         if round_index + 1 < options.max_rounds:
             if target_ms <= floor * (1 + 1e-9):
@@ -343,9 +317,9 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
     if within is not None and within < 0.8 and measured is None:
         notes.append(f"low-fidelity table ({table.fidelity['within_10']:.0%} within ±10 %): measure the result "
                      "(--device) before trusting the prediction")
-    if measured is not None and measured["pruned_ms"] > measured["budget_ms"] * (1 + options.tolerance):
+    if measured is not None and not meets_budget(measured["pruned_ms"], measured["budget_ms"]):
         notes.append(f"after {len(rounds)} rounds the measured {measured['pruned_ms']:.3g} ms still misses the "
-                     f"budget {measured['budget_ms']:.3g} ms")
+                     f"budget {measured['budget_ms']:.3g} ms ({tolerance_text()})")
     bn_layers = 0
     if options.bn_recalibrate and batches:  # statistics only: the measured latency still holds
         from .batchnorm import recalibrate_batchnorm
