@@ -70,11 +70,12 @@ def save_pruned(out: str | Path, module, loaded, widths: dict, provenance: dict,
     section = {"format_version": FORMAT_VERSION, "kind": "pruned_model",
                "source": source_record(loaded), "widths": widths, "modules": module_sizes(module)}
     config = {}
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
     hf = getattr(module, "config", None)
     if hf is not None and hasattr(hf, "to_dict"):
         config = hf_config_for(module, widths)
+        state = _with_config_biases(module, config, state)
     config["edgeprune"] = section
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
     state = _untie(state)
     check_writable(out, force)
     with atomic_dir(out) as tmp:
@@ -83,6 +84,38 @@ def save_pruned(out: str | Path, module, loaded, widths: dict, provenance: dict,
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
         (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str) + "\n")
     return Path(out)
+
+
+BIAS_FLAGS = {"attention_bias": ("q_proj", "k_proj", "v_proj", "o_proj"),
+              "mlp_bias": ("gate_proj", "up_proj", "down_proj")}
+
+
+def _with_config_biases(module, config: dict, state: dict) -> dict:
+    """Biases FLAP's compensation added to o_proj / down_proj, made loadable by `from_pretrained`.
+
+    A LLaMA-style config switches biases on for a whole block kind (attention_bias, mlp_bias); with the flag
+    set, every projection of that kind gets a bias (zeros where compensation added none), so transformers builds
+    the same module edgeprune saved instead of silently dropping the compensation. Configs without such a flag
+    (Qwen2, Mistral) keep the biases for edgeprune.load only.
+    """
+    import torch
+
+    from .transformer import transformer_layout
+
+    layout = transformer_layout(module)
+    if layout is None or layout.family.name != "llama":
+        return state
+    state = dict(state)
+    for flag, names in BIAS_FLAGS.items():
+        if flag not in config or config[flag]:
+            continue
+        linears = {n: m for n, m in module.named_modules() if n.rsplit(".", 1)[-1] in names}
+        if not any(m.bias is not None for m in linears.values()):
+            continue
+        config[flag] = True
+        for name, linear in linears.items():
+            state.setdefault(f"{name}.bias", torch.zeros(linear.out_features, dtype=linear.weight.dtype))
+    return state
 
 
 def _untie(state: dict) -> dict:

@@ -225,3 +225,24 @@ def test_uniform_heads_that_do_not_divide_hidden_size_still_load(llama_dir, llam
     ids = torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.allclose(module(input_ids=ids).logits, res.module(input_ids=ids).logits, atol=1e-5)
+
+
+def test_flap_compensation_survives_from_pretrained(llama_dir, llama_table, tmp_path):
+    """FLAP's compensating biases: the config switches LLaMA's attention/MLP biases on, so transformers keeps them."""
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(1))
+    np.savez(tmp_path / "calib.npz", input_ids=ids.numpy())
+    out = tmp_path / "flap"
+    res = edgeprune.prune(str(llama_dir), llama_table, out, mode="uniform", ratio=0.5, criterion="flap",
+                          calib=str(tmp_path / "calib.npz"), measure=False)
+    assert res.module.model.layers[0].mlp.down_proj.bias is not None  # compensation happened
+    config = json.loads((out / "config.json").read_text())
+    assert config["attention_bias"] is True and config["mlp_bias"] is True
+    hf = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    assert torch.count_nonzero(hf.model.layers[0].mlp.down_proj.bias) > 0
+    mine = edgeprune.load(out)
+    with torch.no_grad():
+        want = res.module(input_ids=ids).logits
+        assert torch.allclose(hf(input_ids=ids).logits, want, atol=1e-5)
+        assert torch.allclose(mine(input_ids=ids).logits, want, atol=1e-5)
