@@ -153,6 +153,8 @@ def pareto_figure(reports: list, baseline=None):
     for limit in _budgets(reports):
         ax.axvline(limit, linestyle="--", color="red", linewidth=1.2, label=f"budget {limit:.3g} ms")
     ax.margins(x=0.15, y=0.15)
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, min(high, 1.005))  # no axis room above a perfect score
     ax.set_title("Accuracy vs latency (table estimator)", fontsize=10)
     ax.set_xlabel("latency (ms, table estimator)")
     ax.set_ylabel("top-1 accuracy")
