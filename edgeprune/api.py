@@ -6,8 +6,11 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import BadInputError, EdgepruneError
 from .latency.build import ProfileOptions, ProfileResult, Reporter
 from .latency.table import LatencyTable
+
+BUILTIN_DATA = ("digits", "digits:train", "digits:test")  # edgeprune.data reads these without a file
 
 
 def profile(model: str, device: str, out: str | Path | None = None, *, host: str | None = None,
@@ -16,13 +19,14 @@ def profile(model: str, device: str, out: str | Path | None = None, *, host: str
             provider: str | None = None,
             precision: str = "fp32", density: str = "coarse", variants: int = 20, seed: int = 0,
             cache: str | Path | None = None, reporter: Reporter | None = None, force: bool = False,
-            lock_clocks: bool = False, **ssh_options) -> ProfileResult:
+            lock_clocks: bool = False, trust_remote_code: bool = False, **ssh_options) -> ProfileResult:
     """Measure a latency table for `model` on `device` (this machine, or `host` over SSH); save it to `out`.
 
     Clocks are only read and recorded, unless `lock_clocks` runs the device's own locking commands first.
+    `trust_remote_code` lets a Hugging Face model directory run its own Python files on this machine.
     """
     from .atomic import check_writable
-    from .devices import load_registry, lookup_device, open_device
+    from .devices import load_registry, open_device
     from .latency.build import profile_model
     from .latency.cache import MeasurementCache
     from .models import load_model
@@ -30,9 +34,9 @@ def profile(model: str, device: str, out: str | Path | None = None, *, host: str
     if out is not None:
         check_writable(out, force)
     registry = load_registry()
-    lookup_device(device, registry)  # an unknown device name fails before the model is loaded or a host contacted
+    check_where(device, host, ssh_options, registry, backend=backend, provider=provider, precision=precision)
     loaded = load_model(model, weights=weights, model_args=model_args, input_shape=input_shape, seq_len=seq_len,
-                        regime=regime)
+                        regime=regime, trust_remote_code=trust_remote_code)
     options = ProfileOptions(threads=threads, precision=precision, backend=backend, provider=provider,
                              density=density, variants=variants, seed=seed)
     measurements = MeasurementCache(cache)
@@ -47,11 +51,37 @@ def profile(model: str, device: str, out: str | Path | None = None, *, host: str
     return result
 
 
+def check_where(device: str | None, host: str | None, ssh_options: dict, registry=None, **runtime) -> None:
+    """Refuse a wrong --device, runtime, --host or SSH option before any model loads or connection opens.
+
+    `runtime` (backend, provider, precision) must fit one of the devices `device` names (a family names several).
+    """
+    from .devices import load_registry, lookup_device
+    from .targets import open_target
+
+    if device is not None:
+        specs = lookup_device(device, registry if registry is not None else load_registry())
+        errors = []
+        for spec in specs:
+            try:
+                spec.runtime(**runtime)
+            except EdgepruneError as err:
+                errors.append(err)
+        if len(errors) == len(specs):
+            raise errors[0]
+    open_target(host, **ssh_options)  # parses --host and the SSH options; it connects only when entered
+
+
+def check_data_path(path: str | Path | None, flag: str) -> None:
+    """A data path that does not exist fails before any model loads; the built-in `digits` needs no file."""
+    if path is not None and str(path) not in BUILTIN_DATA and not Path(path).exists():
+        raise BadInputError(f"{flag} {path} does not exist",
+                            "give a .npz/.pt/.safetensors file, an image folder, a text file, or 'digits'")
+
+
 def _lock_clocks(target, spec) -> dict:
     """Run the device's clock-locking commands on it; returns the facts read afterwards."""
     import json
-
-    from .errors import BadInputError
 
     if not spec.clocks.lock:
         raise BadInputError(f"device {spec.name} has no clock-locking command",
@@ -67,8 +97,12 @@ def prune(model, table=None, out: str | Path | None = None, *, budget: str | Non
           model_args: dict | None = None, input_shape: tuple | None = None, seq_len: int | None = None,
           regime: str | None = None, seed: int = 0, max_rounds: int = 3, threads: int | None = None,
           precision: str | None = None, cache: str | Path | None = None, reporter: Reporter | None = None,
-          force: bool = False, bn_recalibrate: bool = True, **ssh_options):
+          force: bool = False, bn_recalibrate: bool = True, trust_remote_code: bool = False, search: int = 24,
+          sensitivity_points: int = 4, **ssh_options):
     """Prune `model` to `budget` (`"4.2ms"` or `"2x"`; `target` is the same) against latency `table`.
+
+    With `calib`, each group's cost is measured as calibration loss at `sensitivity_points` widths and `search`
+    whole candidates are scored after the knapsack (0: knapsack only); docs/pruning.md.
 
     Without a table only the baselines' modes run (`mode="uniform"|"global"` with `ratio` or `macs`).
     `model` is a `--model` spec, a LoadedModel, or a torch module (shaped like the table's model). When the
@@ -78,21 +112,23 @@ def prune(model, table=None, out: str | Path | None = None, *, budget: str | Non
     """
     from .atomic import check_writable
     from .latency.cache import MeasurementCache
-    from .pruning.engine import PruneOptions, prune_model
+    from .pruning.engine import PruneOptions, parse_budget, prune_model
 
     if budget is not None and target is not None and budget != target:
-        from .errors import BadInputError
-
         raise BadInputError("both budget and target given", "they are the same option; pass one")
+    options = PruneOptions(criterion=criterion, budget=budget or target, mode=mode, ratio=ratio, macs=macs,
+                           round_to=round_to, min_keep=min_keep, calib=calib, calib_samples=calib_samples, seed=seed,
+                           measure=measure, max_rounds=max_rounds, threads=threads, precision=precision,
+                           bn_recalibrate=bn_recalibrate, search=search, sensitivity_points=sensitivity_points)
+    parse_budget(options.budget)
+    check_data_path(calib, "--calib")
     if out is not None:
         check_writable(out, force)
     if table is not None and not isinstance(table, LatencyTable):
         table = LatencyTable.load(table)
-    loaded = _as_loaded(model, table, weights, model_args, input_shape, seq_len, regime)
-    options = PruneOptions(criterion=criterion, budget=budget or target, mode=mode, ratio=ratio, macs=macs,
-                           round_to=round_to, min_keep=min_keep, calib=calib, calib_samples=calib_samples, seed=seed,
-                           measure=measure, max_rounds=max_rounds, threads=threads, precision=precision,
-                           bn_recalibrate=bn_recalibrate)
+    _check_prune_request(model, table, options)
+    check_where(device, host, ssh_options)
+    loaded = _as_loaded(model, table, weights, model_args, input_shape, seq_len, regime, trust_remote_code)
     measurements = MeasurementCache(cache) if measure else None
     try:
         # the device is opened whenever there is a table: its fingerprint is checked even with measure=False
@@ -122,7 +158,26 @@ def load(path: str | Path, base=None):
     return load_pruned(path, base)[0]
 
 
-def _as_loaded(model, table, weights, model_args, input_shape, seq_len, regime):
+def _check_prune_request(model, table, options) -> None:
+    """The part of the engine's check_request that needs no model, done before the model loads (seconds)."""
+    from .pruning.criteria import get_criterion
+
+    if table is None and (options.mode == "latency" or options.budget):
+        raise BadInputError("a latency budget needs a latency table",
+                            f"profile first: edgeprune profile --model {model} --out table.json, then pass --table "
+                            "table.json")
+    for name in ("threads", "precision"):
+        want, have = getattr(options, name), table.runtime.get(name) if table is not None else None
+        if table is not None and want is not None and want != have:
+            raise BadInputError(f"the table was measured at {name} {have}, the target asks for {want}",
+                                f"profile again with --{name} {want}; a model is never judged on another {name} "
+                                "setting")
+    crit = get_criterion(options.criterion)
+    if crit.needs_data and not options.calib:
+        raise BadInputError(f"criterion {crit.name} needs calibration data", "pass --calib PATH (or use l1 / l2)")
+
+
+def _as_loaded(model, table, weights, model_args, input_shape, seq_len, regime, trust_remote_code=False):
     from .models import LoadedModel, load_model, state_dict_sha256
 
     if isinstance(model, LoadedModel):
@@ -133,10 +188,8 @@ def _as_loaded(model, table, weights, model_args, input_shape, seq_len, regime):
         return load_model(str(model), weights=weights, model_args=model_args,
                           input_shape=input_shape or (tuple(recorded["input_shape"]) if vision else None),
                           seq_len=seq_len or recorded.get("seq_len"),
-                          regime=regime or recorded.get("regime") or "prefill")
+                          regime=regime or recorded.get("regime") or "prefill", trust_remote_code=trust_remote_code)
     if input_shape is None and not recorded:
-        from .errors import BadInputError
-
         raise BadInputError("a torch module without a table needs its input shape", "pass input_shape=(1, 3, H, W)")
     shape = tuple(input_shape or recorded["input_shape"])
     return LoadedModel(f"python:{type(model).__qualname__}", model.eval(), None, shape, "vision", True,
@@ -196,22 +249,25 @@ def _provenance(loaded, table, options, result) -> dict:
 def distill(student, teacher, data: str, out: str | Path, *, teacher_weights: str | None = None,
             teacher_args: dict | None = None, epochs: int = 5, lr: float = 1e-3, batch_size: int = 32,
             temperature: float = 4.0, alpha: float = 0.9, top_k: int | None = None, online: bool = False,
-            cache_dir: str | Path | None = None, holdout: float = 0.2, seed: int = 0, force: bool = False):
+            cache_dir: str | Path | None = None, holdout: float = 0.2, seed: int = 0, force: bool = False,
+            trust_remote_code: bool = False):
     """Distil `teacher` (a `--model` spec) into `student` (a pruned-model dir) on `data`; save to `out`.
 
     The teacher's outputs are computed once into `cache_dir` (default: beside `out`) and reused while the
     teacher and data stay the same; `online=True` runs the teacher every step instead.
+    `trust_remote_code` lets a Hugging Face teacher directory run its own Python files on this machine.
     """
     from .distillation.run import distill_model
     from .distillation.train import DistillOptions
     from .models import load_model
 
+    check_data_path(data, "--data")
     student_loaded = load_model(str(student))
     source = student_loaded.pruned_source or {}
     teacher_loaded = load_model(str(teacher), weights=teacher_weights,
                                 model_args=teacher_args if teacher_args is not None else source.get("model_args"),
                                 input_shape=student_loaded.input_shape if student_loaded.family == "vision" else None,
-                                seq_len=student_loaded.seq_len)
+                                seq_len=student_loaded.seq_len, trust_remote_code=trust_remote_code)
     options = DistillOptions(epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature, alpha=alpha,
                              top_k=top_k, seed=seed)
     return distill_model(student_loaded, teacher_loaded, data, out, options=options, cache_dir=cache_dir,
@@ -222,22 +278,28 @@ def export(model, out: str | Path, *, data: str | None = None, table=None, budge
            baseline_accuracy: float | None = None, atol: float = 1e-4, rtol: float = 1e-3, clean: bool = True,
            weights: str | None = None, model_args: dict | None = None, input_shape: tuple | None = None,
            seq_len: int | None = None, regime: str | None = None, force: bool = False, engine: str | None = None,
-           device: str | None = None, host: str | None = None, workspace_mb: int | None = None, **ssh_options):
+           device: str | None = None, host: str | None = None, workspace_mb: int | None = None,
+           trust_remote_code: bool = False, **ssh_options):
     """Export `model` (a `--model` spec, pruned-model dir or LoadedModel) to the bundle directory `out`.
 
     Fails (CheckFailedError, nothing written) when ONNX Runtime and PyTorch disagree beyond the tolerance.
     `engine="fp16"` (or fp32/int8) also builds a TensorRT engine on `device` (default cuda; `host` for SSH).
+    `trust_remote_code` lets a Hugging Face model directory run its own Python files on this machine.
     """
     from .atomic import check_writable
     from .bundles import export_bundle
     from .models import LoadedModel, load_model
+    from .pruning.engine import parse_budget
 
     check_writable(out, force)
+    parse_budget(budget)
+    check_data_path(data, "--data")
+    check_where((device or "cuda") if engine is not None else device, host, ssh_options)
     if table is not None and not isinstance(table, LatencyTable):
         table = LatencyTable.load(table)
     loaded = model if isinstance(model, LoadedModel) else load_model(
         str(model), weights=weights, model_args=model_args, input_shape=input_shape, seq_len=seq_len,
-        regime=regime or "prefill")
+        regime=regime or "prefill", trust_remote_code=trust_remote_code)
     return export_bundle(loaded, out, data=data, table=table, budget=budget, baseline_accuracy=baseline_accuracy,
                          atol=atol, rtol=rtol, clean=clean, engine=engine, device=device, host=host,
                          ssh_options=ssh_options, workspace_mb=workspace_mb)

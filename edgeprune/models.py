@@ -8,7 +8,10 @@ Named architectures get the user's weights through `--weights` (safetensors, or 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,7 +97,24 @@ def parse_model_args(pairs: tuple | list) -> dict:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
-    return out
+    return check_model_args(out, "--model-arg")
+
+
+def check_model_args(args: dict, where: str) -> dict:
+    """Refuse keys no constructor can take, and loader switches that have their own flag.
+
+    `trust_remote_code` runs Python files from the model directory, so it is only ever the named
+    `--trust-remote-code` flag (a recipe file or a copied command line must not switch it on unnoticed).
+    """
+    for key in args:
+        if key == "trust_remote_code":
+            raise BadInputError(f"trust_remote_code cannot be set through {where}: it runs the model directory's "
+                                "Python code", "pass --trust-remote-code on the command line (trust_remote_code=True "
+                                "in the Python API) if you trust that code")
+        if not isinstance(key, str) or not key.isidentifier():
+            raise BadInputError(f"model arg {key!r} is not a parameter name",
+                                "write it like num_classes=10 (letters, digits and _)")
+    return args
 
 
 def sha256_file(path: Path) -> str:
@@ -145,16 +165,13 @@ def load_weights(module, path: str | Path) -> None:
 def _torchvision(name: str, args: dict):
     import torchvision
 
-    try:
-        return torchvision.models.get_model(name, weights=None, **args)
-    except ValueError:
+    if name not in torchvision.models.list_models():
         import difflib
 
         close = difflib.get_close_matches(name, torchvision.models.list_models(), n=3)
         hint = f"did you mean {', '.join(close)}?" if close else "see torchvision.models.list_models()"
-        raise BadInputError(f"torchvision has no model '{name}'", hint) from None
-    except TypeError as err:
-        raise BadInputError(f"torchvision:{name} rejects the model args: {err}", "check --model-arg names") from None
+        raise BadInputError(f"torchvision has no model '{name}'", hint)
+    return _build(f"torchvision:{name}", torchvision.models.get_model, name, args, weights=None)
 
 
 def _timm(name: str, args: dict):
@@ -168,19 +185,140 @@ def _timm(name: str, args: dict):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         raise BadInputError(f"timm has no model '{name}'", f"did you mean {', '.join(close)}?" if close else
                             "see timm.list_models()")
-    return timm.create_model(name, pretrained=False, **args)
+    return _build(f"timm:{name}", timm.create_model, name, args, pretrained=False)
 
 
-def _huggingface(path: Path, args: dict):
+def _build(spec: str, factory, name: str, args: dict, **fixed):
+    """`factory(name, **fixed, **args)`, refusing args that no named parameter received.
+
+    torchvision and timm builders forward **kwargs down to the model class, and some classes swallow what
+    they do not know (torchvision's ConvNeXt, MobileNetV3), so an unused key is found by watching the calls:
+    a key is used when a function of the model library took it as a named parameter.
+    """
+    if not args:
+        return factory(name, **fixed)
+    watch = _ArgWatch(args, exclude=set(fixed))
+    try:
+        with watch:
+            module = factory(name, **fixed, **args)
+    except (TypeError, ValueError) as err:  # the args are the only input here that a user chose
+        unknown = re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'", str(err))
+        if unknown:
+            tb = err.__traceback__
+            while tb.tb_next is not None:
+                tb = tb.tb_next
+            caller = tb.tb_frame  # the class that refused is a name there (torchvision) or a local (timm's builder)
+            for refusing in [caller.f_globals.get(unknown.group(1)), *caller.f_locals.values()]:
+                if inspect.isclass(refusing) and refusing.__name__ == unknown.group(1):
+                    watch.valid.update(_optional_parameters(refusing.__init__))
+                    break
+            raise watch.unused_error(spec, [unknown.group(2)]) from None
+        raise BadInputError(f"{spec} rejects the model args: {str(err).splitlines()[0][:200]}",
+                            "check the --model-arg values") from None
+    unused = sorted(set(args) - watch.used)
+    if unused:
+        raise watch.unused_error(spec, unused)
+    return module
+
+
+class _ArgWatch:
+    """While active (sys.setprofile), records which of `args` a model-library function took by name.
+
+    `used`: keys bound to a named parameter holding the very object passed (not a default that happens to
+    share the name); `valid`: the optional named parameters of the functions the args were forwarded to,
+    except those in private modules (timm's `_builder`, torchvision's `_api`: loader plumbing, not model
+    args). torch's own functions do not count: a Conv2d's `bias` is not an argument of the model.
+    """
+
+    def __init__(self, args: dict, exclude: set):
+        self.args = args
+        self.exclude = exclude | {"self"}
+        self.used: set[str] = set()
+        self.valid: set[str] = set()
+        self._previous = None
+
+    def __enter__(self) -> _ArgWatch:
+        self._previous = sys.getprofile()
+        sys.setprofile(self._on_event)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.setprofile(self._previous)
+
+    def _on_event(self, frame, event: str, arg) -> None:
+        module = str(frame.f_globals.get("__name__", ""))
+        if event != "call" or module.split(".")[0] == "torch":
+            return
+        code = frame.f_code
+        count = code.co_argcount + code.co_kwonlyargcount
+        names = code.co_varnames[:count]
+        varkw = code.co_varnames[count + bool(code.co_flags & inspect.CO_VARARGS)] \
+            if code.co_flags & inspect.CO_VARKEYWORDS else None
+        if varkw is None and not any(key in names for key in self.args):
+            return
+        local = frame.f_locals
+        forwarded = (local.get(varkw) or {}) if varkw else {}
+        reached = False
+        for key, value in self.args.items():
+            if key in names and local.get(key) is value:
+                self.used.add(key)
+                reached = True
+            reached = reached or forwarded.get(key) is value
+        if reached and not any(part.startswith("_") for part in module.split(".")):
+            self.valid.update(_optional_parameters(_function_of(frame)))
+
+    def unused_error(self, spec: str, unused: list) -> BadInputError:
+        import difflib
+
+        valid = sorted(self.valid - self.exclude - set(unused))
+        close = difflib.get_close_matches(unused[0], valid, n=1)
+        hint = (f"did you mean {close[0]}? " if close else "") + \
+            (f"{spec} takes: {', '.join(valid)}" if valid else f"{spec} takes no model args")
+        keys = ", ".join(f"'{k}'" for k in unused)
+        return BadInputError(f"{spec} does not use the model arg{'s' if len(unused) > 1 else ''} {keys}", hint)
+
+
+def _function_of(frame):
+    """The function (unwrapped from its decorators) whose code runs in `frame`, or None."""
+    code = frame.f_code
+    candidates = [frame.f_globals.get(code.co_name)]
+    owner = frame.f_locals.get("self")
+    if owner is not None:
+        candidates += [vars(klass).get(code.co_name) for klass in type(owner).__mro__]
+    for candidate in candidates:
+        func = inspect.unwrap(candidate) if callable(candidate) else None
+        if getattr(func, "__code__", None) is code:
+            return func
+    return None
+
+
+def _optional_parameters(func) -> list:
+    """Names of `func`'s parameters a caller may pass by name and may leave out."""
+    if func is None:
+        return []
+    return [p.name for p in inspect.signature(func).parameters.values()
+            if p.kind == p.KEYWORD_ONLY or (p.kind == p.POSITIONAL_OR_KEYWORD and p.default is not p.empty)]
+
+
+def _huggingface(path: Path, args: dict, trust_remote_code: bool = False):
     try:
         import transformers
     except ImportError:
         raise BadInputError("transformers is not installed", "pip install 'edgeprune[hf]'") from None
     try:
-        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True, **args)
+        config, unused = transformers.AutoConfig.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=trust_remote_code, return_unused_kwargs=True, **args)
     except Exception as err:
+        _refuse_remote_code(err, path)
         raise BadInputError(f"cannot read the Hugging Face config in {path}: {str(err).splitlines()[0][:160]}",
                             "check config.json") from None
+    if unused:  # transformers ignores config keys it does not know; a typo would go unnoticed
+        import difflib
+
+        close = difflib.get_close_matches(sorted(unused)[0], sorted(config.to_dict()), n=3)
+        raise BadInputError(f"the Hugging Face config in {path} has no field {', '.join(map(repr, sorted(unused)))}",
+                            (f"did you mean {', '.join(close)}? " if close else "")
+                            + f"--model-arg sets fields of {path / 'config.json'}")
     if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in (config.architectures or [])) \
             or config.model_type in ("llama", "gpt2", "mistral", "qwen2"):
         family = "language"
@@ -193,19 +331,32 @@ def _huggingface(path: Path, args: dict):
     auto = transformers.AutoModelForCausalLM if family == "language" else transformers.AutoModel
     try:
         if has_weights:
-            model = auto.from_pretrained(str(path), local_files_only=True, config=config)
+            model = auto.from_pretrained(str(path), local_files_only=True, config=config,
+                                         trust_remote_code=trust_remote_code)
         else:
-            model = auto.from_config(config)
+            model = auto.from_config(config, trust_remote_code=trust_remote_code)
     except Exception as err:
+        _refuse_remote_code(err, path)
         raise BadInputError(f"cannot load the Hugging Face model in {path}: {str(err).splitlines()[0][:160]}",
                             "check that the weights match config.json") from None
     return model, family, has_weights
 
 
+def _refuse_remote_code(err: Exception, path: Path) -> None:
+    """One clear line when transformers refused a model directory's own Python code (no --trust-remote-code)."""
+    if "trust_remote_code" in str(err):
+        raise BadInputError(f"{path} ships its own Python code, which runs only with --trust-remote-code",
+                            "pass --trust-remote-code if you trust that code (it runs on this machine)") from None
+
+
 def load_model(spec: str, weights: str | None = None, model_args: dict | None = None,
-               input_shape: tuple | None = None, seq_len: int | None = None, regime: str = "prefill") -> LoadedModel:
-    """Resolve a `--model SPEC` to a LoadedModel, with one clear error for anything unreadable."""
-    model_args = dict(model_args or {})
+               input_shape: tuple | None = None, seq_len: int | None = None, regime: str = "prefill",
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Resolve a `--model SPEC` to a LoadedModel, with one clear error for anything unreadable.
+
+    `trust_remote_code` lets a Hugging Face directory run its own Python files (config.json's auto_map).
+    """
+    model_args = check_model_args(dict(model_args or {}), "model_args")
     notes = []
     import torch
 
@@ -232,7 +383,7 @@ def load_model(spec: str, weights: str | None = None, model_args: dict | None = 
             return _pruned(path, weights, input_shape, seq_len, regime)
         if not (path / "config.json").is_file():
             raise BadInputError(f"{path} has no config.json", "give a Hugging Face model directory")
-        module, family, has_weights = _huggingface(path, model_args)
+        module, family, has_weights = _huggingface(path, model_args, trust_remote_code)
         if weights:
             load_weights(module, weights)
         elif not has_weights:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import _model_args
+from .options import _model_args, trust_remote_code_option
 
 
 @click.command()
@@ -32,9 +32,10 @@ from .options import _model_args
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Distilled pruned-model directory.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
+@trust_remote_code_option("teacher")
 @click.pass_obj
 def distill(out_obj, student, teacher, teacher_weights, teacher_arg, data, epochs, lr, batch_size, temperature,
-            alpha, top_k, online, cache_dir, holdout, seed, out, force):
+            alpha, top_k, online, cache_dir, holdout, seed, out, force, trust_remote_code):
     """Distil TEACHER into the pruned STUDENT on --data; write a pruned-model directory."""
     from edgeprune.api import distill as run_distill
     from edgeprune.atomic import check_writable
@@ -43,7 +44,7 @@ def distill(out_obj, student, teacher, teacher_weights, teacher_arg, data, epoch
     done = run_distill(student, teacher, data, out, teacher_weights=teacher_weights,
                        teacher_args=teacher_arg or None, epochs=epochs, lr=lr, batch_size=batch_size,
                        temperature=temperature, alpha=alpha, top_k=top_k, online=online, cache_dir=cache_dir,
-                       holdout=holdout, seed=seed, force=force)
+                       holdout=holdout, seed=seed, force=force, trust_remote_code=trust_remote_code)
     r, acc = done.result, done.accuracy
     cache = ""
     if done.cache_dir:

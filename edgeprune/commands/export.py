@@ -30,8 +30,8 @@ from .options import device_options, model_options
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 @functools.partial(device_options, required=False)
 @click.pass_obj
-def export(out_obj, model, weights, model_arg, input_shape, seq_len, regime, out, data, table_path, budget,
-           baseline_accuracy, atol, rtol, no_clean, engine, workspace_mb, force, device, host, ssh):
+def export(out_obj, model, weights, model_arg, input_shape, seq_len, regime, trust_remote_code, out, data, table_path,
+           budget, baseline_accuracy, atol, rtol, no_clean, engine, workspace_mb, force, device, host, ssh):
     """Export MODEL to a bundle: ONNX with a parity check that fails on mismatch, manifest, reference I/O."""
     from edgeprune.api import export as run_export
     from edgeprune.atomic import check_writable
@@ -40,7 +40,8 @@ def export(out_obj, model, weights, model_arg, input_shape, seq_len, regime, out
     result = run_export(model, out, data=data, table=table_path, budget=budget, baseline_accuracy=baseline_accuracy,
                         atol=atol, rtol=rtol, clean=not no_clean, weights=weights, model_args=model_arg,
                         input_shape=input_shape, seq_len=seq_len, regime=regime, force=force, engine=engine,
-                        device=device, host=host, workspace_mb=workspace_mb, **ssh)
+                        device=device, host=host, workspace_mb=workspace_mb, trust_remote_code=trust_remote_code,
+                        **ssh)
     for note in result.notes:
         out_obj.warn(note)
     m = result.manifest

@@ -32,7 +32,7 @@ def ssh_options(func: Callable) -> Callable:
         return func(*args, **kwargs)
 
     return _apply(command, [
-        click.option("--identity", type=click.Path(dir_okay=False), default=None,
+        click.option("--identity", type=click.Path(exists=True, dir_okay=False), default=None,
                      help="SSH private key file for --host (like ssh -i)."),
         click.option("--known-hosts", type=click.Path(dir_okay=False), default=None,
                      help="known_hosts file to check the host key against (default: the system's)."),
@@ -74,9 +74,33 @@ def _input_shape(ctx: click.Context, param: click.Parameter, value: str | None) 
     return parse_shape(value)
 
 
+def trust_remote_code_option(spec_param: str, where: str = "{}") -> Callable[[Callable], Callable]:
+    """--trust-remote-code: let the Hugging Face directory in `spec_param` run its own Python files.
+
+    Only this flag switches it on (never --model-arg or a recipe), and it says so on stderr before loading
+    (`where` formats the parameter's value for that line).
+    """
+
+    def decorate(func: Callable) -> Callable:
+        @functools.wraps(func)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            if kwargs["trust_remote_code"]:
+                shown = where.format(kwargs[spec_param])
+                click.echo(f"warning: --trust-remote-code: Python code in {shown} will run on this machine", err=True)
+            return func(*args, **kwargs)
+
+        return click.option(
+            "--trust-remote-code", is_flag=True, default=False,
+            help="Let a Hugging Face model directory run the Python files it ships (config.json auto_map). "
+                 "Only for code you trust: it runs on this machine.")(command)
+
+    return decorate
+
+
 def model_options(func: Callable) -> Callable:
-    """--model SPEC, --weights, --model-arg key=value (a dict), --input-shape (a tuple), --seq-len."""
-    return _apply(func, [
+    """--model SPEC, --weights, --model-arg key=value (a dict), --input-shape (a tuple), --seq-len,
+    --trust-remote-code."""
+    return _apply(trust_remote_code_option("model")(func), [
         click.option("--model", required=True, metavar="SPEC",
                      help="torchvision:NAME, timm:NAME, a Hugging Face model directory, an edgeprune "
                           "pruned-model directory, FILE.onnx or a TorchScript file."),

@@ -29,8 +29,8 @@ from .options import device_options, model_options
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False), envvar="EDGEPRUNE_CACHE",
               help="SQLite measurement cache (default: the user cache dir; env EDGEPRUNE_CACHE).")
 @click.pass_obj
-def profile(out_obj, model, weights, model_arg, input_shape, seq_len, regime, device, host, ssh, out, force, threads,
-            backend, provider, precision, density, variants, seed, lock_clocks, cache_path):
+def profile(out_obj, model, weights, model_arg, input_shape, seq_len, regime, trust_remote_code, device, host, ssh, out,
+            force, threads, backend, provider, precision, density, variants, seed, lock_clocks, cache_path):
     """Measure a per-layer latency table for MODEL on DEVICE (here, or over SSH with --host)."""
     from edgeprune.api import profile as run_profile
     from edgeprune.atomic import check_writable
@@ -42,7 +42,7 @@ def profile(out_obj, model, weights, model_arg, input_shape, seq_len, regime, de
                              input_shape=input_shape, seq_len=seq_len, regime=regime, threads=threads, backend=backend,
                              provider=provider, precision=precision, density=density, variants=variants,
                              seed=seed, cache=cache_path, reporter=reporter, force=force,
-                             lock_clocks=lock_clocks, **ssh)
+                             lock_clocks=lock_clocks, trust_remote_code=trust_remote_code, **ssh)
     for warning in result.warnings:
         out_obj.warn(warning)
     table = result.table

@@ -42,9 +42,9 @@ from .options import measuring_device_options, model_options
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Pruned-model directory to write.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 @click.pass_obj
-def prune(out_obj, model, weights, model_arg, input_shape, seq_len, regime, table_path, budget, criterion, calib,
-          calib_samples, mode, ratio, macs, round_to, min_keep, threads, no_measure, no_bn_recalibrate, device, host,
-          ssh, seed, cache_path, out, force):
+def prune(out_obj, model, weights, model_arg, input_shape, seq_len, regime, trust_remote_code, table_path, budget,
+          criterion, calib, calib_samples, mode, ratio, macs, round_to, min_keep, threads, no_measure,
+          no_bn_recalibrate, device, host, ssh, seed, cache_path, out, force):
     """Prune MODEL to --budget on the table's device; measure the result there; write a pruned-model dir."""
     from edgeprune.api import prune as run_prune
     from edgeprune.atomic import check_writable
@@ -60,7 +60,7 @@ def prune(out_obj, model, weights, model_arg, input_shape, seq_len, regime, tabl
                            device=device, host=host, measure=not no_measure, weights=weights, model_args=model_arg,
                            input_shape=input_shape, seq_len=seq_len, regime=regime, seed=seed, threads=threads,
                            cache=cache_path, bn_recalibrate=not no_bn_recalibrate,
-                           reporter=reporter, force=force, **ssh)
+                           reporter=reporter, force=force, trust_remote_code=trust_remote_code, **ssh)
     for note in result.notes:
         out_obj.warn(note)
     out_obj.print(summary_text(result, out))
