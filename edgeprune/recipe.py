@@ -10,7 +10,8 @@ model: torchvision:resnet18        # any --model spec
 model_args: {num_classes: 10}
 weights: weights.safetensors        # optional, relative to the recipe file
 input_shape: 1x3x80x80              # or seq_len: 128 for language models
-device: cpu                         # --device; host: user@addr for SSH
+device: cpu                         # --device (a name, or a device YAML file)
+host: nvidia@192.168.1.20           # optional: measure over SSH, with ssh: {identity: ~/.ssh/id_ed25519, ...}
 budget: 2x                          # or 4.2ms
 data: digits:train                  # calibration and fine-tuning samples
 eval_data: digits:test              # labelled samples for validation (optional)
@@ -20,8 +21,12 @@ profile: {threads: 1, variants: 10}
 prune: {criterion: l2, margin: 0.1} # margin: prune for budget × (1 + margin) to absorb device noise
 distill: {epochs: 3}                # or false to skip
 export: {}
-validate: {min_accuracy: 0.99, seconds: 5}
+validate: {min_accuracy: 0.99, seconds: 5}  # or false to skip
 ```
+
+The whole file is checked before any stage runs (`load_recipe`): every key, type and range in `TOP` and
+`SECTIONS`, paths, the device and its runtime, the host, the budget; each problem is one line naming the key.
+`trust_remote_code` is never a recipe key (see `edgeprune run --trust-remote-code`).
 """
 
 from __future__ import annotations
@@ -29,14 +34,16 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import BadInputError
 
-KEYS = {"model", "model_args", "weights", "input_shape", "seq_len", "regime", "device", "host", "ssh", "budget",
-        "data", "eval_data", "baseline_accuracy", "out", "profile", "prune", "distill", "export", "validate"}
 STAGES = ("profile", "prune", "distill", "export", "validate")
+SKIPPABLE = ("distill", "validate")  # `distill: false` / `validate: false` skip the stage
+BUILTIN_SPECS = ("torchvision:", "timm:")
 
 
 @dataclass
@@ -67,11 +74,268 @@ class StageRun:
     detail: dict = field(default_factory=dict)
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and check a recipe; malformed YAML or unknown keys are one clear error."""
+# -- what a recipe may hold -------------------------------------------------------------------------------------
+# A rule takes a value from the YAML file and the recipe's folder, and returns the value to use (paths resolved
+# beside the recipe, shapes parsed) or raises Invalid. Values that a command-line option would take go through
+# the same parser the option uses (budget, input shape, device, model args), so the recipe and the CLI agree.
+
+Rule = Callable[[Any, Path], Any]
+
+
+class Invalid(Exception):
+    """What is wrong with one value (`problem`) and, when the parser knows it, how to fix it (`hint`)."""
+
+    def __init__(self, problem: str, hint: str | None = None):
+        super().__init__(problem)
+        self.problem, self.hint = problem, hint
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:36] + "..."
+
+
+def _bounds(low: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f" in [{low:g}, {high:g}]"
+    return f" >= {low:g}" if low is not None else (f" <= {high:g}" if high is not None else "")
+
+
+def whole(low: int | None = None, high: int | None = None) -> Rule:
+    def rule(value: Any, base: Path) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or \
+                (low is not None and value < low) or (high is not None and value > high):
+            raise Invalid(f"expected a whole number{_bounds(low, high)}, got {_show(value)}")
+        return value
+    return rule
+
+
+def number(low: float | None = None, high: float | None = None, above: float | None = None) -> Rule:
+    """A number within [low, high], or strictly above `above`."""
+    def rule(value: Any, base: Path) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or \
+                (low is not None and value < low) or (high is not None and value > high) or \
+                (above is not None and value <= above):
+            wanted = f" > {above:g}" if above is not None else _bounds(low, high)
+            raise Invalid(f"expected a number{wanted}, got {_show(value)}")
+        return value
+    return rule
+
+
+def one_of(*choices: str) -> Rule:
+    def rule(value: Any, base: Path) -> str:
+        if value not in choices:
+            raise Invalid(f"expected one of {', '.join(choices)}, got {_show(value)}")
+        return value
+    return rule
+
+
+def text(value: Any, base: Path) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid(f"expected text, got {_show(value)}")
+    return value
+
+
+def switch(value: Any, base: Path) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid(f"expected true or false, got {_show(value)}")
+    return value
+
+
+def maybe(inner: Rule) -> Rule:
+    """null, or what `inner` takes."""
+    return lambda value, base: None if value is None else inner(value, base)
+
+
+def parsed(parse: Callable[[str], Any]) -> Rule:
+    """Text read by one of edgeprune's own parsers (what it returns is used); its error is the problem."""
+    def rule(value: Any, base: Path) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise Invalid(f"expected text, got {_show(value)}")
+        try:
+            return parse(str(value))
+        except BadInputError as err:
+            raise Invalid(err.message, err.hint) from None
+    return rule
+
+
+def path(must_exist: bool = True, builtin: tuple = ()) -> Rule:
+    """A file or folder, relative to the recipe (or ~); `builtin` names (e.g. digits) stay as they are."""
+    def rule(value: Any, base: Path) -> str:
+        text(value, base)
+        if value in builtin:
+            return value
+        resolved = base / Path(value).expanduser()
+        if must_exist and not resolved.exists():
+            raise Invalid(f"{resolved} does not exist", "paths in a recipe are relative to the recipe file")
+        return str(resolved)
+    return rule
+
+
+def model_spec(value: Any, base: Path) -> str:
+    text(value, base)
+    if value.startswith(BUILTIN_SPECS):
+        return value
+    return path()(value, base)
+
+
+def device_ref(value: Any, base: Path) -> str:
+    """A device name or alias, or a device YAML file beside the recipe."""
+    import os
+
+    from .devices import lookup_device
+
+    text(value, base)
+    if value.endswith((".yaml", ".yml")) or os.sep in value:
+        value = path()(value, base)
+    try:
+        lookup_device(value)
+    except BadInputError as err:
+        raise Invalid(err.message, err.hint) from None
+    return value
+
+
+def model_args(value: Any, base: Path) -> dict:
+    from .models import check_model_args
+
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise Invalid(f"expected a mapping of constructor options, got {_show(value)}")
+    try:
+        return check_model_args(dict(value), "a recipe")
+    except BadInputError as err:
+        raise Invalid(err.message, err.hint) from None
+
+
+def _budget(value: str) -> str:
+    from .pruning.engine import parse_budget
+
+    parse_budget(value)
+    return value  # the stages take the budget as written
+
+
+def _shape(value: str) -> tuple:
+    from .models import parse_shape
+
+    return parse_shape(value)
+
+
+def _host(value: str) -> str:
+    from .targets.ssh import SSHTarget
+
+    SSHTarget.parse(value)
+    return value
+
+
+def _criterion(name: str) -> str:
+    from .pruning.criteria import get_criterion
+
+    return get_criterion(name).name
+
+
+DATA = path(builtin=("digits", "digits:train", "digits:test"))
+PRECISION = one_of("fp32", "fp16", "int8")
+THREADS = whole(1, 256)
+
+# key -> (rule, an example value for the hint)
+TOP: dict[str, tuple[Rule, str]] = {
+    "model": (model_spec, "torchvision:resnet18"),
+    "model_args": (model_args, "{num_classes: 10}"),
+    "weights": (path(), "weights.safetensors"),
+    "input_shape": (parsed(_shape), "1x3x224x224"),
+    "seq_len": (whole(1), "128"),
+    "regime": (one_of("prefill", "decode"), "prefill"),
+    "device": (device_ref, "cpu"),
+    "host": (parsed(_host), "user@192.168.1.20"),
+    "budget": (parsed(_budget), "2x"),
+    "data": (DATA, "digits:train"),
+    "eval_data": (DATA, "digits:test"),
+    "baseline_accuracy": (number(0, 1), "0.97"),
+    "out": (text, "runs/resnet18-2x"),
+}
+REQUIRED = ("model", "device", "budget", "out")
+
+# section -> {key -> (rule, example value)}: the SSH settings and each stage's options (as the API verbs take them)
+SECTIONS: dict[str, dict[str, tuple[Rule, str]]] = {
+    "ssh": {
+        "identity": (path(), "~/.ssh/id_ed25519"),
+        "known_hosts": (path(must_exist=False), "known_hosts"),
+        "accept_new_host_key": (switch, "true"),
+        "connect_timeout": (number(above=0), "10"),
+        "remote_python": (text, "python3"),
+    },
+    "profile": {
+        "threads": (THREADS, "1"),
+        "variants": (whole(0, 1000), "20"),
+        "density": (one_of("coarse", "normal", "fine"), "coarse"),
+        "precision": (PRECISION, "fp32"),
+        "backend": (one_of("onnxruntime", "tensorrt"), "onnxruntime"),
+        "provider": (text, "CPUExecutionProvider"),
+        "seed": (whole(), "0"),
+        "cache": (path(must_exist=False), "cache.sqlite"),
+        "lock_clocks": (switch, "false"),
+    },
+    "prune": {
+        "criterion": (parsed(_criterion), "l2"),
+        "margin": (number(0, 1), "0.1"),
+        "mode": (one_of("latency", "uniform", "global"), "latency"),
+        "ratio": (number(0, 0.99), "0.3"),
+        "macs": (number(0.01, 1), "0.5"),
+        "round_to": (whole(1), "8"),
+        "min_keep": (number(0.01, 1), "0.3"),
+        "calib_samples": (whole(1), "64"),
+        "seed": (whole(), "0"),
+        "max_rounds": (whole(1), "3"),
+        "threads": (THREADS, "1"),
+        "precision": (PRECISION, "fp32"),
+        "measure": (switch, "true"),
+        "bn_recalibrate": (switch, "true"),
+        "cache": (path(must_exist=False), "cache.sqlite"),
+    },
+    "distill": {
+        "epochs": (whole(1), "3"),
+        "lr": (number(above=0), "0.001"),
+        "batch_size": (whole(1), "32"),
+        "temperature": (number(above=0), "4.0"),
+        "alpha": (number(0, 1), "0.9"),
+        "top_k": (maybe(whole(1)), "5"),
+        "online": (switch, "false"),
+        "holdout": (number(0, 0.9), "0.2"),
+        "seed": (whole(), "0"),
+    },
+    "export": {
+        "atol": (number(0), "0.0001"),
+        "rtol": (number(0), "0.001"),
+        "clean": (switch, "true"),
+        "engine": (maybe(PRECISION), "fp16"),
+        "workspace_mb": (whole(1), "1024"),
+    },
+    "validate": {
+        "min_accuracy": (number(0, 1), "0.99"),
+        "seconds": (number(above=0), "10"),
+        "runs": (whole(1), "200"),
+        "threads": (THREADS, "1"),
+        "runtime": (one_of("onnxruntime", "tensorrt"), "onnxruntime"),
+    },
+}
+
+
+def _unknown(keys, known, where: str) -> BadInputError | None:
+    """'unknown key' with a did-you-mean, for the first key not in `known`."""
+    import difflib
+
+    unknown = sorted(str(k) for k in keys if k not in known)
+    if not unknown:
+        return None
+    close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+    return BadInputError(f"{where} has unknown key '{unknown[0]}'",
+                         f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(known))}")
+
+
+def _read(path: Path) -> dict:
     import yaml
 
-    path = Path(path)
     if not path.is_file():
         raise BadInputError(f"recipe {path} does not exist", "give a YAML file (see edgeprune run --help)")
     try:
@@ -83,38 +347,83 @@ def load_recipe(path: str | Path) -> Recipe:
                             "fix the indentation or quoting there") from None
     if not isinstance(data, dict):
         raise BadInputError(f"recipe {path} must be a mapping of keys to values", "see edgeprune run --help")
-    unknown = sorted(set(data) - KEYS)
-    if unknown:
-        import difflib
+    return data
 
-        close = difflib.get_close_matches(unknown[0], sorted(KEYS), n=1)
-        raise BadInputError(f"recipe {path} has unknown key '{unknown[0]}'",
-                            f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(KEYS))}")
-    for key in ("model", "device", "budget", "out"):
-        if not data.get(key):
-            raise BadInputError(f"recipe {path} lacks '{key}'", f"add {key}: ... (see edgeprune run --help)")
-    from .models import parse_shape
 
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and check a whole recipe before any stage runs: every key, type and range, paths, device, budget.
+
+    Every problem is one BadInputError naming the key and the fix; nothing is written and nothing is loaded.
+    """
+    path = Path(path)
+    data = _read(path)
     base = path.parent
+    bad = _unknown(data, {*TOP, *SECTIONS}, f"recipe {path}")
+    if bad:
+        raise bad
+    for key in REQUIRED:
+        if data.get(key) in (None, ""):
+            raise BadInputError(f"recipe {path} lacks '{key}'", f"add {key}: {TOP[key][1]}")
 
-    def rel(value):
-        if value is None or str(value) in ("digits", "digits:train", "digits:test") or \
-                str(value).startswith(("torchvision:", "timm:")):
-            return value
-        candidate = base / str(value)
-        return str(candidate) if candidate.exists() or not Path(str(value)).is_absolute() else str(value)
+    def check(where: str, rule: Rule, value: Any, example: str) -> Any:
+        try:
+            return rule(value, base)
+        except Invalid as err:
+            raise BadInputError(f"recipe {path}: {where}: {err.problem}", err.hint or f"e.g. {example}") from None
 
-    stages = {s: data.get(s, {}) if data.get(s, {}) is not False else False for s in STAGES}
-    for name, opts in stages.items():
-        if opts is not False and not isinstance(opts, dict):
-            raise BadInputError(f"recipe {path}: '{name}' must be a mapping of options or false",
+    top = {key: check(key, rule, data[key], f"{key}: {example}")
+           for key, (rule, example) in TOP.items() if data.get(key) is not None}
+    sections = {}
+    for name, rules in SECTIONS.items():
+        given = data.get(name)
+        if given is False and name in SKIPPABLE:
+            sections[name] = False
+            continue
+        if given is not None and not isinstance(given, dict):
+            skip = " or false" if name in SKIPPABLE else ""
+            raise BadInputError(f"recipe {path}: {name}: expected a mapping of options{skip}, got {_show(given)}",
                                 f"e.g. {name}: {{}}")
-    return Recipe(model=rel(data["model"]), device=str(data["device"]), budget=str(data["budget"]),
-                  out=base / str(data["out"]), data=rel(data.get("data")), eval_data=rel(data.get("eval_data")),
-                  model_args=dict(data.get("model_args") or {}), weights=rel(data.get("weights")),
-                  input_shape=parse_shape(data.get("input_shape")), seq_len=data.get("seq_len"),
-                  regime=data.get("regime", "prefill"), host=data.get("host"), ssh=dict(data.get("ssh") or {}),
-                  baseline_accuracy=data.get("baseline_accuracy"), stages=stages)
+        given = given or {}
+        bad = _unknown(given, rules, f"recipe {path}: {name}")
+        if bad:
+            raise bad
+        sections[name] = {key: check(f"{name}.{key}", rules[key][0], value, f"{name}: {{{key}: {rules[key][1]}}}")
+                          for key, value in given.items()}
+    recipe = Recipe(model=top["model"], device=top["device"], budget=top["budget"], out=base / top["out"],
+                    data=top.get("data"), eval_data=top.get("eval_data"), model_args=top.get("model_args", {}),
+                    weights=top.get("weights"), input_shape=top.get("input_shape"),
+                    seq_len=top.get("seq_len"), regime=top.get("regime", "prefill"), host=top.get("host"),
+                    ssh=sections.pop("ssh"), baseline_accuracy=top.get("baseline_accuracy"), stages=sections)
+    _check_together(recipe, path)
+    return recipe
+
+
+def _check_together(recipe: Recipe, path: Path) -> None:
+    """What only the keys together decide: where the device is, which stages need data, matching settings."""
+    from .api import check_where
+    from .pruning.criteria import get_criterion
+
+    profile, prune = recipe.stages["profile"], recipe.stages["prune"]
+    if recipe.ssh and recipe.host is None:
+        raise BadInputError(f"recipe {path}: ssh settings apply only to a device reached over SSH",
+                            "add host: user@addr, or remove ssh")
+    try:
+        check_where(recipe.device, recipe.host, recipe.ssh, backend=profile.get("backend"),
+                    provider=profile.get("provider"), precision=profile.get("precision", "fp32"))
+    except BadInputError as err:
+        raise BadInputError(f"recipe {path}: {err.message}", err.hint) from None
+    if not recipe.data:
+        if recipe.stages["distill"] is not False:
+            raise BadInputError(f"recipe {path}: the distill stage needs data",
+                                "add data: PATH (or digits:train), or distill: false")
+        if get_criterion(prune.get("criterion", "l2")).needs_data:
+            raise BadInputError(f"recipe {path}: prune.criterion {prune['criterion']} needs calibration data",
+                                "add data: PATH, or use criterion l1 / l2")
+    for name, default in (("threads", 1), ("precision", "fp32")):
+        profiled = profile.get(name, default)
+        if prune.get(name, profiled) != profiled:
+            raise BadInputError(f"recipe {path}: prune.{name} {prune[name]} differs from profile.{name} {profiled}",
+                                f"a model is judged only at the table's {name}: give both the same value")
 
 
 def _key(payload: dict) -> str:
@@ -162,14 +471,28 @@ def _output_id(path: Path) -> str:
     return dir_id(path) if path.is_dir() else sha256_file(path)
 
 
-def run_recipe(recipe: Recipe, reporter=None, force: bool = False, say=print) -> list:
-    """Run every stage whose output is not current; returns one StageRun per stage."""
+def run_recipe(recipe: Recipe, reporter=None, force: bool = False, say=print, trust_remote_code: bool = False) -> list:
+    """Run every stage whose output is not current; returns one StageRun per stage.
+
+    `trust_remote_code` (never from the recipe file) lets a Hugging Face model directory run its own code.
+    A run that fails before any stage wrote something leaves no run directory behind.
+    """
+    out = recipe.out
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run_stages(recipe, out, reporter, force, say, trust_remote_code)
+    except BaseException:
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _run_stages(recipe: Recipe, out: Path, reporter, force: bool, say, trust_remote_code: bool) -> list:
     import edgeprune
 
     from .models import load_model, sha256_file
 
-    out = recipe.out
-    out.mkdir(parents=True, exist_ok=True)
     state = RunState(out)
     runs = []
     source = {"model": recipe.model, "model_args": recipe.model_args, "input_shape": recipe.input_shape,
@@ -193,8 +516,8 @@ def run_recipe(recipe: Recipe, reporter=None, force: bool = False, say=print) ->
     stage("profile", _key({"source": source, "where": where, "options": popts}), table, lambda: _summary_profile(
         edgeprune.profile(recipe.model, recipe.device, table, host=recipe.host, weights=recipe.weights,
                           model_args=recipe.model_args, input_shape=recipe.input_shape, seq_len=recipe.seq_len,
-                          regime=recipe.regime, reporter=reporter, force=True, **_profile_args(popts),
-                          **recipe.ssh)))
+                          regime=recipe.regime, reporter=reporter, force=True, trust_remote_code=trust_remote_code,
+                          **popts, **recipe.ssh)))
 
     pruned = out / "pruned"
     prune_opts = dict(recipe.stages.get("prune") or {})
@@ -206,24 +529,23 @@ def run_recipe(recipe: Recipe, reporter=None, force: bool = False, say=print) ->
               recipe.model, table, pruned, budget=budget, weights=recipe.weights, model_args=recipe.model_args,
               input_shape=recipe.input_shape, seq_len=recipe.seq_len, regime=recipe.regime, host=recipe.host,
               calib=recipe.data if prune_opts.get("criterion") in ("taylor", "wanda_sp", "flap") else None,
-              reporter=reporter, force=True, **prune_opts, **recipe.ssh)))
+              reporter=reporter, force=True, trust_remote_code=trust_remote_code, **prune_opts, **recipe.ssh)))
 
     model_dir = pruned
     dopts = recipe.stages.get("distill")
     if dopts is not False:
-        if not recipe.data:
-            raise BadInputError("the distill stage needs data", "add data: PATH to the recipe, or distill: false")
         distilled = out / "distilled"
         stage("distill", _key({"student": state.output_id("prune"), "source": source, "data": recipe.data,
                                "options": dopts}), distilled,
               lambda: _summary_distill(edgeprune.distill(
                   pruned, recipe.model, recipe.data, distilled, teacher_weights=recipe.weights,
-                  teacher_args=recipe.model_args, cache_dir=out / "teacher-cache", force=True, **dopts)))
+                  teacher_args=recipe.model_args, cache_dir=out / "teacher-cache", force=True,
+                  trust_remote_code=trust_remote_code, **dopts)))
         model_dir = distilled
 
     baseline_acc = recipe.baseline_accuracy
     if baseline_acc is None and recipe.eval_data:
-        baseline_acc = _dense_accuracy(recipe, source, state, out)
+        baseline_acc = _dense_accuracy(recipe, source, state, trust_remote_code)
     eopts = recipe.stages.get("export") or {}
     bundle, dense_bundle = out / "bundle", out / "bundle-dense"
     stage("export", _key({"model": state.output_id("distill" if model_dir != pruned else "prune"),
@@ -236,7 +558,8 @@ def run_recipe(recipe: Recipe, reporter=None, force: bool = False, say=print) ->
                                 "options": eopts}), dense_bundle,
           lambda: _summary_export(edgeprune.export(
               load_model(recipe.model, weights=recipe.weights, model_args=recipe.model_args,
-                         input_shape=recipe.input_shape, seq_len=recipe.seq_len, regime=recipe.regime),
+                         input_shape=recipe.input_shape, seq_len=recipe.seq_len, regime=recipe.regime,
+                         trust_remote_code=trust_remote_code),
               dense_bundle, data=recipe.data, table=table, force=True, **eopts)))
 
     vopts = dict(recipe.stages.get("validate") or {})
@@ -262,16 +585,7 @@ def _with_margin(budget: str, margin: float) -> str:
     return f"{parsed.value * (1 + margin):g}x" if parsed.kind == "speedup" else f"{parsed.value / (1 + margin):g}ms"
 
 
-def _profile_args(opts: dict) -> dict:
-    allowed = {"threads", "variants", "density", "precision", "seed", "cache", "lock_clocks", "backend", "provider"}
-    unknown = sorted(set(opts) - allowed)
-    if unknown:
-        raise BadInputError(f"unknown profile option '{unknown[0]}' in the recipe",
-                            f"known: {', '.join(sorted(allowed))}")
-    return opts
-
-
-def _dense_accuracy(recipe: Recipe, source: dict, state: RunState, out: Path) -> float:
+def _dense_accuracy(recipe: Recipe, source: dict, state: RunState, trust_remote_code: bool) -> float:
     """The unpruned model's accuracy on eval_data (recorded in run.json; recomputed only when inputs change)."""
     from .data import load_samples
     from .examples import accuracy
@@ -282,7 +596,7 @@ def _dense_accuracy(recipe: Recipe, source: dict, state: RunState, out: Path) ->
     if record.get("key") == key:
         return record["accuracy"]
     loaded = load_model(recipe.model, weights=recipe.weights, model_args=recipe.model_args,
-                        input_shape=recipe.input_shape)
+                        input_shape=recipe.input_shape, trust_remote_code=trust_remote_code)
     acc = accuracy(loaded.module, load_samples(recipe.eval_data, loaded.input_shape, loaded.family))
     state.data["baseline"] = {"key": key, "accuracy": acc}
     from .atomic import write_json
