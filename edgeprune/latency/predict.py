@@ -1,7 +1,8 @@
 """Predict a block's latency at any widths from the measured grid, by one stated rule.
 
 Rule ("regime-bilinear"): each width axis is split into its aligned and off-step regimes (grid.py). A width
-picks the points of its own regime (a fixed axis has one point); inside the regime the two nearest measured
+picks the points of its own regime (a fixed axis has one point; a regime with a single other point gives no
+slope, so all points are used); inside the regime the two nearest measured
 points bracket it, and the cell value is bilinear in (c_in, c_out) between the four bracketing cells (linear in
 c for tied blocks). Outside the measured range the end segment is extended linearly, floored at the smallest
 measured cell of the signature. A cell the grid should contain but the table lacks is an error, never 0 ms.
@@ -34,11 +35,15 @@ def _bracket(points: list, w: int) -> list:
 
 
 def regime_points(axis: Axis, w: int, step: int) -> list:
-    """Measured points of the regime `w` belongs to (all points when the other regime is empty)."""
+    """Measured points of the regime `w` belongs to.
+
+    A regime with one point that is not `w` gives no slope: a constant read off one width (an off-step regime
+    holding only a fixed input width, say) is no prediction, so all measured points are used instead.
+    """
     if axis.fixed:
         return axis.points()
-    own = axis.aligned if is_aligned(w, step) else axis.off
-    return sorted(own) if own else axis.points()
+    own = sorted(axis.aligned if is_aligned(w, step) else axis.off)
+    return own if len(own) >= 2 or w in own else axis.points()
 
 
 def interpolate(values: dict, c_in_axis: Axis, c_out_axis: Axis, tied: bool, c_in: int, c_out: int,
@@ -59,5 +64,5 @@ def interpolate(values: dict, c_in_axis: Axis, c_out_axis: Axis, tied: bool, c_i
                                    "re-run edgeprune profile for this model; the table is incomplete")
         total += weight * values[cell]
     floor = min(values.values()) if values else 0.0
-    exact = len(weights) == 1
+    exact = len(weights) == 1 and weights[0][0] == (c_in, c_in if tied else c_out)
     return max(total, floor if not exact else total), exact

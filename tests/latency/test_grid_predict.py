@@ -336,3 +336,17 @@ def test_refine_leaves_a_smooth_grid_alone_and_handles_tied_widths():
     values = {(w, w): (w * 3.0 if w > 40 else float(w)) for w in (8, 29, 40, 61, 64)}
     new = refine(tied, values, step=8)
     assert len(new) == 1 and new[0][0] == new[0][1] and 40 < new[0][0] < 64
+
+
+def test_a_one_point_regime_is_not_read_as_a_constant_nor_called_exact():
+    """An off-step regime holding only a fixed input width (3) must not predict every off-step width as that cell."""
+    from edgeprune.latency.grid import Axis
+    from edgeprune.latency.predict import interpolate
+
+    values = {(3, 16): 1.0, (16, 16): 5.0}
+    c_in, c_out = Axis([16], [3]), Axis([16], [])
+    ms, exact = interpolate(values, c_in, c_out, False, 12, 16, step=16)
+    assert not exact
+    assert ms == pytest.approx(1.0 + (12 - 3) / (16 - 3) * 4.0)  # linear between the two measured widths
+    assert interpolate(values, c_in, c_out, False, 3, 16, step=16) == (1.0, True)
+    assert interpolate(values, c_in, c_out, False, 16, 16, step=16) == (5.0, True)
