@@ -70,6 +70,9 @@ def check_where(device: str | None, host: str | None, ssh_options: dict, registr
         if len(errors) == len(specs):
             raise errors[0]
     open_target(host, **ssh_options)  # parses --host and the SSH options; it connects only when entered
+    identity = ssh_options.get("identity")
+    if host is not None and identity is not None and not Path(identity).expanduser().is_file():
+        raise BadInputError(f"--identity {identity}: no such key file", "pass the private key's path")
 
 
 def check_data_path(path: str | Path | None, flag: str) -> None:

@@ -32,7 +32,7 @@ def ssh_options(func: Callable) -> Callable:
         return func(*args, **kwargs)
 
     return _apply(command, [
-        click.option("--identity", type=click.Path(exists=True, dir_okay=False), default=None,
+        click.option("--identity", type=click.Path(dir_okay=False), default=None,
                      help="SSH private key file for --host (like ssh -i)."),
         click.option("--known-hosts", type=click.Path(dir_okay=False), default=None,
                      help="known_hosts file to check the host key against (default: the system's)."),

@@ -62,6 +62,8 @@ USER_ERRORS = {
                                 "cannot read input shape"),
     "profile-known-hosts-path-ssh-cannot-read": (["profile", *MODEL, "--device", "cpu", "--host", "pi@rpi",
                                                   "--known-hosts", "/k/${HOME}/known_hosts"], "cannot take a path"),
+    "profile-missing-identity": (["profile", *MODEL, "--device", "cpu", "--host", "pi@rpi", "--identity",
+                                  "missing_key"], "--identity missing_key: no such key file"),
     "export-budget": (["export", *MODEL, "--budget", "fast"], "cannot read budget 'fast'"),
     "export-missing-data": (["export", *MODEL, "--data", "missing.npz"], "--data missing.npz does not exist"),
     "export-engine-bad-host": (["export", *MODEL, "--engine", "fp16", "--host", "@rpi"], "is not user@addr"),
@@ -74,8 +76,6 @@ USAGE_ERRORS = {
     "prune-ratio": (["prune", *MODEL, "--mode", "uniform", "--ratio", "1.5"], "Invalid value for '--ratio'"),
     "prune-threads": (["prune", *MODEL, "--budget", "2x", "--threads", "0"], "Invalid value for '--threads'"),
     "profile-threads": (["profile", *MODEL, "--device", "cpu", "--threads", "two"], "Invalid value for '--threads'"),
-    "profile-missing-identity": (["profile", *MODEL, "--device", "cpu", "--host", "pi@rpi", "--identity",
-                                  "missing_key"], "Invalid value for '--identity'"),
 }
 
 
