@@ -132,7 +132,7 @@ def prune(model, table=None, out: str | Path | None = None, *, budget: str | Non
     _check_prune_request(model, table, options)
     check_where(device, host, ssh_options)
     loaded = _as_loaded(model, table, weights, model_args, input_shape, seq_len, regime, trust_remote_code)
-    measurements = MeasurementCache(cache) if measure else None
+    measurements = MeasurementCache(cache)  # timings, and the sensitivity of each cut (measured or not)
     try:
         # the device is opened whenever there is a table: its fingerprint is checked even with measure=False
         with _measuring_device(table, device, host, table is not None, ssh_options) as (session, note):
