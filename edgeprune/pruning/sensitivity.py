@@ -142,27 +142,125 @@ def calib_loss(module, batches: list, reference: list) -> float:
     return total / max(count, 1)
 
 
+class Unmaskable(Exception):
+    """A group whose removal zeroed weights cannot reproduce (a norm over channels, a grouped conv, FLAP's bias)."""
+
+
 class CandidateScorer:
     """Calibration loss of the pristine model slimmed to any unit counts, BatchNorm re-estimated first.
 
-    Results are memoised by unit counts, so search never pays twice for one candidate.
+    Removing a unit and zeroing every weight that touches it give the same outputs when nothing normalises
+    across channels (BatchNorm statistics are re-estimated: a zeroed channel's mean and variance are 0, and with
+    γ = β = 0 it stays 0). So where every group allows it, a candidate is scored in place on the pristine model —
+    zero, re-estimate, evaluate, restore — with no copy and no dependency-graph trace; otherwise (LayerNorm or
+    GroupNorm over channels, grouped convolutions, FLAP's bias compensation) on a slimmed deep copy. Results are
+    memoised by unit counts, so search never pays twice for one candidate.
     """
 
     def __init__(self, pristine, space, scores, batches: list, reference: list | None = None):
         self.pristine, self.space, self.scores, self.batches = pristine, space, scores, batches
         self.reference = reference if reference is not None else outputs(pristine, batches)
         self.memo: dict = {}
+        self.groups = space(pristine) if not scores.input_mean else None
+        self.masked = self.groups is not None and all(_maskable(g) for g in self.groups)
 
     def __call__(self, units: list) -> float:
         key = tuple(int(u) for u in units)
         if key not in self.memo:
-            from .batchnorm import recalibrate_batchnorm
-            from .engine import slim_copy
-
-            candidate, _ = slim_copy(self.pristine, self.space, list(key), self.scores)
-            recalibrate_batchnorm(candidate, self.batches)
-            self.memo[key] = calib_loss(candidate, self.batches, self.reference)
+            self.memo[key] = self._masked(list(key)) if self.masked else self._slimmed(list(key))
         return self.memo[key]
+
+    def _removed(self, i: int, keep: int) -> list:
+        raw = self.scores.raw[i]
+        n = len(raw) if raw is not None else keep
+        order = sorted(range(n), key=lambda u: -float(raw[u])) if raw is not None else list(range(n))
+        return sorted(order[keep:])
+
+    def _slimmed(self, units: list) -> float:
+        from .batchnorm import recalibrate_batchnorm
+        from .engine import slim_copy
+
+        candidate, _ = slim_copy(self.pristine, self.space, units, self.scores)
+        recalibrate_batchnorm(candidate, self.batches)
+        return calib_loss(candidate, self.batches, self.reference)
+
+    def _masked(self, units: list) -> float:
+        import torch
+
+        from .batchnorm import batchnorm_layers, recalibrate_batchnorm
+
+        saved = {}
+        for m in batchnorm_layers(self.pristine):
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                saved[(m, name)] = getattr(m, name).clone()
+        try:
+            with torch.no_grad():
+                for i, group in enumerate(self.groups):
+                    removed = self._removed(i, units[i]) if units[i] < group.units else []
+                    if removed:
+                        for param, view, dim, index in _unit_weights(group, removed):
+                            saved.setdefault((param, None), param.detach().clone())
+                            view.index_fill_(dim, index, 0.0)
+            recalibrate_batchnorm(self.pristine, self.batches)
+            return calib_loss(self.pristine, self.batches, self.reference)
+        finally:
+            with torch.no_grad():
+                for (owner, name), value in saved.items():
+                    if name is None:
+                        owner.copy_(value)
+                    else:
+                        getattr(owner, name).copy_(value)
+
+
+def _maskable(group) -> bool:
+    try:
+        if group.kind == "channels":
+            _channel_weights(group, [0])
+        return True
+    except Unmaskable:
+        return False
+
+
+def _unit_weights(group, removed: list) -> list:
+    """[(parameter, view of it, dim, indices)]: the entries to zero for removing `removed` units of `group`."""
+    if group.kind == "channels":
+        return _channel_weights(group, removed)
+    import torch
+
+    from .criteria import _columns, projection
+    from .transformer import oriented
+
+    proj = projection(group)  # its input columns are the units: zeroing them removes the heads / channels
+    cols = torch.as_tensor(sorted(c for u in removed for c in _columns(group)[u]), dtype=torch.long)
+    return [(proj.weight, oriented(proj.weight.data, proj), 1, cols)]
+
+
+def _channel_weights(group, removed: list) -> list:
+    """Every weight a Torch-Pruning group's removed channels touch, as `_unit_weights` entries."""
+    import torch
+    import torch_pruning.pruner.function as fn
+
+    root = group.handle[0].dep
+    handle = group.graph.get_pruning_group(root.target.module, root.handler, sorted(int(i) for i in removed))
+    out = []
+    for dep, idxs in handle:
+        layer, prune = dep.target.module, dep.handler
+        idx = torch.as_tensor(sorted(int(i) for i in idxs), dtype=torch.long)
+        params = [p for p in (getattr(layer, "weight", None), getattr(layer, "bias", None)) if p is not None]
+        if prune in (fn.prune_conv_out_channels, fn.prune_linear_out_channels, fn.prune_batchnorm_out_channels,
+                     fn.prune_depthwise_conv_out_channels, fn.prune_depthwise_conv_in_channels):
+            if getattr(layer, "transposed", False):
+                raise Unmaskable(f"transposed conv {layer}")
+            out += [(p, p.data, 0, idx) for p in params]
+        elif prune in (fn.prune_conv_in_channels, fn.prune_linear_in_channels):
+            groups = getattr(layer, "groups", 1)
+            if groups == 1:
+                out.append((layer.weight, layer.weight.data, 1, idx))
+            elif groups != layer.in_channels or groups != layer.out_channels:
+                raise Unmaskable(f"grouped conv {layer}")
+        elif params:
+            raise Unmaskable(f"{type(layer).__name__} couples these channels")
+    return out
 
 
 def measure_sensitivity(scorer: CandidateScorer, groups: list, options: dict, points: int = 4,

@@ -26,6 +26,7 @@ class UnitGroup:
     remove: Callable[[list], None]  # physically remove these unit indices (ascending) from the module
     handle: object = None  # torch_pruning Group for "channels", the layer module for "heads"/"mlp"
     layout: object = None  # TransformerLayout for transformer groups
+    graph: object = None  # torch_pruning DependencyGraph for "channels" (maps removed channels to every layer)
 
 
 def build_space(module, example_inputs: tuple, timeout_s: float = 60.0) -> list:
@@ -43,7 +44,7 @@ def build_space(module, example_inputs: tuple, timeout_s: float = 60.0) -> list:
         if _feeds_attention(group.handle):
             continue
         groups.append(UnitGroup(group.root, "channels", group.channels, 1,
-                                (lambda g: lambda idx: prune_group(g, idx))(group), group.handle))
+                                (lambda g: lambda idx: prune_group(g, idx))(group), group.handle, graph=group.graph))
     if not groups:
         raise BadInputError("the model has no prunable channel group (no Conv2d / Linear outside the output layer)",
                             "edgeprune prunes convolutions, linear layers, attention heads and MLP channels")

@@ -96,3 +96,37 @@ def test_prune_with_calib_values_cuts_by_measured_loss_searches_and_caches(tiny_
     assert any(n.startswith("no --calib: option values are the criterion's scores") for n in free.notes)
     assert "search" not in free.rounds[-1]
 
+
+
+@pytest.mark.parametrize("model", ["cnn", "llama"])
+def test_scoring_in_place_by_zeroing_equals_slimming_and_restores_the_model(model):
+    """The fast path (zero, re-estimate BatchNorm, evaluate, restore) must give the slimmed copy's loss exactly."""
+    from edgeprune.pruning.criteria import score_groups
+    from edgeprune.pruning.sensitivity import CandidateScorer
+    from edgeprune.pruning.space import build_space
+    from tests.pruning.tiny import tiny_cnn, tiny_llama
+
+    torch.manual_seed(0)
+    if model == "cnn":
+        module = tiny_cnn().eval()
+        example = (torch.zeros(1, 3, 32, 32),)
+        batches = [(torch.randn(8, 3, 32, 32),) for _ in range(3)]
+    else:
+        module = tiny_llama().eval()
+        example = ()
+        batches = [(torch.randint(0, module.config.vocab_size, (2, 12)),) for _ in range(2)]
+    space = lambda m: build_space(m, example)  # noqa: E731
+    groups = space(module)
+    scores = score_groups("l2", groups, module)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    scorer = CandidateScorer(module, space, scores, batches)
+    assert scorer.masked
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        units = [int(rng.integers(1, g.units + 1)) for g in groups]
+        fast = scorer._masked(units)
+        slow = scorer._slimmed(units)
+        assert fast == pytest.approx(slow, rel=1e-4, abs=1e-7)
+        assert fast > 0
+    after = module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BatchNorm statistics restored
