@@ -114,8 +114,9 @@ def prune(model, table=None, out: str | Path | None = None, *, budget: str | Non
     pruned-model directory when given. Returns a PruneResult (module, widths, predicted and measured latency).
     """
     from .atomic import check_writable
+    from .budget import parse_budget
     from .latency.cache import MeasurementCache
-    from .pruning.engine import PruneOptions, parse_budget, prune_model
+    from .pruning.engine import PruneOptions, check_options, prune_model
 
     if budget is not None and target is not None and budget != target:
         raise BadInputError("both budget and target given", "they are the same option; pass one")
@@ -129,7 +130,7 @@ def prune(model, table=None, out: str | Path | None = None, *, budget: str | Non
         check_writable(out, force)
     if table is not None and not isinstance(table, LatencyTable):
         table = LatencyTable.load(table)
-    _check_prune_request(model, table, options)
+    check_options(str(getattr(model, "spec", model)), table, options)
     check_where(device, host, ssh_options)
     loaded = _as_loaded(model, table, weights, model_args, input_shape, seq_len, regime, trust_remote_code)
     measurements = MeasurementCache(cache)  # timings, and the sensitivity of each cut (measured or not)
@@ -159,25 +160,6 @@ def load(path: str | Path, base=None):
     from .pruning.checkpoint import load_pruned
 
     return load_pruned(path, base)[0]
-
-
-def _check_prune_request(model, table, options) -> None:
-    """The part of the engine's check_request that needs no model, done before the model loads (seconds)."""
-    from .pruning.criteria import get_criterion
-
-    if table is None and (options.mode == "latency" or options.budget):
-        raise BadInputError("a latency budget needs a latency table",
-                            f"profile first: edgeprune profile --model {model} --out table.json, then pass --table "
-                            "table.json")
-    for name in ("threads", "precision"):
-        want, have = getattr(options, name), table.runtime.get(name) if table is not None else None
-        if table is not None and want is not None and want != have:
-            raise BadInputError(f"the table was measured at {name} {have}, the target asks for {want}",
-                                f"profile again with --{name} {want}; a model is never judged on another {name} "
-                                "setting")
-    crit = get_criterion(options.criterion)
-    if crit.needs_data and not options.calib:
-        raise BadInputError(f"criterion {crit.name} needs calibration data", "pass --calib PATH (or use l1 / l2)")
 
 
 def _as_loaded(model, table, weights, model_args, input_shape, seq_len, regime, trust_remote_code=False):
@@ -290,9 +272,9 @@ def export(model, out: str | Path, *, data: str | None = None, table=None, budge
     `trust_remote_code` lets a Hugging Face model directory run its own Python files on this machine.
     """
     from .atomic import check_writable
+    from .budget import parse_budget
     from .bundles import export_bundle
     from .models import LoadedModel, load_model
-    from .pruning.engine import parse_budget
 
     check_writable(out, force)
     parse_budget(budget)

@@ -162,7 +162,7 @@ def _build_engine(loaded, tmp: Path, onnx_path: Path, precision: str, data: str 
 
 def _budget_ms(budget: str | None, prov: dict, table) -> float | None:
     """The budget in the table's estimator: given in ms, or a speedup of the table's dense calibration."""
-    from .pruning.engine import parse_budget
+    from .budget import parse_budget
 
     parsed = parse_budget(budget) if budget else None
     if parsed is None:

@@ -209,7 +209,7 @@ def model_args(value: Any, base: Path) -> dict:
 
 
 def _budget(value: str) -> str:
-    from .pruning.engine import parse_budget
+    from .budget import parse_budget
 
     parse_budget(value)
     return value  # the stages take the budget as written
@@ -577,7 +577,7 @@ def _run_stages(recipe: Recipe, out: Path, reporter, force: bool, say, trust_rem
 
 def _with_margin(budget: str, margin: float) -> str:
     """The budget the pruner aims for: tighter by `margin`, so device noise cannot push the result over."""
-    from .pruning.engine import parse_budget
+    from .budget import parse_budget
 
     if not margin:
         return budget

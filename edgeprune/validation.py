@@ -142,9 +142,9 @@ def validate(bundles: list, device: str | None = None, host: str | None = None, 
     from edgeprune.exporters.bundle import read_bundle
 
     from .atomic import check_writable
+    from .budget import parse_budget
     from .devices import load_registry, open_device
     from .progress import active_reporter
-    from .pruning.engine import parse_budget
 
     if out is not None:
         check_writable(out, force)

@@ -30,6 +30,10 @@ from .options import measuring_device_options, model_options
 @click.option("--round-to", type=click.IntRange(1), default=None, help="uniform / global: round kept channels.")
 @click.option("--min-keep", type=click.FloatRange(0.01, 1.0), default=0.3, show_default=True,
               help="Never keep less than this fraction of any group.")
+@click.option("--search", type=click.IntRange(0), default=24, show_default=True,
+              help="With --calib: whole candidates scored by calibration loss after the knapsack (0: knapsack only).")
+@click.option("--sensitivity-points", type=click.IntRange(1, 16), default=4, show_default=True,
+              help="With --calib: widths per group at which cutting that group alone is measured.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="Runtime threads of the target (must be the table's; default: the table's).")
 @click.option("--no-measure", is_flag=True, help="Trust the table; do not time the result on the device.")
@@ -43,7 +47,8 @@ from .options import measuring_device_options, model_options
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 @click.pass_obj
 def prune(out_obj, model, weights, model_arg, input_shape, seq_len, regime, trust_remote_code, table_path, budget,
-          criterion, calib, calib_samples, mode, ratio, macs, round_to, min_keep, threads, no_measure,
+          criterion, calib, calib_samples, mode, ratio, macs, round_to, min_keep, search, sensitivity_points, threads,
+          no_measure,
           no_bn_recalibrate, device, host, ssh, seed, cache_path, out, force):
     """Prune MODEL to --budget on the table's device; measure the result there; write a pruned-model dir."""
     from edgeprune.api import prune as run_prune
@@ -59,18 +64,32 @@ def prune(out_obj, model, weights, model_arg, input_shape, seq_len, regime, trus
                            macs=macs, round_to=round_to, min_keep=min_keep, calib=calib, calib_samples=calib_samples,
                            device=device, host=host, measure=not no_measure, weights=weights, model_args=model_arg,
                            input_shape=input_shape, seq_len=seq_len, regime=regime, seed=seed, threads=threads,
-                           cache=cache_path, bn_recalibrate=not no_bn_recalibrate,
+                           cache=cache_path, bn_recalibrate=not no_bn_recalibrate, search=search,
+                           sensitivity_points=sensitivity_points,
                            reporter=reporter, force=force, trust_remote_code=trust_remote_code, **ssh)
     for note in result.notes:
-        out_obj.warn(note)
+        if not note.startswith(VALUE_NOTES):  # where the option values came from is said on stdout, below
+            out_obj.warn(note)
     out_obj.print(summary_text(result, out))
     out_obj.result({"out": str(out), "widths": result.widths, "dense_predicted_ms": result.dense_predicted_ms,
                     "predicted_ms": result.predicted_ms, "budget_ms": result.budget_ms, "macs": result.macs,
                     "dense_macs": result.dense_macs, "measured": result.measured, "notes": result.notes})
 
 
+VALUE_NOTES = ("option values:", "no --calib:")
+
+
 def summary_text(result, out) -> str:
+    from edgeprune.budget import meets_budget, tolerance_text
+
     lines = [f"[bold]pruned model[/] {out}"]
+    lines += [f"  {n}" for n in result.notes if n.startswith(VALUE_NOTES)]
+    search = result.rounds[-1].get("search") if result.rounds else None
+    if search:
+        uniform = (search["seeds"].get("uniform") or {}).get("calib_loss")
+        lines.append(f"  search: {search['evaluations']} candidates in {search['wall_s']:.1f} s, winner "
+                     f"{search['winner']}, calibration loss {search['calib_loss']:.4g}"
+                     + (f" (uniform at the same latency {uniform:.4g})" if uniform is not None else ""))
     if result.predicted_ms is not None:
         lines.append(f"  predicted {result.predicted_ms:.3f} ms (dense {result.dense_predicted_ms:.3f} ms, "
                      f"{result.dense_predicted_ms / result.predicted_ms:.2f}x)"
@@ -82,8 +101,8 @@ def summary_text(result, out) -> str:
                  + (" …" if len(result.widths) > 8 else ""))
     m = result.measured
     if m:
-        ok = m["pruned_ms"] <= m["budget_ms"] * 1.03
+        ok = meets_budget(m["pruned_ms"], m["budget_ms"])
         lines.append(f"  measured {m['pruned_ms']:.3f} ms vs dense {m['dense_ms']:.3f} ms ({m['speedup']:.2f}x, "
                      f"interleaved) — {'[green]meets[/]' if ok else '[red]misses[/]'} {m['budget_ms']:.3f} ms "
-                     f"after {len(result.rounds)} round(s)")
+                     f"({tolerance_text()}) after {len(result.rounds)} round(s)")
     return "\n".join(lines)

@@ -159,34 +159,37 @@ def seed_candidates(cost, groups: list, scores: list, target_ms: float, step: in
     return seeds
 
 
-def check_request(loaded, table, options: PruneOptions) -> None:
-    """Everything about the request that can be refused before any work: model, table, settings, criterion."""
+def check_options(spec: str, table, options: PruneOptions) -> None:
+    """What can be refused before the model loads: the table a budget needs, its settings, criterion, budget."""
     from .criteria import get_criterion
 
-    if not loaded.slimmable:
-        raise BadInputError(f"{loaded.spec} cannot be slimmed (ONNX, TorchScript or an unsupported family)",
-                            "give the PyTorch model: torchvision:NAME, timm:NAME or a Hugging Face directory "
-                            "(LLaMA, GPT-2, BERT or ViT layout)")
-    if table is None:
-        if options.mode == "latency" or options.budget:
-            raise BadInputError("a latency budget needs a latency table",
-                                f"profile first: edgeprune profile --model {loaded.spec} --out table.json, then "
-                                "pass --table table.json")
-    else:
-        if loaded.family != table.model.get("family"):
-            raise BadInputError(f"the table was profiled for {table.model.get('spec')} "
-                                f"({table.model.get('family')}), not for {loaded.spec} ({loaded.family})",
-                                f"profile this model: edgeprune profile --model {loaded.spec} --out table.json")
-        for name in ("threads", "precision"):
-            want, have = getattr(options, name), table.runtime.get(name)
-            if want is not None and want != have:
-                raise BadInputError(f"the table was measured at {name} {have}, the target asks for {want}",
-                                    f"profile again with --{name} {want}; a model is never judged on another "
-                                    f"{name} setting")
+    if table is None and (options.mode == "latency" or options.budget):
+        raise BadInputError("a latency budget needs a latency table",
+                            f"profile first: edgeprune profile --model {spec} --out table.json, then pass --table "
+                            "table.json")
+    for name in ("threads", "precision"):
+        want, have = getattr(options, name), table.runtime.get(name) if table is not None else None
+        if table is not None and want is not None and want != have:
+            raise BadInputError(f"the table was measured at {name} {have}, the target asks for {want}",
+                                f"profile again with --{name} {want}; a model is never judged on another {name} "
+                                "setting")
     crit = get_criterion(options.criterion)
     if crit.needs_data and not options.calib:
         raise BadInputError(f"criterion {crit.name} needs calibration data", "pass --calib PATH (or use l1 / l2)")
     parse_budget(options.budget)
+
+
+def check_request(loaded, table, options: PruneOptions) -> None:
+    """Everything about the request that can be refused before any work: model, table, settings, criterion."""
+    if not loaded.slimmable:
+        raise BadInputError(f"{loaded.spec} cannot be slimmed (ONNX, TorchScript or an unsupported family)",
+                            "give the PyTorch model: torchvision:NAME, timm:NAME or a Hugging Face directory "
+                            "(LLaMA, GPT-2, BERT or ViT layout)")
+    check_options(loaded.spec, table, options)
+    if table is not None and loaded.family != table.model.get("family"):
+        raise BadInputError(f"the table was profiled for {table.model.get('spec')} "
+                            f"({table.model.get('family')}), not for {loaded.spec} ({loaded.family})",
+                            f"profile this model: edgeprune profile --model {loaded.spec} --out table.json")
 
 
 def slim_copy(pristine, space, units: list, scores) -> tuple:

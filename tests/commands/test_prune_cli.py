@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -42,6 +43,19 @@ def test_prune_cli_measures_and_writes_a_loadable_directory(llama, tmp_path, for
     measured = reply["measured"]
     assert measured["dense_ms"] / measured["pruned_ms"] >= 1.25 * 0.97  # the device's own law meets the budget
     assert {"layers.0.heads", "layers.0.mlp", "layers.1.heads", "layers.1.mlp"} == set(reply["widths"])
+    # without --calib the data-free option values are named on stdout; with it, the measured ones and the search
+    plain = cli_in_process("prune", "--model", str(model), "--table", str(table), "--budget", "1.25x", "--min-keep",
+                           "0.1", "--no-measure", "--out", str(tmp_path / "plain"), cache=cache)
+    assert plain.returncode == 0, plain.stderr
+    assert "no --calib: option values are the criterion's scores" in plain.stdout
+    ids = np.random.default_rng(0).integers(0, 128, (8, 16))
+    np.savez(tmp_path / "ids.npz", input_ids=ids)
+    tuned = cli_in_process("prune", "--model", str(model), "--table", str(table), "--budget", "1.25x", "--min-keep",
+                           "0.1", "--no-measure", "--calib", str(tmp_path / "ids.npz"), "--search", "6",
+                           "--out", str(tmp_path / "tuned"), cache=cache)
+    assert tuned.returncode == 0, tuned.stderr
+    assert "option values: calibration loss" in tuned.stdout
+    assert re.search(r"search: [1-6] candidates in", tuned.stdout)
     # the pruned directory is itself a --model: it profiles like any model
     proc = cli_in_process("--json", "profile", "--device", "cpu", "--model", str(out), "--seq-len", "16",
                           "--variants", "0", "--out", str(tmp_path / "t2.json"), cache=cache)
