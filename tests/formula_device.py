@@ -2,8 +2,9 @@
 
 Solver, measure-and-tighten, table building and CLI logic must not depend on how fast the machine running the
 tests happens to be (a budget that is reachable on one machine is not on another). `FormulaTarget` stands in
-for the local target: `info`, `doctor` and bundle jobs still run the real device side, but `run` plans (cells
-and whole models) are answered with latencies computed from the ONNX graph itself:
+for the local target: `info`, `doctor` and bundle jobs still run the real device side (a bundle job's latencies
+are then replaced), but `run` plans (cells and whole models) are answered with latencies computed from the ONNX
+graph itself:
 
     ms(model) = OVERHEAD_MS + Σ over its blocks of (BLOCK_MS + NS_PER_MAC · macs · (OFF_STEP if off-step else 1))
     ms(cell) = OVERHEAD_MS + the same term for the cell's one block
@@ -106,6 +107,8 @@ class FormulaTarget:
             facts = self.local.run_profilers(args, files, on_progress, timeout)
             flags = [f for f in facts.get("cpu_flags") or () if not f.startswith("avx512")]  # the step is STEP
             return dict(facts, cpu_model=DEVICE_MODEL, device_tree_model=None, cpu_flags=flags)
+        if args and args[0] == "bundle":
+            return self._bundle(args, files, on_progress, timeout)
         if not args or args[0] != "run":
             return self.local.run_profilers(args, files, on_progress, timeout)
         plan_name = args[1]
@@ -127,6 +130,25 @@ class FormulaTarget:
         local_path = pathlib.Path(local_path)
         local_path.write_text(json.dumps(self._written.pop(name)))
         return local_path
+
+    def _bundle(self, args, files, on_progress, timeout) -> dict:
+        """Validation runs for real (checksums, parity, accuracy); only its latencies come from the formula."""
+        import onnx
+
+        reply = self.local.run_profilers(args, files, on_progress, timeout)
+        workdir = self.local.workdir
+        report = json.loads((workdir / reply["result_file"]).read_text()) if "result_file" in reply else reply
+        request = json.loads(pathlib.Path(files[args[1]]).read_text())
+        for name, record in zip(request["bundles"], report["bundles"]):
+            manifest = json.loads((workdir / name / "manifest.json").read_text())
+            ms = self.scale("bundle", name, model_ms(onnx.load(str(workdir / name / manifest["model"]))))
+            record["latency"].update({k: ms for k in ("estimate_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms",
+                                                       "median_ms", "mean_ms") if k in record["latency"]})
+            record["latency"]["formula"] = True
+        if "result_file" in reply:
+            self._written[reply["result_file"]] = report
+            return reply
+        return report
 
     def _answer(self, plan: dict, files: dict, on_progress) -> dict:
         import onnx
