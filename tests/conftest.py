@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_measurement_cache(tmp_path_factory):
     """Tests never read or write the user's own measurement cache (a test that wants one passes --cache)."""
