@@ -101,11 +101,12 @@ def prune(model, table=None, out: str | Path | None = None, *, budget: str | Non
           regime: str | None = None, seed: int = 0, max_rounds: int = 3, threads: int | None = None,
           precision: str | None = None, cache: str | Path | None = None, reporter: Reporter | None = None,
           force: bool = False, bn_recalibrate: bool = True, trust_remote_code: bool = False, search: int = 24,
-          sensitivity_points: int = 4, **ssh_options):
+          sensitivity_points: int = 4, ignore: tuple | list = (), **ssh_options):
     """Prune `model` to `budget` (`"4.2ms"` or `"2x"`; `target` is the same) against latency `table`.
 
     With `calib`, each group's cost is measured as calibration loss at `sensitivity_points` widths and `search`
-    whole candidates are scored after the knapsack (0: knapsack only); docs/pruning.md.
+    whole candidates are scored after the knapsack (0: knapsack only); docs/pruning.md. `ignore` names layers
+    to keep whole (module names or prefixes; transformer groups as `layers.3.heads`).
 
     Without a table only the baselines' modes run (`mode="uniform"|"global"` with `ratio` or `macs`).
     `model` is a `--model` spec, a LoadedModel, or a torch module (shaped like the table's model). When the
@@ -123,7 +124,8 @@ def prune(model, table=None, out: str | Path | None = None, *, budget: str | Non
     options = PruneOptions(criterion=criterion, budget=budget or target, mode=mode, ratio=ratio, macs=macs,
                            round_to=round_to, min_keep=min_keep, calib=calib, calib_samples=calib_samples, seed=seed,
                            measure=measure, max_rounds=max_rounds, threads=threads, precision=precision,
-                           bn_recalibrate=bn_recalibrate, search=search, sensitivity_points=sensitivity_points)
+                           bn_recalibrate=bn_recalibrate, search=search, sensitivity_points=sensitivity_points,
+                           ignore=tuple(ignore or ()))
     parse_budget(options.budget)
     check_data_path(calib, "--calib")
     if out is not None:

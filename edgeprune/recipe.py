@@ -136,6 +136,14 @@ def text(value: Any, base: Path) -> str:
     return value
 
 
+def texts(value: Any, base: Path) -> list:
+    """A list of names (a single name is a list of one)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(v, str) and v.strip() for v in items):
+        raise Invalid(f"expected a name or a list of names, got {_show(value)}")
+    return items
+
+
 def switch(value: Any, base: Path) -> bool:
     if not isinstance(value, bool):
         raise Invalid(f"expected true or false, got {_show(value)}")
@@ -291,6 +299,9 @@ SECTIONS: dict[str, dict[str, tuple[Rule, str]]] = {
         "precision": (PRECISION, "fp32"),
         "measure": (switch, "true"),
         "bn_recalibrate": (switch, "true"),
+        "search": (whole(0), "24"),
+        "sensitivity_points": (whole(1, 16), "4"),
+        "ignore": (texts, "[layer1.0.conv1]"),
         "cache": (path(must_exist=False), "cache.sqlite"),
     },
     "distill": {

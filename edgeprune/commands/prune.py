@@ -30,6 +30,9 @@ from .options import measuring_device_options, model_options
 @click.option("--round-to", type=click.IntRange(1), default=None, help="uniform / global: round kept channels.")
 @click.option("--min-keep", type=click.FloatRange(0.01, 1.0), default=0.3, show_default=True,
               help="Never keep less than this fraction of any group.")
+@click.option("--ignore", multiple=True, metavar="LAYER",
+              help="Keep this layer whole (module name or prefix, e.g. layer1.0.conv1; layers.3.heads for a "
+                   "transformer); repeat for several. For a channel concatenation, ignore the layers feeding it.")
 @click.option("--search", type=click.IntRange(0), default=24, show_default=True,
               help="With --calib: whole candidates scored by calibration loss after the knapsack (0: knapsack only).")
 @click.option("--sensitivity-points", type=click.IntRange(1, 16), default=4, show_default=True,
@@ -47,7 +50,8 @@ from .options import measuring_device_options, model_options
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 @click.pass_obj
 def prune(out_obj, model, weights, model_arg, input_shape, seq_len, regime, trust_remote_code, table_path, budget,
-          criterion, calib, calib_samples, mode, ratio, macs, round_to, min_keep, search, sensitivity_points, threads,
+          criterion, calib, calib_samples, mode, ratio, macs, round_to, min_keep, ignore, search, sensitivity_points,
+          threads,
           no_measure,
           no_bn_recalibrate, device, host, ssh, seed, cache_path, out, force):
     """Prune MODEL to --budget on the table's device; measure the result there; write a pruned-model dir."""
@@ -65,7 +69,7 @@ def prune(out_obj, model, weights, model_arg, input_shape, seq_len, regime, trus
                            device=device, host=host, measure=not no_measure, weights=weights, model_args=model_arg,
                            input_shape=input_shape, seq_len=seq_len, regime=regime, seed=seed, threads=threads,
                            cache=cache_path, bn_recalibrate=not no_bn_recalibrate, search=search,
-                           sensitivity_points=sensitivity_points,
+                           sensitivity_points=sensitivity_points, ignore=ignore,
                            reporter=reporter, force=force, trust_remote_code=trust_remote_code, **ssh)
     for note in result.notes:
         if not note.startswith(VALUE_NOTES):  # where the option values came from is said on stdout, below

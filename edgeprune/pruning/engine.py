@@ -43,6 +43,7 @@ class PruneOptions:
     bn_recalibrate: bool = True  # re-estimate BatchNorm statistics on the --calib inputs after pruning
     search: int = 24  # whole candidates scored by calibration loss after the knapsack (0: knapsack only)
     sensitivity_points: int = 4  # widths per group at which cutting that group alone is measured
+    ignore: tuple = ()  # layers kept whole (--ignore LAYER): every group that would cut them is left out
 
 
 @dataclass
@@ -240,7 +241,7 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
 
     def space(mod):
         wrapped = loaded.export_module(mod)
-        return build_space(wrapped, loaded.example_inputs(wrapped))
+        return build_space(wrapped, loaded.example_inputs(wrapped), ignore=tuple(options.ignore))
 
     cost = widths = None
     if table is not None or options.macs is not None:

@@ -29,19 +29,34 @@ class UnitGroup:
     graph: object = None  # torch_pruning DependencyGraph for "channels" (maps removed channels to every layer)
 
 
-def build_space(module, example_inputs: tuple, timeout_s: float = 60.0) -> list:
-    """All unit groups of `module`, in a deterministic order (same order for every deep copy)."""
+def build_space(module, example_inputs: tuple, timeout_s: float = 60.0, ignore: tuple = ()) -> list:
+    """All unit groups of `module`, in a deterministic order (same order for every deep copy).
+
+    `ignore`: layer names (or name prefixes, e.g. `features.3`) to keep whole: every group that removes a
+    channel, head or MLP unit from one of them is left out (`--ignore LAYER`; for a concatenation, ignore the
+    layers feeding it).
+    """
     from .transformer import transformer_layout
 
     inner = getattr(module, "inner", module)
     layout = transformer_layout(inner)
     if layout is not None:
-        return transformer_space(layout)
+        groups = transformer_space(layout)
+        if ignore:
+            check_ignore(inner, ignore)
+            names = {m: n for n, m in inner.named_modules()}
+            groups = [g for g in groups if not (_ignored(g.name, ignore) or _ignored(names.get(g.handle, ""), ignore))]
+        return groups
     from .groups import dependency_groups, prune_group
 
+    if ignore:
+        check_ignore(module, ignore)
+    names = {m: n for n, m in module.named_modules()}
     groups = []
     for group in dependency_groups(module, example_inputs, timeout_s=timeout_s):
         if _feeds_attention(group.handle):
+            continue
+        if ignore and any(_ignored(names.get(dep.target.module, ""), ignore) for dep, _ in group.handle):
             continue
         groups.append(UnitGroup(group.root, "channels", group.channels, 1,
                                 (lambda g: lambda idx: prune_group(g, idx))(group), group.handle, graph=group.graph))
@@ -49,6 +64,31 @@ def build_space(module, example_inputs: tuple, timeout_s: float = 60.0) -> list:
         raise BadInputError("the model has no prunable channel group (no Conv2d / Linear outside the output layer)",
                             "edgeprune prunes convolutions, linear layers, attention heads and MLP channels")
     return groups
+
+
+def _ignored(name: str, ignore: tuple) -> bool:
+    """`name` is one of the ignored layers or inside one (wrappers may prefix names with `inner.`)."""
+    name = name[len("inner."):] if name.startswith("inner.") else name
+    return any(name == i or name.startswith(i + ".") for i in ignore)
+
+
+def check_ignore(module, ignore: tuple) -> None:
+    """Every --ignore name must name a layer of the model (a typo must not silently prune everything)."""
+    import difflib
+
+    names = [n[len("inner."):] if n.startswith("inner.") else n for n, _ in module.named_modules() if n]
+    for item in ignore:
+        if not any(n == item or n.startswith(item + ".") for n in names) and not _is_group_name(item):
+            close = difflib.get_close_matches(item, names, n=3)
+            raise BadInputError(f"--ignore {item} names no layer of this model",
+                                f"did you mean {', '.join(close)}?" if close else
+                                "give a module name as in model.named_modules(), e.g. layer1.0.conv1")
+
+
+def _is_group_name(item: str) -> bool:
+    """Transformer group names (`layers.3.heads`, `layers.3.mlp`) are accepted as they are printed."""
+    parts = item.split(".")
+    return len(parts) == 3 and parts[0] == "layers" and parts[1].isdigit() and parts[2] in ("heads", "mlp")
 
 
 def _feeds_attention(handle) -> bool:

@@ -246,3 +246,38 @@ def test_flap_compensation_survives_from_pretrained(llama_dir, llama_table, tmp_
         want = res.module(input_ids=ids).logits
         assert torch.allclose(hf(input_ids=ids).logits, want, atol=1e-5)
         assert torch.allclose(mine(input_ids=ids).logits, want, atol=1e-5)
+
+
+class ConcatNet(torch.nn.Module):
+    """Two conv branches concatenated: the width after the concat follows two groups at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.b = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.mix = torch.nn.Conv2d(32, 24, 3, padding=1)
+        self.head = torch.nn.Linear(24, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.mix(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1)))
+        return self.head(y.mean((2, 3)))
+
+
+def test_ignore_keeps_named_layers_whole_and_makes_a_concat_prunable(tmp_path):
+    from tests.pruning.conftest import measure_table
+
+    def loaded(module):
+        return LoadedModel("concat", module.eval(), None, (1, 3, 16, 16), "vision", True, state_dict_sha256(module), [])
+
+    torch.manual_seed(0)
+    net = ConcatNet()
+    table = tmp_path / "t.json"
+    measure_table(loaded(net), tmp_path / "c.sqlite").save(table)
+    with pytest.raises(BadInputError, match="follows several pruned groups.*--ignore LAYER"):
+        edgeprune.prune(loaded(ConcatNet()), table, None, mode="uniform", ratio=0.5, measure=False)
+    res = edgeprune.prune(loaded(ConcatNet()), table, None, mode="uniform", ratio=0.5, measure=False,
+                          ignore=["a", "b"])
+    assert set(res.widths) == {"mix"} and res.widths["mix"] == 12  # only mix was cut; a and b stayed whole
+    assert res.module.a.out_channels == 16 and res.module.b.out_channels == 16
+    with pytest.raises(BadInputError, match="--ignore mixx names no layer.*did you mean mix"):
+        edgeprune.prune(loaded(ConcatNet()), table, None, mode="uniform", ratio=0.5, measure=False, ignore=["mixx"])
