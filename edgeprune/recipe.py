@@ -539,7 +539,7 @@ def _run_stages(recipe: Recipe, out: Path, reporter, force: bool, say, trust_rem
           lambda: _summary_prune(edgeprune.prune(
               recipe.model, table, pruned, budget=budget, weights=recipe.weights, model_args=recipe.model_args,
               input_shape=recipe.input_shape, seq_len=recipe.seq_len, regime=recipe.regime, host=recipe.host,
-              calib=recipe.data if prune_opts.get("criterion") in ("taylor", "wanda_sp", "flap") else None,
+              calib=recipe.data,  # BatchNorm re-estimation, measured option values and data criteria all read it
               reporter=reporter, force=True, trust_remote_code=trust_remote_code, **prune_opts, **recipe.ssh)))
 
     model_dir = pruned
