@@ -69,7 +69,8 @@ def run_demo(workdir: str | Path = "edgeprune-demo", reporter=None, say=print, f
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     say(f"edgeprune demo in {workdir}: train → profile → prune 2x → distill → export → validate on this CPU "
-        f"(about {EXPECTED_MINUTES} minutes on 2 idle cores the first time; a rerun reuses what is current)")
+        f"(about {EXPECTED_MINUTES} minutes on 2 idle cores the first time, longer while other work shares them; "
+        "a rerun reuses what is current)")
     started = time.time()
     trained = teacher(workdir, say, reporter)
     train_s = time.time() - started
