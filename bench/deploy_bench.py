@@ -238,7 +238,9 @@ def markdown(data: dict) -> str:
                     "shared them and stretched the stages)."]
         out += ["", f"Dense {d['dense_ms']:.2f} ms → pruned {d['pruned_ms']:.2f} ms ({d['speedup']:.2f}×, budget 2×); "
                 f"predicted {d['predicted_ms'] or float('nan'):.2f} ms, measured (validate) "
-                f"{d['measured_estimate_ms']:.2f} ms; accuracy {d['dense_accuracy']:.4f} → {d['pruned_accuracy']:.4f}; "
+                f"{d['measured_estimate_ms']:.2f} ms; accuracy (digits test) {d['dense_accuracy']:.4f} → pruned "
+                f"{d.get('pruned_accuracy_before_distill') or float('nan'):.4f} → distilled "
+                f"{d['pruned_accuracy']:.4f}; "
                 f"passed: {d['passed']}.", ""]
     if data.get("budgets"):
         side = "×".join(map(str, (d or {}).get("input_shape", [])[-2:])) or "80×80"
