@@ -100,7 +100,10 @@ def gates(report: dict, manifest: dict, budget_ms: float | None, baseline_acc: f
     if budget_ms is None:
         out["latency"] = _skipped("estimate ≤ budget", "no budget in the manifest and no --budget", value=est)
     else:
-        out["latency"] = _gate(est <= budget_ms, f"estimate ≤ budget {budget_ms:.3f} ms", value=est, limit=budget_ms)
+        from .budget import meets_budget, tolerance_text
+
+        rule = f"estimate ≤ budget {budget_ms:.3f} ms ({tolerance_text()})"
+        out["latency"] = _gate(meets_budget(est, budget_ms), rule, value=est, limit=budget_ms)
     acc = (report.get("accuracy") or {}).get("top1")
     if min_ratio is not None:
         rule = f"top-1 ≥ {min_ratio:g} × baseline top-1"

@@ -84,3 +84,19 @@ def test_pareto_names_every_bundle_inside_the_figure():
     box, frame = ax.get_legend().get_window_extent(), fig.bbox
     assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
     assert pareto_figure([result.reports[0]]) is None  # one point is no trade-off
+
+
+def test_the_latency_gate_uses_the_one_budget_rule_and_says_its_tolerance():
+    """prune and validate agree: 2 % over the budget meets it, 4 % over does not (edgeprune/budget.py)."""
+    from edgeprune.budget import BUDGET_TOLERANCE
+    from edgeprune.validation import gates
+
+    def report(ms):
+        return {"parity": {"ok": True, "atol": 1e-4, "outputs": {"y": {"ok": True, "needed_atol": 0.0}}},
+                "latency": {"estimate_ms": ms}}
+
+    assert BUDGET_TOLERANCE == 0.03
+    within = gates(report(10.2), {}, 10.0, None, None)["latency"]
+    beyond = gates(report(10.4), {}, 10.0, None, None)["latency"]
+    assert within["ok"] and not beyond["ok"]
+    assert "+3% measurement tolerance" in within["rule"]
