@@ -59,23 +59,29 @@ def formula_device(monkeypatch):
     return install(monkeypatch)
 
 
-@pytest.fixture
-def cli_in_process(capsys, monkeypatch):
-    """Run `edgeprune ARGS` in this process (so fixtures such as `formula_device` apply); a CompletedProcess."""
+def run_cli_in_process(capsys, *args: str):
+    """Run `edgeprune ARGS` in this process (so monkeypatches and fixtures apply); a CompletedProcess."""
     import subprocess
 
-    def invoke(*args: str, cache=None) -> subprocess.CompletedProcess:
-        from edgeprune.cli import main
+    from edgeprune.cli import main
 
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
+
+
+@pytest.fixture
+def cli_in_process(capsys, monkeypatch):
+    """`run_cli_in_process` as a fixture; `cache=PATH` sets the measurement cache for that call."""
+
+    def invoke(*args: str, cache=None):
         if cache is not None:
             monkeypatch.setenv("EDGEPRUNE_CACHE", str(cache))
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        captured = capsys.readouterr()
-        return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
+        return run_cli_in_process(capsys, *args)
 
     return invoke

@@ -12,15 +12,10 @@ import pytest
 
 def invoke(capsys, *args: str) -> tuple[int, str]:
     """Run `edgeprune ARGS` in this process (so monkeypatches apply); (exit code, stderr)."""
-    from edgeprune.cli import main
+    from tests.conftest import run_cli_in_process
 
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    return code, capsys.readouterr().err
+    done = run_cli_in_process(capsys, *args)
+    return done.returncode, done.stderr
 
 
 @pytest.fixture
