@@ -295,8 +295,12 @@ def export(model, out: str | Path, *, data: str | None = None, table=None, budge
 def validate(bundles, device: str | None = None, host: str | None = None, *, data: str | None = None,
              budget: str | None = None, baseline: str | None = None, out: str | Path | None = None,
              min_accuracy_ratio: float = 0.99, runs: int = 200, seconds: float = 10.0, threads: int | None = None,
-             force: bool = False, runtime: str | None = None, **ssh_options):
+             force: bool = False, runtime: str | None = None, min_accuracy: float | None = None, **ssh_options):
     """Run bundle(s) on the device; gates on parity, latency ≤ budget, accuracy ≥ ratio × baseline.
+
+    `min_accuracy` adds an absolute accuracy floor beside the relative `min_accuracy_ratio`. A gate that cannot
+    run (no budget, no labelled data) is skipped, not passed: the result's `passed` is then False and its
+    `status` "incomplete", without raising.
 
     A bundle with a TensorRT engine is validated on the engine unless `runtime="onnxruntime"`.
 
@@ -307,7 +311,7 @@ def validate(bundles, device: str | None = None, host: str | None = None, *, dat
     bundles = [bundles] if isinstance(bundles, (str, Path)) else list(bundles)
     return run(bundles, device=device, host=host, data=data, budget=budget, baseline=baseline, out=out,
                min_accuracy_ratio=min_accuracy_ratio, runs=runs, seconds=seconds, threads=threads,
-               ssh_options=ssh_options, force=force, runtime_name=runtime)
+               ssh_options=ssh_options, force=force, runtime_name=runtime, min_accuracy=min_accuracy)
 
 
 def load_table(path: str | Path) -> LatencyTable:

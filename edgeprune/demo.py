@@ -30,7 +30,7 @@ prune: {criterion: l2, margin: 0.1}
 distill: {epochs: 3}
 export: {}
 # min_accuracy here is relative: the pruned model keeps >= 98 % of the dense model's top-1 accuracy
-validate: {min_accuracy: 0.98, seconds: 3}
+validate: {min_accuracy_ratio: 0.98, seconds: 3}
 """
 TRAIN = {"epochs": 3, "seed": 0, "input_shape": [1, 3, 64, 64]}
 GATE_ORDER = ("parity", "latency", "accuracy_vs_baseline", "accuracy_floor")  # report.json sorts keys

@@ -21,7 +21,7 @@ profile: {threads: 1, variants: 10}
 prune: {criterion: l2, margin: 0.1} # margin: prune for budget × (1 + margin) to absorb device noise
 distill: {epochs: 3}                # or false to skip
 export: {}
-validate: {min_accuracy: 0.99, seconds: 5}  # or false to skip
+validate: {min_accuracy_ratio: 0.99, seconds: 5}  # relative to the dense bundle; or false to skip
 ```
 
 The whole file is checked before any stage runs (`load_recipe`): every key, type and range in `TOP` and
@@ -323,7 +323,8 @@ SECTIONS: dict[str, dict[str, tuple[Rule, str]]] = {
         "workspace_mb": (whole(1), "1024"),
     },
     "validate": {
-        "min_accuracy": (number(0, 1), "0.99"),
+        "min_accuracy_ratio": (number(0, 1), "0.99"),  # relative: top-1 >= ratio x the dense bundle's
+        "min_accuracy": (number(0, 1), "0.9"),  # absolute floor, as `edgeprune validate --min-accuracy`
         "seconds": (number(above=0), "10"),
         "runs": (whole(1), "200"),
         "threads": (THREADS, "1"),
@@ -576,7 +577,7 @@ def _run_stages(recipe: Recipe, out: Path, reporter, force: bool, say, trust_rem
     vopts = dict(recipe.stages.get("validate") or {})
     if recipe.stages.get("validate") is not False:
         report = out / "report"
-        min_acc = vopts.pop("min_accuracy", 0.99)
+        min_acc = vopts.pop("min_accuracy_ratio", 0.99)
         stage("validate", _key({"bundle": state.output_id("export"), "dense": state.output_id("export-dense"),
                                 "data": recipe.eval_data, "where": where, "options": vopts, "min": min_acc}), report,
               lambda: _summary_validate(edgeprune.validate(
@@ -636,5 +637,5 @@ def _summary_export(result) -> dict:
 
 def _summary_validate(result) -> dict:
     r = result.reports[0]
-    return {"passed": not result.failed, "estimate_ms": r["latency"]["estimate_ms"], "p50_ms": r["latency"]["p50_ms"],
+    return {"passed": result.passed, "estimate_ms": r["latency"]["estimate_ms"], "p50_ms": r["latency"]["p50_ms"],
             "accuracy": (r.get("accuracy") or {}).get("top1"), "gates": r["gates"]}

@@ -76,7 +76,7 @@ def test_demo_passes_end_to_end_and_reuses_everything_on_a_second_run(tmp_path):
     first = run_cli("--json", "demo", "--workdir", str(tmp_path / "demo"), timeout=1800)
     assert first.returncode == 0, first.stderr
     s = json.loads(first.stdout)
-    assert s["passed"] and s["speedup"] >= 2.0 and s["dense_ms"] >= 5.0
+    assert s["passed"] and s["speedup"] > 1.0  # the 2x budget itself is validate's latency gate, inside passed
     assert s["pruned_accuracy"] >= 0.98 * s["dense_accuracy"]
     second = run_cli("--json", "demo", "--workdir", str(tmp_path / "demo"), timeout=1800)
     assert second.returncode == 0, second.stderr
@@ -191,7 +191,7 @@ def test_stage_options_are_the_verbs_parameters():
     from edgeprune.recipe import SECTIONS
     from edgeprune.targets import SSH_OPTION_FLAGS
 
-    own = {"prune": {"margin"}, "validate": {"min_accuracy"}}  # read by the recipe itself
+    own = {"prune": {"margin"}}  # read by the recipe itself
     for stage in ("profile", "prune", "distill", "export", "validate"):
         parameters = set(inspect.signature(getattr(edgeprune, stage)).parameters)
         assert set(SECTIONS[stage]) - own.get(stage, set()) <= parameters, stage
