@@ -193,6 +193,12 @@ def check_request(loaded, table, options: PruneOptions) -> None:
                             f"profile this model: edgeprune profile --model {loaded.spec} --out table.json")
 
 
+def best_units(raw, n: int, keep: int) -> list:
+    """The `keep` highest-scoring of `n` units, ascending (the first `keep` when the group has no scores)."""
+    order = sorted(range(n), key=lambda u: -float(raw[u])) if raw is not None else list(range(n))
+    return sorted(order[:keep])
+
+
 def slim_copy(pristine, space, units: list, scores) -> tuple:
     """(slim deep copy of `pristine`, {group: kept units}): each group keeps its best-scoring units."""
     from .criteria import compensate_bias
@@ -202,9 +208,7 @@ def slim_copy(pristine, space, units: list, scores) -> tuple:
     groups = space(candidate)
     keep = {}
     for i, g in enumerate(groups):
-        raw = scores.raw[i]
-        order = sorted(range(g.units), key=lambda u: -float(raw[u])) if raw is not None else list(range(g.units))
-        keep[i] = sorted(order[: units[i]])
+        keep[i] = best_units(scores.raw[i], g.units, units[i])
         if scores.input_mean and units[i] < g.units:  # FLAP: removed columns' mean input joins the bias
             compensate_bias(g, [u for u in range(g.units) if u not in set(keep[i])], scores.input_mean[i])
     return candidate, apply_keep(groups, keep, candidate)

@@ -171,10 +171,11 @@ class CandidateScorer:
         return self.memo[key]
 
     def _removed(self, i: int, keep: int) -> list:
-        raw = self.scores.raw[i]
-        n = len(raw) if raw is not None else keep
-        order = sorted(range(n), key=lambda u: -float(raw[u])) if raw is not None else list(range(n))
-        return sorted(order[keep:])
+        from .engine import best_units
+
+        n = self.groups[i].units
+        kept = set(best_units(self.scores.raw[i], n, keep))
+        return [u for u in range(n) if u not in kept]
 
     def _slimmed(self, units: list) -> float:
         from .batchnorm import recalibrate_batchnorm
