@@ -341,6 +341,14 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
                        measured, rounds, notes, bn_layers=bn_layers)
 
 
+def allowed_widths(groups: list, values: list, step: int, min_keep: float) -> dict:
+    """Group index -> the widths the knapsack may give it, for every group that can be cut (value not None)."""
+    from .solver import candidate_units
+
+    return {i: candidate_units(g, step, min_keep) for i, g in enumerate(groups)
+            if values[i] is not None and g.units > 1}
+
+
 def option_values(loaded, pristine, space, groups: list, scores, batches: list, options: PruneOptions, step: int,
                   cache, reporter, notes: list) -> tuple:
     """(value per group for the knapsack, CandidateScorer or None), and a note saying where the values came from.
@@ -350,14 +358,12 @@ def option_values(loaded, pristine, space, groups: list, scores, batches: list, 
     Without: the criterion's scores normalised per group (data-free, and weaker: docs/pruning.md).
     """
     from .sensitivity import CandidateScorer, Sensitivity, measure_sensitivity, sensitivity_key
-    from .solver import candidate_units
 
     if not batches:
         notes.append("no --calib: option values are the criterion's scores normalised per group (data-free; "
                      "calibration samples let edgeprune measure what each cut costs, docs/pruning.md)")
         return scores.normalized, None
-    choices = {i: candidate_units(g, step, options.min_keep) for i, g in enumerate(groups)
-               if scores.normalized[i] is not None and g.units > 1}
+    choices = allowed_widths(groups, scores.normalized, step, options.min_keep)
     scorer = CandidateScorer(pristine, space, scores, batches)
     key = sensitivity_key(loaded.source_sha256, options.criterion, batches, choices, options.sensitivity_points,
                           options.seed)
@@ -382,10 +388,8 @@ def search_widths(cost, groups: list, scores, values: list, scorer, target_ms: f
                   options: PruneOptions, reporter):
     """Search whole candidates from the knapsack, uniform and global seeds (search.py)."""
     from .search import search
-    from .solver import candidate_units
 
-    choices = {i: candidate_units(g, step, options.min_keep) for i, g in enumerate(groups) if values[i] is not None
-               and g.units > 1}
+    choices = allowed_widths(groups, values, step, options.min_keep)
     seeds = seed_candidates(cost, groups, scores.normalized, target_ms, step, knapsack)
     bar = reporter.stage("search", options.search)
     try:
