@@ -40,7 +40,10 @@ TRAIN_SHARE = 0.2
 TRAIN_EPOCHS = 12
 KD_EPOCHS = 3
 CALIB = 64
-METHODS = ("ep_search", "ep_knapsack", "ep_uniform", "ep_random", "tp_uniform_l2", "tp_global_l2", "tp_taylor")
+GRADUAL_STEPS = 3
+GRADUAL_BUDGETS = (3.0,)
+METHODS = ("ep_search", "ep_knapsack", "ep_gradual", "ep_uniform", "ep_random", "tp_uniform_l2", "tp_global_l2",
+           "tp_taylor")
 
 
 def shifted(inputs, seed: int):
@@ -140,34 +143,58 @@ def predicted_ms(table, module, tmp: Path) -> float:
 
 
 RATIOS = (0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.8)
+TP_METHODS = ("tp_uniform_l2", "tp_global_l2", "tp_taylor")
+MATCH_TOLERANCE = 0.05  # a Torch-Pruning model within ±5 % of edgeprune's measured speedup counts as matched
 
 
-def tp_curve(module, table, kind: str, calib, calib_labels, tmp: Path) -> list:
-    """[(ratio, predicted ms)] of one Torch-Pruning method on these weights, at a fixed set of ratios."""
-    import torch
+def timed(loaded, models: dict, table, session, cache: Path) -> dict:
+    """{name: measured speedup over the dense model}: every model timed interleaved with `models["dense"]`."""
+    from edgeprune.latency.cache import MeasurementCache
+    from edgeprune.pruning.engine import measure_modules
 
-    return [(r, predicted_ms(table, tp_prune(module, (torch.zeros(SHAPE),), r, kind, calib, calib_labels), tmp))
-            for r in RATIOS]
+    measurements = MeasurementCache(cache)
+    try:
+        got = measure_modules(loaded, models, table, session, measurements)
+    finally:
+        measurements.close()
+    return {name: got["dense"]["ms"] / got[name]["ms"] for name in models} | {"_dense_ms": got["dense"]["ms"]}
 
 
-def matched_tp(module, curve: list, target_ms: float, kind: str, calib, calib_labels):
-    """Torch-Pruning at the ratio its curve puts at `target_ms` (linear between the two bracketing ratios)."""
+def ratio_at(points: list, speedup: float) -> float:
+    """The pruning ratio whose measured speedup is `speedup`, linear between the bracketing (ratio, speedup)."""
     import numpy as np
-    import torch
 
-    ratios = [r for r, _ in curve]
-    ms = [m for _, m in curve]
-    ratio = float(np.interp(target_ms, ms[::-1], ratios[::-1]))  # latency falls as the ratio grows
-    return tp_prune(module, (torch.zeros(SHAPE),), ratio, kind, calib, calib_labels), ratio
+    points = sorted(points, key=lambda p: p[1])
+    speedups = [s for _, s in points]
+    ratios = [r for r, _ in points]
+    return float(np.clip(np.interp(speedup, speedups, ratios), 0.0, 0.95))
 
 
-def kd(student, small, teacher_logits, seed: int):
+def kd(student, small, teacher_logits, seed: int, epochs: int = None):
     from edgeprune.distillation.train import DistillOptions, train_student
     from edgeprune.latency.build import Reporter
 
     cache = SimpleNamespace(values=teacher_logits, indices=None, build_s=0.0)
-    train_student(student, small, DistillOptions(epochs=KD_EPOCHS, seed=seed), cache=cache, reporter=Reporter())
+    train_student(student, small, DistillOptions(epochs=epochs or KD_EPOCHS, seed=seed), cache=cache,
+                  reporter=Reporter())
     return student.eval()
+
+
+def gradual(loaded, dense_ms: float, budget: float, table, common: dict, small, teacher_logits, seed: int):
+    """Prune while distilling: GRADUAL_STEPS cuts at geometric speedups towards `budget`, each cut re-scored on
+    the current (distilled) weights and followed by one epoch of the same cached-teacher distillation, so the
+    total distillation equals the one-shot methods' KD_EPOCHS. Returns (model as last cut, model after all)."""
+    import edgeprune
+
+    module, cut = loaded().module, None
+    for step in range(1, GRADUAL_STEPS + 1):
+        target_ms = dense_ms / budget ** (step / GRADUAL_STEPS)
+        base = loaded(module)
+        res = edgeprune.prune(base, table, None, **{**common, "budget": f"{target_ms:.4f}ms"},
+                              criterion="l2", search=0)
+        cut = copy.deepcopy(res.module)
+        module = kd(res.module, small, teacher_logits, seed, epochs=KD_EPOCHS // GRADUAL_STEPS)
+    return cut, module
 
 
 def run_seed(name: str, seed: int, table_path: Path, tmp: Path, session, cache: Path) -> list:
@@ -176,10 +203,8 @@ def run_seed(name: str, seed: int, table_path: Path, tmp: Path, session, cache: 
 
     import edgeprune
     from edgeprune.examples import accuracy
-    from edgeprune.latency.cache import MeasurementCache
     from edgeprune.models import LoadedModel, state_dict_sha256
     from edgeprune.pruning.batchnorm import recalibrate_batchnorm
-    from edgeprune.pruning.engine import measure_modules
 
     small, calib, test, shift = data_for(seed)
     t0 = time.time()
@@ -193,13 +218,21 @@ def run_seed(name: str, seed: int, table_path: Path, tmp: Path, session, cache: 
     dense_acc = (accuracy(dense, test), accuracy(dense, shift))
     print(f"   seed {seed}: dense {dense_acc[0]:.3f} / shifted {dense_acc[1]:.3f} after {train_s:.0f} s", flush=True)
 
-    def loaded():
-        module = copy.deepcopy(dense)
+    def loaded(module=None):
+        module = copy.deepcopy(dense if module is None else module)
         return LoadedModel(f"bench:{name}", module, None, SHAPE, "vision", True, state_dict_sha256(module), [])
 
     batches = [(calib[s:s + 8],) for s in range(0, len(calib), 8)]
-    curves = {m: tp_curve(dense, table, m, calib, calib_labels, tmp)
-              for m in ("tp_uniform_l2", "tp_global_l2", "tp_taylor")}
+
+    def tp(kind: str, ratio: float):
+        module = tp_prune(dense, (torch.zeros(SHAPE),), ratio, kind, calib, calib_labels)
+        recalibrate_batchnorm(module, batches)
+        return module
+
+    # Torch-Pruning's measured speedup against its ratio, every point timed interleaved with the dense model.
+    curve_models = {"dense": dense} | {f"{k}@{r}": tp(k, r) for k in TP_METHODS for r in RATIOS}
+    curve_speed = timed(loaded(), curve_models, table, session, cache)
+    curves = {k: [(r, curve_speed[f"{k}@{r}"]) for r in RATIOS] for k in TP_METHODS}
     rows = []
     for budget in BUDGETS:
         models, info = {"dense": dense}, {}
@@ -212,35 +245,55 @@ def run_seed(name: str, seed: int, table_path: Path, tmp: Path, session, cache: 
             res = edgeprune.prune(loaded(), table, None, **common, **kwargs)
             models[method] = res.module
             search = res.rounds[-1].get("search") or {}
-            info[method] = {"predicted_ms": res.predicted_ms, "macs_keep": res.macs / res.dense_macs,
+            info[method] = {"predicted_ms": res.predicted_ms, "dense_predicted_ms": res.dense_predicted_ms,
+                            "macs_keep": res.macs / res.dense_macs,
                             "wall_s": time.time() - started, "search": search,
                             "notes": [n for n in res.notes if n.startswith("option values")]}
-        target = info["ep_search"]["predicted_ms"]
-        for method in ("tp_uniform_l2", "tp_global_l2", "tp_taylor"):
+        kd_only = {}
+        if budget in GRADUAL_BUDGETS:
             started = time.time()
-            module, ratio = matched_tp(dense, curves[method], target, method, calib, calib_labels)
-            recalibrate_batchnorm(module, batches)
-            models[method] = module
-            info[method] = {"predicted_ms": predicted_ms(table, module, tmp), "ratio": ratio,
-                            "wall_s": time.time() - started}
-        measurements = MeasurementCache(cache)
-        try:
-            timed = measure_modules(loaded(), models, table, session, measurements)
-        finally:
-            measurements.close()
-        for method in METHODS:
+            models["ep_gradual"], kd_only["ep_gradual"] = gradual(
+                loaded, info["ep_search"]["dense_predicted_ms"], budget, table, common, small, teacher_logits, seed)
+            info["ep_gradual"] = {"predicted_ms": predicted_ms(table, models["ep_gradual"], tmp),
+                                  "wall_s": time.time() - started}
+        # Match Torch-Pruning on *measured* latency: time edgeprune's models, read each baseline's ratio off its
+        # measured curve at edgeprune-with-search's speedup, time everything again, and correct a baseline that
+        # landed more than MATCH_TOLERANCE away once (secant on the points seen so far) before the final timing.
+        speed = timed(loaded(), {m: models[m] for m in ("dense", "ep_search")}, table, session, cache)
+        ratios = {k: ratio_at(curves[k], speed["ep_search"]) for k in TP_METHODS}
+        for attempt in range(2):
+            for k in TP_METHODS:
+                started = time.time()
+                models[k] = tp(k, ratios[k])
+                info[k] = {"predicted_ms": predicted_ms(table, models[k], tmp), "ratio": ratios[k],
+                           "wall_s": time.time() - started}
+            speed = timed(loaded(), models, table, session, cache)
+            off = {k: speed[k] / speed["ep_search"] - 1 for k in TP_METHODS}
+            if attempt or all(abs(v) <= MATCH_TOLERANCE for v in off.values()):
+                break
+            for k in TP_METHODS:
+                if abs(off[k]) > MATCH_TOLERANCE:
+                    curves[k] = curves[k] + [(ratios[k], speed[k])]
+                    ratios[k] = ratio_at(curves[k], speed["ep_search"])
+        for method in [m for m in METHODS if m in models]:
             module = models[method]
             pruned = (accuracy(module, test), accuracy(module, shift))
-            student = kd(copy.deepcopy(module), small, teacher_logits, seed)
+            if method in kd_only:
+                student1, student = None, kd_only[method]
+            else:
+                student1 = kd(copy.deepcopy(module), small, teacher_logits, seed, epochs=1)
+                student = kd(copy.deepcopy(module), small, teacher_logits, seed)
+            tuned1 = (accuracy(student1, test), accuracy(student1, shift)) if student1 is not None else (None, None)
             tuned = (accuracy(student, test), accuracy(student, shift))
             rows.append({"model": name, "seed": seed, "budget_x": budget, "method": method,
-                         "dense_ms": timed["dense"]["ms"], "measured_ms": timed[method]["ms"],
-                         "measured_speedup": timed["dense"]["ms"] / timed[method]["ms"],
+                         "dense_ms": speed["_dense_ms"], "measured_ms": speed["_dense_ms"] / speed[method],
+                         "measured_speedup": speed[method], "match_vs_ep_search": speed[method] / speed["ep_search"],
                          "dense_accuracy": dense_acc[0], "dense_accuracy_shifted": dense_acc[1],
                          "accuracy_pruned": pruned[0], "accuracy_pruned_shifted": pruned[1],
+                         "accuracy_kd1": tuned1[0], "accuracy_kd1_shifted": tuned1[1],
                          "accuracy_kd": tuned[0], "accuracy_kd_shifted": tuned[1], "train_s": train_s, **info[method]})
-            print(f"   {budget}x {method:14s} {timed['dense']['ms'] / timed[method]['ms']:.2f}x measured  "
-                  f"pruned {pruned[0]:.3f}/{pruned[1]:.3f}  kd {tuned[0]:.3f}/{tuned[1]:.3f}", flush=True)
+            print(f"   {budget}x {method:14s} {speed[method]:.2f}x measured  pruned {pruned[0]:.3f}/{pruned[1]:.3f}"
+                  f"  kd {tuned[0]:.3f}/{tuned[1]:.3f}", flush=True)
     return rows
 
 
@@ -252,12 +305,15 @@ def summary(rows: list) -> list:
         sel = [r for r in rows if (r["model"], r["budget_x"], r["method"]) == (model, budget, method)]
 
         def ms(field, sel=sel):
-            values = [r[field] for r in sel]
+            values = [r[field] for r in sel if r.get(field) is not None]
+            if not values:
+                return None
             return [statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
 
         out.append({"model": model, "budget_x": budget, "method": method, "n": len(sel),
-                    **{f: ms(f) for f in ("measured_speedup", "accuracy_pruned", "accuracy_pruned_shifted",
-                                          "accuracy_kd", "accuracy_kd_shifted", "wall_s")}})
+                    **{f: ms(f) for f in ("measured_speedup", "match_vs_ep_search", "accuracy_pruned",
+                                          "accuracy_pruned_shifted", "accuracy_kd1", "accuracy_kd",
+                                          "accuracy_kd_shifted", "wall_s")}})
     return out
 
 
@@ -269,12 +325,19 @@ def markdown(data: dict) -> str:
            f"{TRAIN_SHARE:.0%} of the digits training split ({TRAIN_EPOCHS} epochs), tested on the digits test split "
            "and a shifted copy (contrast 0.6, 3×3 blur, noise σ 0.25). Seeds draw training and the 64 calibration "
            f"images; mean ± sd over {meta['seeds']} seeds. Speedups are measured: every model of a (seed, budget) "
-           "timed interleaved with the dense model in one run (ONNX Runtime CPU EP, 1 thread). Torch-Pruning's "
-           "ratio is read off its curve of predicted latency (8 ratios per seed, same table) at "
-           "edgeprune-with-search's predicted latency.", "",
+           "timed interleaved with the dense model in one run (ONNX Runtime CPU EP, 1 thread). Torch-Pruning is "
+           "matched on *measured* latency: its ratio is read off a measured curve (8 ratios per method and seed, "
+           "timed interleaved with the dense model) at edgeprune-with-search's measured speedup, everything is "
+           f"timed again, and a baseline more than {MATCH_TOLERANCE:.0%} off is corrected once before the final "
+           "timing; the `÷ ep_search's` column is its final measured speedup over edgeprune-with-search's in the "
+           "same run.", "",
            "Methods: `ep_search` edgeprune (l2 ranking, option values from measured calibration loss, search over "
            "24 whole candidates); `ep_knapsack` the same without search; `ep_uniform` edgeprune `--mode uniform`; "
-           "`ep_random` random ranking with the knapsack; `tp_*` Torch-Pruning MetaPruner (round_to 8) with group "
+           f"`ep_random` random ranking with the knapsack; `ep_gradual` prune while distilling: {GRADUAL_STEPS} "
+           "knapsack cuts at geometric speedups towards the budget, each re-scored on the distilled weights and "
+           f"followed by {KD_EPOCHS // GRADUAL_STEPS} epoch of the same distillation (its 'pruned' column is the "
+           "last cut before its last epoch; its KD column has the same total distillation as the others); "
+           "`tp_*` Torch-Pruning MetaPruner (round_to 8) with group "
            "L2 uniform / global and its group Taylor; all with BatchNorm re-estimated on the calibration images.",
            "", f"KD: {KD_EPOCHS} epochs of cached-teacher distillation (T 4, α 0.9) on the training share, the same "
            "for every method."]
@@ -283,13 +346,18 @@ def markdown(data: dict) -> str:
         out += ["", f"## {model}", "",
                 f"Dense: {statistics.mean(r['dense_accuracy'] for r in dense):.3f} test, "
                 f"{statistics.mean(r['dense_accuracy_shifted'] for r in dense):.3f} shifted, "
-                f"{statistics.mean(r['dense_ms'] for r in dense):.2f} ms.", "",
-                "| budget | method | measured speedup | pruned (BN) | pruned, shifted | after KD | after KD, shifted "
-                "| wall s |", "|---|---|---|---|---|---|---|---|"]
+                f"{statistics.mean(r['dense_ms'] for r in dense):.2f} ms. Table: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in (data.get("tables", {}).get(model, {}).get("fidelity") or
+                                                      {}).items() if v is not None) + ".", "",
+                "| budget | method | measured speedup | ÷ ep_search's | pruned (BN) | pruned, shifted | KD 1 epoch "
+                f"| KD {KD_EPOCHS} epochs | KD {KD_EPOCHS} epochs, shifted | wall s |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
         for r in [s for s in data["summary"] if s["model"] == model]:
-            cell = lambda f, d=3, r=r: f"{r[f][0]:.{d}f} ± {r[f][1]:.{d}f}"  # noqa: E731
+            def cell(f, d=3, r=r):
+                return "—" if r.get(f) is None else f"{r[f][0]:.{d}f} ± {r[f][1]:.{d}f}"
             out.append(f"| {r['budget_x']:g}× | {r['method']} | {cell('measured_speedup', 2)} | "
-                       f"{cell('accuracy_pruned')} | {cell('accuracy_pruned_shifted')} | {cell('accuracy_kd')} | "
+                       f"{cell('match_vs_ep_search', 2)} | {cell('accuracy_pruned')} | "
+                       f"{cell('accuracy_pruned_shifted')} | {cell('accuracy_kd1')} | {cell('accuracy_kd')} | "
                        f"{cell('accuracy_kd_shifted')} | {cell('wall_s', 1)} |")
         out += ["", f"![accuracy vs measured latency, {model}](prune_accuracy-{model}.png)"]
     return "\n".join(out) + "\n"
@@ -332,6 +400,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budgets", type=float, nargs="+", default=None)
     parser.add_argument("--train-epochs", type=int, default=None, help="fewer for a quick check")
+    parser.add_argument("--gradual-budgets", type=float, nargs="*", default=None,
+                        help="budgets that also run prune-while-distilling (ep_gradual); default 3")
     parser.add_argument("--out", default=str(RESULTS / "prune_accuracy.json"))
     parser.add_argument("--report-only", action="store_true", help="redraw the tables and plots from --out")
     args = parser.parse_args()
@@ -340,8 +410,9 @@ def main() -> None:
         save(data, Path(args.out))
         plot(data)
         return
-    global BUDGETS, TRAIN_EPOCHS
+    global BUDGETS, TRAIN_EPOCHS, GRADUAL_BUDGETS
     BUDGETS = tuple(args.budgets or BUDGETS)
+    GRADUAL_BUDGETS = tuple(GRADUAL_BUDGETS if args.gradual_budgets is None else args.gradual_budgets)
     TRAIN_EPOCHS = args.train_epochs or TRAIN_EPOCHS
     torch.set_num_threads(2)
     out_path = Path(args.out)
@@ -354,16 +425,19 @@ def main() -> None:
         tmp = Path(tmp)
         cache = tmp / "cache.sqlite"
         with open_device("cpu", None, {}, load_registry()) as session:
-            for name in args.models:
-                print(f"== {name}", flush=True)
-                table_path = tmp / f"{name}.json"
+            for name in args.models:  # every table first, before training loads the machine
+                print(f"== profile {name}", flush=True)
                 t0 = time.time()
-                edgeprune.profile(MODELS[name], "cpu", table_path, threads=1, model_args={"num_classes": 10},
-                                  input_shape=SHAPE, variants=10, cache=cache, force=True)
-                table = edgeprune.load_table(table_path)
+                edgeprune.profile(MODELS[name], "cpu", tmp / f"{name}.json", threads=1,
+                                  model_args={"num_classes": 10}, input_shape=SHAPE, variants=10, cache=cache,
+                                  force=True)
+                table = edgeprune.load_table(tmp / f"{name}.json")
                 data.setdefault("tables", {})[name] = {"id": table.id, "profile_s": time.time() - t0,
                                                        "fidelity": {k: table.fidelity.get(k) for k in
                                                                     ("within_10", "mape", "noise_ceiling")}}
+            for name in args.models:
+                print(f"== {name}", flush=True)
+                table_path = tmp / f"{name}.json"
                 for seed in args.seeds:
                     data["rows"] += run_seed(name, seed, table_path, tmp, session, cache)
                     data["summary"] = summary(data["rows"])

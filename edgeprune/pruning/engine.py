@@ -63,10 +63,15 @@ class PruneResult:
 
 
 def check_table(table, dense_blocks: list, loaded) -> None:
-    """Refuse a table measured for another model: its layers must be this model's, at these widths."""
+    """Refuse a table measured for another model: its layers must be this model's, at these widths or narrower.
+
+    Narrower is a pruned copy of the table's model (pruned again to a tighter budget, or step by step while
+    distilling): the table's cells span every width below the profiled one, so it predicts the copy too."""
     have = {b.name: (b.kind, b.c_in, b.c_out) for b in dense_blocks}
     want = {n: (layer["kind"], layer["c_in"], layer["c_out"]) for n, layer in table.layers.items()}
-    if have != want:
+    narrower = have.keys() == want.keys() and all(
+        have[n][0] == want[n][0] and have[n][1] <= want[n][1] and have[n][2] <= want[n][2] for n in have)
+    if not narrower:
         diff = sorted(set(have.items()) ^ set(want.items()))
         example = diff[0][0] if diff else "?"
         raise BadInputError(

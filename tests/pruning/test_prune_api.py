@@ -90,6 +90,27 @@ def test_table_of_another_model_is_refused_naming_both(tiny_table, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_pruned_copy_prunes_again_against_the_dense_table_and_a_wider_model_is_refused(tiny_table, tmp_path):
+    """The table's cells span every width below the profiled one, so a pruned copy is predicted too (pruning
+    step by step, or again to a tighter budget); a layer wider than the table's was never measured."""
+    _, path = tiny_table
+    first = edgeprune.prune(tiny_loaded(), path, None, budget="1.3x", measure=False)
+    module = first.module
+    loaded = LoadedModel("tiny-cnn", module, None, (1, 3, 32, 32), "vision", True, state_dict_sha256(module), [])
+    target = first.dense_predicted_ms / 1.8
+    second = edgeprune.prune(loaded, path, None, budget=f"{target:.5f}ms", measure=False)
+    assert second.dense_predicted_ms == pytest.approx(first.predicted_ms, rel=1e-6)  # the copy, as first predicted
+    assert second.predicted_ms <= target < first.predicted_ms
+    assert all(second.widths[g] <= first.widths[g] for g in second.widths)
+    wide = tiny_cnn()
+    wide.pw, wide.bn_pw, wide.fc = torch.nn.Conv2d(32, 48, 1, bias=False), torch.nn.BatchNorm2d(48), \
+        torch.nn.Linear(48, 10)
+    wide.eval()
+    loaded = LoadedModel("tiny-cnn", wide, None, (1, 3, 32, 32), "vision", True, state_dict_sha256(wide), [])
+    with pytest.raises(BadInputError, match="profiled for tiny-cnn"):
+        edgeprune.prune(loaded, path, None, budget="2x", measure=False)
+
+
 def test_unreachable_budget_says_the_best_reachable(tiny_table, tmp_path):
     _, path = tiny_table
     with pytest.raises(BadInputError, match=r"fastest reachable latency .* ms"):
