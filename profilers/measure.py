@@ -93,6 +93,10 @@ def measure_cells(cells, make_runner, estimator, reference=None, group_size=GROU
     `retries` times). The reading after one group is the reading before the next. A group's cells are final
     once its drift check passes: each is then emitted as a record (see `emit`), so a group is the most an
     interrupted job can lose. The drift seen is returned so the host can record it.
+
+    Each cell's stats carry `reference_ms`, the reference cell's reading around its group: the machine's state
+    when the cell was timed, which lets the host tell a cached cell from another state (an idle machine, a busy
+    one) from one comparable with today's readings.
     """
     results, errors, drift = {}, {}, []
     total = len(cells)
@@ -107,11 +111,15 @@ def measure_cells(cells, make_runner, estimator, reference=None, group_size=GROU
                 keys, stats = _time_group(group, make_runner, estimator, errors)
                 after = ref.time_ms() if ref else None
                 moved = abs(after / before - 1.0) if ref and before > 0 else 0.0
+                state = (before + after) / 2.0 if ref else None
                 before = after
                 if moved <= DRIFT_LIMIT or attempts > retries:
                     break
-            drift.append({"group": start // group_size, "drift": moved, "attempts": attempts})
+            drift.append({"group": start // group_size, "drift": moved, "attempts": attempts,
+                          "reference_ms": state})
             for key, stat in zip(keys, stats):
+                if state is not None:
+                    stat["reference_ms"] = state
                 results[key] = stat
                 emit("cell", key, stats=stat)
             progress("cells", start + len(group), total)
@@ -179,10 +187,23 @@ def run_plan(plan, base_dir="."):
     cells, cell_errors, drift = measure_cells(plan.get("cells", []), make_cell_runner, estimator,
                                               reference=plan.get("reference"),
                                               group_size=plan.get("group_size", GROUP_SIZE))
-    models, model_errors, round_s = measure_models(plan.get("models", []), make_runner, estimator,
-                                          rounds=plan.get("model_rounds", 1), base_dir=base_dir)
+    state = []  # the reference cell around the whole models: the machine state they were timed in
+    ref = None
+    if plan.get("reference") and plan.get("models"):
+        ref = _Reference(make_cell_runner, plan["reference"], Estimator.from_dict(plan.get("reference_estimator")
+                                                                                  or plan.get("estimator", {})))
+    try:
+        if ref:
+            state.append(ref.time_ms())
+        models, model_errors, round_s = measure_models(plan.get("models", []), make_runner, estimator,
+                                                       rounds=plan.get("model_rounds", 1), base_dir=base_dir)
+        if ref:
+            state.append(ref.time_ms())
+    finally:
+        if ref:
+            ref.close()
     errors = dict(cell_errors)
     errors.update(model_errors)
     return {"format_version": FORMAT_VERSION, "kind": "result", "facts": collect(), "runtime": runtime,
             "estimator": estimator.to_dict(), "cells": cells, "models": models, "errors": errors,
-            "drift": drift, "model_round_s": round_s, "wall_s": time.time() - started}
+            "drift": drift, "model_round_s": round_s, "state_ms": state, "wall_s": time.time() - started}

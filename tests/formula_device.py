@@ -154,12 +154,19 @@ class FormulaTarget:
         import onnx
 
         cells = {}
+        reference = plan.get("reference")  # the machine's state, as the real device stamps each cell with it
+        state = self.scale("reference", "reference", cell_ms(reference)) if reference and plan.get("cells") else None
         for i, cell in enumerate(plan.get("cells", [])):
             cells[cell["key"]] = _stats(self.scale("cell", cell["key"], cell_ms(cell)))
+            if state is not None:
+                cells[cell["key"]]["reference_ms"] = state
             if on_progress is not None:
                 on_progress({"progress": i + 1, "total": len(plan["cells"]), "stage": "cells"})
         models = {}
         rounds = plan.get("model_rounds", 1)
+        around = []
+        if reference and plan.get("models"):
+            around = [self.scale("reference", "reference", cell_ms(reference)) for _ in range(2)]
         for entry in plan.get("models", []):
             ms = self.scale("model", entry["key"], model_ms(onnx.load(str(files[entry["file"]]))))
             models[entry["key"]] = [_stats(ms) for _ in range(rounds)]
@@ -167,7 +174,8 @@ class FormulaTarget:
             on_progress({"progress": rounds, "total": rounds, "stage": "models"})
         return {"format_version": plan["format_version"], "kind": "result", "facts": {}, "runtime": plan["runtime"],
                 "estimator": plan.get("estimator", {}), "cells": cells, "models": models, "errors": {},
-                "drift": [], "model_round_s": [0.0] * (rounds if models else 0), "wall_s": 0.0}
+                "drift": [{"group": 0, "drift": 0.0, "attempts": 1, "reference_ms": state}] if state else [],
+                "model_round_s": [0.0] * (rounds if models else 0), "state_ms": around, "wall_s": 0.0}
 
 
 def install(monkeypatch, scale=None) -> list:

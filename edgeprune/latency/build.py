@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 import tempfile
 import time
 from collections import defaultdict
@@ -157,6 +158,31 @@ class Measurer:
         self.model_round_s = []
         self.models_measured = 0
         self.device_state = []  # clocks and temperatures the device reported after each job
+        self.states = []  # the reference cell's readings around whole-model jobs (the machine's state then)
+        self.state_ms = None  # the machine's state in this run: cached results from another state are not reused
+        self.stale = {"cell": set(), "model": set()}  # cached keys not reused: from another machine state
+        self.stale_state_ms = []
+
+    def current(self, record: dict) -> bool:
+        """Whether a cached result was timed in this run's machine state (or says nothing about its state)."""
+        then = record.get("reference_ms")
+        return not (self.state_ms and then) or abs(then / self.state_ms - 1) <= STATE_LIMIT
+
+    def cached(self, kind: str, keys: list, reference: dict | None, probe_cell: dict | None = None) -> dict:
+        """{key: record} of the cache's results for `keys` that this run's machine state can reuse.
+
+        The first lookup that finds anything reads the state now (a one-cell job) when no job of this run
+        has yet; results from another state (idle then, busy now, or the reverse) are counted and re-measured.
+        """
+        known = self.cache.get_many(self.fp_key, kind, keys)
+        if known and self.state_ms is None and reference and probe_cell:
+            probe = self.probe([probe_cell], reference)
+            now = [v["reference_ms"] for v in probe.values() if v.get("reference_ms")]
+            self.state_ms = now[0] if now else None
+        usable = {k: v for k, v in known.items() if self.current(v)}
+        self.stale[kind].update(k for k in known if k not in usable)
+        self.stale_state_ms += [v["reference_ms"] for k, v in known.items() if k not in usable]
+        return usable
 
     def _run(self, plan: dict, files: dict, on_progress) -> dict:
         self.jobs += 1
@@ -181,21 +207,23 @@ class Measurer:
             raise DeviceError(f"device could not measure {key}: {err.get('message')}", err.get("hint", ""))
         return reply
 
-    def cells(self, cells: list, reference: dict | None, batch: int, on_progress, fresh: bool = False) -> tuple:
+    def cells(self, cells: list, reference: dict | None, batch: int, on_progress, fresh: bool = False,
+              keep_faster: bool = True) -> tuple:
         """{cell key: stats} for every cell, measuring only those the cache lacks.
 
         `fresh` measures every cell again and keeps, per cell, the faster of the cached and the new reading
-        (a noise burst only ever slows a cell down). Returns (stats, number of cells taken from the cache).
+        (a noise burst only ever slows a cell down); with `keep_faster=False` the new reading replaces the
+        cached one (a cell cached in another machine state). Returns (stats, number of cells from the cache).
         """
         keys = [c["key"] for c in cells]
-        known = self.cache.get_many(self.fp_key, "cell", keys)
+        known = self.cached("cell", keys, reference, cells[0] if cells else None)
         have = {} if fresh else dict(known)
         todo = [c for c in cells if c["key"] not in have]
         cached = len(have)
 
         def commit(key: str, stats: dict) -> None:
             old = known.get(key)
-            if fresh and old is not None and old["estimate_ms"] <= stats["estimate_ms"]:
+            if fresh and keep_faster and old is not None and old["estimate_ms"] <= stats["estimate_ms"]:
                 stats = old
             else:
                 self.cache.put(self.fp_key, "cell", key, stats, body=self.fp)
@@ -216,21 +244,32 @@ class Measurer:
 
             reply = self._run(plan, {}, relay)
             self.drift.extend(reply.get("drift", []))
+            if self.state_ms is None:  # the state this run's first cells were timed in
+                self.state_ms = next((d["reference_ms"] for d in reply.get("drift", []) if d.get("reference_ms")),
+                                     None)
             for key, stats in reply["cells"].items():
                 if key not in have:
                     commit(key, stats)
         return have, cached
 
-    def has_model(self, key: str) -> bool:
-        return bool(self.cache.get_many(self.fp_key, "model", [key]))
+    def probe(self, cells: list, reference: dict) -> dict:
+        """{cell key: stats} timed now and cached nowhere: each carries the machine's state now (`reference_ms`)."""
+        plan = {"format_version": PLAN_VERSION, "kind": "plan", "runtime": self.runtime,
+                "estimator": self.estimator, "reference": reference, "cells": cells}
+        return self._run(plan, {}, lambda event: None)["cells"]
 
-    def models(self, models: dict, rounds: int, on_progress, fresh: bool = False) -> dict:
+    def has_model(self, key: str, reference: dict | None = None, probe_cell: dict | None = None) -> bool:
+        return bool(self.cached("model", [key], reference, probe_cell))
+
+    def models(self, models: dict, rounds: int, on_progress, fresh: bool = False, reference: dict | None = None
+               ) -> dict:
         """{model key: [estimate per round]} for ONNX files {key: path}; cached by file hash.
 
         `fresh` times every model again (interleaved with the others) instead of reusing cached timings: a
-        speedup is only trusted when both sides were measured in the same run.
+        speedup is only trusted when both sides were measured in the same run. With a `reference` cell, the
+        device times it around the models and each record keeps that machine state (`reference_ms`).
         """
-        have = {} if fresh else self.cache.get_many(self.fp_key, "model", list(models))
+        have = {} if fresh else self.cached("model", list(models), None)
         todo = {k: p for k, p in models.items() if k not in have}
         if not todo:
             return have
@@ -238,6 +277,8 @@ class Measurer:
         files = {f"m_{k[:16]}.onnx": p for k, p in todo.items()}
         plan = {"format_version": PLAN_VERSION, "kind": "plan", "runtime": self.runtime,
                 "estimator": self.model_estimator, "models": entries, "model_rounds": rounds}
+        if reference:
+            plan.update(reference=reference, reference_estimator=self.estimator)
         committed = set()
 
         def commit(key: str, rounds_stats: list) -> None:
@@ -257,6 +298,12 @@ class Measurer:
         for key, rounds_stats in reply["models"].items():
             if key not in committed:
                 commit(key, rounds_stats)
+        state = reply.get("state_ms") or []
+        self.states += state
+        if state:
+            stamped = {k: dict(have[k], reference_ms=sum(state) / len(state)) for k in todo if k in have}
+            self.cache.put_many(self.fp_key, "model", stamped)
+            have.update(stamped)
         return have
 
 
@@ -284,8 +331,8 @@ def plan_cells(graph: GraphBlocks, step: int, density: str) -> tuple:
                           "signature": blocks[0].signature, "c_in": c_in, "c_out": c_out})
     by_macs = sorted(graph.blocks, key=lambda b: b.macs)
     ref_block = by_macs[len(by_macs) // 2]  # a mid-size cell: cheap to re-time, still sensitive to drift
-    reference = {"key": "reference", "signature": ref_block.signature, "c_in": ref_block.c_in,
-                 "c_out": ref_block.c_out}
+    reference = {"key": "reference", "kind": ref_block.kind, "signature": ref_block.signature,
+                 "c_in": ref_block.c_in, "c_out": ref_block.c_out}
     return signatures, cells, reference
 
 
@@ -356,9 +403,15 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
                                                         reporter)
         export_s = time.time() - t1
         t2 = time.time()
-        measured = measurer.models(fidelity_models, options.model_rounds, reporter.stage("models"))
+        measured = measurer.models(fidelity_models, options.model_rounds, reporter.stage("models"),
+                                   reference=reference)
         reporter.done("models")
         models_s = time.time() - t2
+        state, state_warnings = check_machine_state(measurer, cells, stats, reference, options, reporter)
+        warnings += state_warnings
+        for key in state.get("remeasured", []):  # the cells now match the state the whole models ran in
+            cell = next(c for c in cells if c["key"] == key)
+            table.cells.update([cell_record(cell["kind"], cell["sig_key"], cell["c_in"], cell["c_out"], stats[key])])
         _calibrate_and_score(table, graph, measured, variant_info, options)
         table.profile = {"wall_s": time.time() - started, "table_s": table_s, "variants_export_s": export_s,
                          "models_s": models_s, "models_measured": measurer.models_measured,
@@ -369,11 +422,55 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
                          "regrouped": sum(d["attempts"] > 1 for d in measurer.drift),
                          "implausible_remeasured": remeasured,
                          "max_drift": max((d["drift"] for d in measurer.drift), default=0.0),
+                         "machine_state": {k: v for k, v in state.items() if k != "remeasured"},
                          "host": platform.node()}
     if table.fidelity.get("within_10") is not None and table.fidelity["within_10"] < LOW_FIDELITY:
         warnings.append(f"low-fidelity table: only {table.fidelity['within_10']:.0%} of held-out variants within "
                         "±10 %; the pruner will measure candidates directly")
     return ProfileResult(table, cached, len(cells) - cached, warnings)
+
+
+STATE_LIMIT = 0.15  # the reference cell >15 % faster or slower: another machine state (a busy or an idle host)
+
+
+def check_machine_state(measurer: Measurer, cells: list, stats: dict, reference: dict, options: ProfileOptions,
+                        reporter: Reporter) -> tuple:
+    """Make the cells and the whole-model runs that calibrate and score the table come from one machine state.
+
+    A cell cached on an idle machine next to a dense run on a busy one (or the reverse) makes a table that is
+    silently wrong by the load factor. The state is the reference cell's reading: every cell carries the one
+    from its group, every whole-model record the one around its job. Cached results from another state were
+    not reused (Measurer.cached); here, cells timed in this run more than STATE_LIMIT away from the state of
+    the whole-model runs are measured again, and a state that moved while we measured is reported, since no
+    table measured then can be trusted. Updates `stats`; returns ({reference_ms, range, stale, ...}, warnings).
+    """
+    now = measurer.states[-2:] or ([measurer.state_ms] if measurer.state_ms else [])
+    if not cells or not now:  # a device side that does not report its state
+        return {"checked": False}, []
+    ref_now = sum(now) / len(now)
+    warnings = []
+    if measurer.stale["cell"] or measurer.stale["model"]:
+        then = statistics.median(measurer.stale_state_ms)
+        warnings.append(f"{len(measurer.stale['cell'])} cached cell(s) and {len(measurer.stale['model'])} cached "
+                        "whole-model "
+                        f"timing(s) were from another machine state (reference cell {then:.3g} ms then, "
+                        f"{ref_now:.3g} ms now): re-measured them")
+    off = [c for c in cells if stats[c["key"]].get("reference_ms")
+           and abs(stats[c["key"]]["reference_ms"] / ref_now - 1) > STATE_LIMIT]
+    if off:
+        again, _ = measurer.cells(off, reference, options.batch_cells,
+                                  reporter.stage("cells (machine state changed)"), fresh=True, keep_faster=False)
+        stats.update(again)
+    readings = [r for r in (stats[c["key"]].get("reference_ms") for c in cells) if r] + now + measurer.states
+    readings += [d["reference_ms"] for d in measurer.drift if d.get("reference_ms")]
+    low, high = min(readings), max(readings)
+    if high / low - 1 > STATE_LIMIT:
+        warnings.append(f"the machine's speed changed by {high / low - 1:.0%} while profiling (reference cell "
+                        f"{low:.3g}–{high:.3g} ms): something else is competing for it, so the table and its "
+                        "fidelity figures are unreliable; profile again on an idle machine")
+    return {"checked": True, "reference_ms": ref_now, "reference_range_ms": [low, high],
+            "stale_cells": len(measurer.stale["cell"]), "stale_models": len(measurer.stale["model"]),
+            "remeasured_in_run": len(off), "remeasured": [c["key"] for c in off]}, warnings
 
 
 def _sha(proto) -> str:

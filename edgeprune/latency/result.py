@@ -12,11 +12,11 @@ from edgeprune.profilers.schema import Int, ListOf, MapOf, Maybe, Num, Obj, Str,
 
 MS = Num(min=0)
 STATS = Obj({"estimate_ms": MS, "min_ms": MS, "median_ms": MS, "p90_ms": MS, "mad_ms": MS, "n": Int(min=1)},
-            {"passes": Int(min=0), "pass_spread": Num()})
+            {"passes": Int(min=0), "pass_spread": Num(), "reference_ms": Maybe(MS)})
 ERROR = Obj({"error": Obj({"message": Str()}, {"kind": Maybe(Str()), "hint": Maybe(Str())})})
 RESULT = Obj({"cells": MapOf(STATS), "models": MapOf(ListOf(STATS, min_len=1))}, {
     "errors": MapOf(ERROR), "drift": ListOf(Obj()), "facts": Maybe(Obj()), "model_round_s": ListOf(MS),
-    "wall_s": Maybe(MS),
+    "wall_s": Maybe(MS), "state_ms": ListOf(MS),
 })
 
 

@@ -233,6 +233,9 @@ def test_a_drifted_group_is_remeasured_and_emitted_once_with_shared_reference_re
     assert len(calls) == 4  # one reading per group boundary, plus one for the retry
     assert [(d["group"], d["attempts"]) for d in drift] == [(0, 1), (1, 2)]
     assert drift[1]["drift"] == pytest.approx(0.0)
+    # each cell carries the machine state its group was timed in: the readings around its final attempt
+    assert [results[c["key"]]["reference_ms"] for c in CELLS] == pytest.approx([1.0, 1.0, 1.1])
+    assert [d["reference_ms"] for d in drift] == pytest.approx([1.0, 1.1])
     assert FakeRunner.live == 0
     records = [json.loads(line) for line in capsys.readouterr().err.splitlines() if '"record"' in line]
     assert sorted(r["key"] for r in records) == sorted(results)  # the drifted attempt sent nothing
