@@ -13,13 +13,15 @@ The baselines the research methods must beat, written to their papers' definitio
 - `flap` (data): Var(X_j)·‖W_:,j‖₂² per input column j of the output projection (FLAP's fluctuation metric,
   squared for attention), standardised within each layer, a kv group scored by the mean of its columns, as in
   the reference code; the removed columns' mean input goes into the projection's bias.
+- `llm-bip` (data): the unit's effect on its own block's output, ‖X_j‖·‖W[:, j]‖ over its input columns of the
+  output projection, attention columns times the MLP gain 1 + ‖W_in‖₂‖W_down‖₂ (Wu et al. 2024; llm_bip.py).
 
 A criterion decides which units of a group go first. How many go is decided by the latency knapsack from
 measured calibration losses when --calib is given (sensitivity.py); without data, and in `--mode global`, the
 scores themselves are compared across groups after normalisation: magnitude-style scores are divided by their
 group's mean (Torch-Pruning's default) and multiplied by the number of layers the group couples, FLAP scores
-come standardised per layer (attention and MLP alike, as in the reference code), Taylor scores are used as they
-are (they estimate a loss change, already comparable).
+come standardised per layer (attention and MLP alike, as in the reference code), Taylor and LLM-BIP scores are
+used as they are (a loss change; a change of the block output in one norm: already comparable).
 
 Why the layer count: after division by the group mean every unit is worth about 1, so a residual-stream
 channel (coupled through the stem and every block of a stage, 5-9 layers) would be worth no more than a
@@ -36,6 +38,8 @@ from typing import Callable
 import numpy as np
 
 from edgeprune.errors import BadInputError
+
+from .llm_bip import llm_bip
 
 
 @dataclass
@@ -131,6 +135,9 @@ CRITERIA = CriterionRegistry((
     Criterion("flap", lambda ctx: [_flap(g, st) for g, st in zip(ctx.groups, ctx.input_stats())], needs_data=True,
               normalize="none", transformers_only=True, compensates_bias=True,
               summary="FLAP fluctuation Var(X)·‖W‖², standardised per layer, with bias compensation"),
+    Criterion("llm-bip", lambda ctx: llm_bip(ctx.groups, ctx.input_stats()), needs_data=True, normalize="none",
+              transformers_only=True,
+              summary="LLM-BIP: each unit's effect on its block's output, ‖X‖·‖W‖ (× MLP gain for attention)"),
 ))
 
 
