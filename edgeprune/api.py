@@ -19,10 +19,13 @@ def profile(model: str, device: str, out: str | Path | None = None, *, host: str
             provider: str | None = None,
             precision: str = "fp32", density: str = "coarse", variants: int = 20, seed: int = 0,
             cache: str | Path | None = None, reporter: Reporter | None = None, force: bool = False,
-            lock_clocks: bool = False, trust_remote_code: bool = False, **ssh_options) -> ProfileResult:
+            lock_clocks: bool = False, trust_remote_code: bool = False, state_tolerance: float = 0.15,
+            **ssh_options) -> ProfileResult:
     """Measure a latency table for `model` on `device` (this machine, or `host` over SSH); save it to `out`.
 
     Clocks are only read and recorded, unless `lock_clocks` runs the device's own locking commands first.
+    Cached timings from a machine state more than `state_tolerance` away (a reference cell's speed) are
+    measured again, and a machine whose speed moves that much while profiling is reported.
     `trust_remote_code` lets a Hugging Face model directory run its own Python files on this machine.
     """
     from .atomic import check_writable
@@ -38,7 +41,7 @@ def profile(model: str, device: str, out: str | Path | None = None, *, host: str
     loaded = load_model(model, weights=weights, model_args=model_args, input_shape=input_shape, seq_len=seq_len,
                         regime=regime, trust_remote_code=trust_remote_code)
     options = ProfileOptions(threads=threads, precision=precision, backend=backend, provider=provider,
-                             density=density, variants=variants, seed=seed)
+                             density=density, variants=variants, seed=seed, state_tolerance=state_tolerance)
     measurements = MeasurementCache(cache)
     try:
         with open_device(device, host, ssh_options, registry) as session:

@@ -26,11 +26,15 @@ from .options import device_options, model_options
 @click.option("--lock-clocks", is_flag=True,
               help="Run the device's clock-locking commands first (e.g. jetson_clocks); otherwise clocks are only "
                    "read and recorded.")
+@click.option("--state-tolerance", default=0.15, show_default=True, type=click.FloatRange(0.01, 100),
+              help="How far the machine's speed (a reference cell) may move before cached timings are measured "
+                   "again and a busy machine is reported.")
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False), envvar="EDGEPRUNE_CACHE",
               help="SQLite measurement cache (default: the user cache dir; env EDGEPRUNE_CACHE).")
 @click.pass_obj
 def profile(out_obj, model, weights, model_arg, input_shape, seq_len, regime, trust_remote_code, device, host, ssh, out,
-            force, threads, backend, provider, precision, density, variants, seed, lock_clocks, cache_path):
+            force, threads, backend, provider, precision, density, variants, seed, lock_clocks, state_tolerance,
+            cache_path):
     """Measure a per-layer latency table for MODEL on DEVICE (here, or over SSH with --host)."""
     from edgeprune.api import profile as run_profile
     from edgeprune.atomic import check_writable
@@ -42,7 +46,8 @@ def profile(out_obj, model, weights, model_arg, input_shape, seq_len, regime, tr
                              input_shape=input_shape, seq_len=seq_len, regime=regime, threads=threads, backend=backend,
                              provider=provider, precision=precision, density=density, variants=variants,
                              seed=seed, cache=cache_path, reporter=reporter, force=force,
-                             lock_clocks=lock_clocks, trust_remote_code=trust_remote_code, **ssh)
+                             lock_clocks=lock_clocks, trust_remote_code=trust_remote_code,
+                             state_tolerance=state_tolerance, **ssh)
     for warning in result.warnings:
         out_obj.warn(warning)
     table = result.table

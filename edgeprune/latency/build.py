@@ -48,6 +48,9 @@ class ProfileOptions:
     seed: int = 0
     keep_range: tuple = (0.3, 1.0)
     batch_cells: int = 200
+    # How far the machine's speed (the reference cell) may move before cached timings are measured again and a
+    # changing machine is reported (STATE_LIMIT; docs/profiling.md "A busy machine").
+    state_tolerance: float = 0.15
     # Cells: 50 warm-up runs or 50 ms, whichever comes first (measured: estimates indistinguishable from a
     # 2 s warm-up, because each estimate is built from per-pass minima; docs/profiling.md).
     estimator: dict = field(default_factory=lambda: {"passes": 3, "runs": 20, "warmup_runs": 50, "warmup_s": 0.05,
@@ -147,7 +150,7 @@ class Measurer:
     """
 
     def __init__(self, target, cache: MeasurementCache, fp: dict, runtime: dict, estimator: dict,
-                 model_estimator: dict, workdir: Path):
+                 model_estimator: dict, workdir: Path, state_limit: float | None = None):
         self.target, self.cache, self.fp, self.runtime = target, cache, fp, runtime
         self.fp_key = fingerprint_key(fp)
         self.estimator = estimator
@@ -160,13 +163,14 @@ class Measurer:
         self.device_state = []  # clocks and temperatures the device reported after each job
         self.states = []  # the reference cell's readings around whole-model jobs (the machine's state then)
         self.state_ms = None  # the machine's state in this run: cached results from another state are not reused
+        self.state_limit = STATE_LIMIT if state_limit is None else state_limit
         self.stale = {"cell": set(), "model": set()}  # cached keys not reused: from another machine state
         self.stale_state_ms = []
 
     def current(self, record: dict) -> bool:
         """Whether a cached result was timed in this run's machine state (or says nothing about its state)."""
         then = record.get("reference_ms")
-        return not (self.state_ms and then) or abs(then / self.state_ms - 1) <= STATE_LIMIT
+        return not (self.state_ms and then) or abs(then / self.state_ms - 1) <= self.state_limit
 
     def cached(self, kind: str, keys: list, reference: dict | None, probe_cell: dict | None = None) -> dict:
         """{key: record} of the cache's results for `keys` that this run's machine state can reuse.
@@ -364,7 +368,8 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
         if graph.uncovered:
             names = ", ".join(f"{op}×{n}" for op, n in sorted(graph.uncovered.items()))
             warnings.append(f"ops covered only by the dense calibration (not synthesised per width): {names}")
-        measurer = Measurer(target, cache, fp, runtime, options.estimator, options.model_estimator, workdir)
+        measurer = Measurer(target, cache, fp, runtime, options.estimator, options.model_estimator, workdir,
+                            options.state_tolerance)
         signatures, cells, reference = plan_cells(graph, step, options.density)
         t0 = time.time()
         stats, cached = measurer.cells(cells, reference, options.batch_cells, reporter.stage("cells", len(cells)))
@@ -431,6 +436,7 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
 
 
 STATE_LIMIT = 0.15  # the reference cell >15 % faster or slower: another machine state (a busy or an idle host)
+# Readings of the reference cell on one machine state, and under a competing process: docs/profiling.md.
 
 
 def check_machine_state(measurer: Measurer, cells: list, stats: dict, reference: dict, options: ProfileOptions,
@@ -456,7 +462,7 @@ def check_machine_state(measurer: Measurer, cells: list, stats: dict, reference:
                         f"timing(s) were from another machine state (reference cell {then:.3g} ms then, "
                         f"{ref_now:.3g} ms now): re-measured them")
     off = [c for c in cells if stats[c["key"]].get("reference_ms")
-           and abs(stats[c["key"]]["reference_ms"] / ref_now - 1) > STATE_LIMIT]
+           and abs(stats[c["key"]]["reference_ms"] / ref_now - 1) > measurer.state_limit]
     if off:
         again, _ = measurer.cells(off, reference, options.batch_cells,
                                   reporter.stage("cells (machine state changed)"), fresh=True, keep_faster=False)
@@ -464,7 +470,7 @@ def check_machine_state(measurer: Measurer, cells: list, stats: dict, reference:
     readings = [r for r in (stats[c["key"]].get("reference_ms") for c in cells) if r] + now + measurer.states
     readings += [d["reference_ms"] for d in measurer.drift if d.get("reference_ms")]
     low, high = min(readings), max(readings)
-    if high / low - 1 > STATE_LIMIT:
+    if high / low - 1 > measurer.state_limit:
         warnings.append(f"the machine's speed changed by {high / low - 1:.0%} while profiling (reference cell "
                         f"{low:.3g}–{high:.3g} ms): something else is competing for it, so the table and its "
                         "fidelity figures are unreliable; profile again on an idle machine")
