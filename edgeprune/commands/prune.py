@@ -15,10 +15,10 @@ from .options import measuring_device_options, model_options
 @click.option("--budget", default=None, metavar="4.2ms|2x",
               help="Latency budget in the table's estimator, or a speedup over the dense model.")
 @click.option("--criterion", default="l2", show_default=True,
-              help="Importance criterion: l1, l2, bn_scale, taylor, random, wanda_sp, flap.")
+              help="Importance criterion: l1, l2, bn_scale, taylor, random, wanda_sp, flap, llm-bip (transformers).")
 @click.option("--calib", default=None, metavar="PATH",
-              help="Calibration data for taylor / wanda_sp / flap, and for BatchNorm re-estimation after pruning: "
-                   ".npz/.pt/.safetensors, image folder, text file, or 'digits'. Labels are not needed.")
+              help="Calibration data for taylor / wanda_sp / flap / llm-bip, and for BatchNorm re-estimation after "
+                   "pruning: .npz/.pt/.safetensors, image folder, text file, or 'digits'. Labels are not needed.")
 @click.option("--calib-samples", default=64, show_default=True, type=click.IntRange(1),
               help="How many calibration samples to read.")
 @click.option("--mode", type=click.Choice(["latency", "uniform", "global"]), default="latency", show_default=True,
