@@ -104,17 +104,23 @@ def prune(model, table=None, out: str | Path | None = None, *, budget: str | Non
           regime: str | None = None, seed: int = 0, max_rounds: int = 3, threads: int | None = None,
           precision: str | None = None, cache: str | Path | None = None, reporter: Reporter | None = None,
           force: bool = False, bn_recalibrate: bool = True, trust_remote_code: bool = False, search: int = 24,
-          sensitivity_points: int = 4, ignore: tuple | list = (), **ssh_options):
+          policy: str | Path | None = None,
+          sensitivity_points: int = 4, ignore: tuple | list = (), confidence: float | None = None,
+          measure_rounds: int | None = None, **ssh_options):
     """Prune `model` to `budget` (`"4.2ms"` or `"2x"`; `target` is the same) against latency `table`.
 
     With `calib`, each group's cost is measured as calibration loss at `sensitivity_points` widths and `search`
     whole candidates are scored after the knapsack (0: knapsack only); docs/pruning.md. `ignore` names layers
-    to keep whole (module names or prefixes; transformer groups as `layers.3.heads`).
+    to keep whole (module names or prefixes; transformer groups as `layers.3.heads`). `policy` (with
+    `criterion="prunenet"`): a PruneNet policy file, reused when it exists (at any ratio, by any model with the
+    same MLP shapes), else trained here and written there.
 
     Without a table only the baselines' modes run (`mode="uniform"|"global"` with `ratio` or `macs`).
     `model` is a `--model` spec, a LoadedModel, or a torch module (shaped like the table's model). When the
     table's device is this machine (or `host` reaches it), the result is exported and timed against the dense
-    model interleaved, and re-solved tighter if it misses (`measure=False` skips this). Saved to `out` as a
+    model interleaved (`measure_rounds` rounds, default 3, or 5 with `confidence`; the speedup is reported
+    with an interval over them), and re-solved tighter if it misses (`measure=False` skips this); with
+    `confidence` (e.g. 0.95) the budget is met only when that interval's pessimistic end meets it. Saved to `out` as a
     pruned-model directory when given. Returns a PruneResult (module, widths, predicted and measured latency).
     """
     from .atomic import check_writable
@@ -128,7 +134,14 @@ def prune(model, table=None, out: str | Path | None = None, *, budget: str | Non
                            round_to=round_to, min_keep=min_keep, calib=calib, calib_samples=calib_samples, seed=seed,
                            measure=measure, max_rounds=max_rounds, threads=threads, precision=precision,
                            bn_recalibrate=bn_recalibrate, search=search, sensitivity_points=sensitivity_points,
-                           ignore=tuple(ignore or ()))
+                           policy=None if policy is None else str(policy),
+                           ignore=tuple(ignore or ()), confidence=confidence,
+                           measure_rounds=measure_rounds or (5 if confidence else 3))
+    if confidence is not None and not 0.5 <= confidence < 1:
+        raise BadInputError(f"--confidence {confidence} is not a probability in [0.5, 1)", "use e.g. 0.9 or 0.95")
+    if options.measure_rounds < (3 if confidence else 1):
+        raise BadInputError(f"{options.measure_rounds} measurement round(s) give no interval to certify with",
+                            "use at least 3 rounds with --confidence")
     parse_budget(options.budget)
     check_data_path(calib, "--calib")
     if out is not None:

@@ -8,6 +8,7 @@ says "meets" or "passes" states the tolerance it used.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -48,3 +49,45 @@ def parse_budget(text: str | float | None) -> Budget | None:
     if kind == "speedup" and float(m.group(1)) < 1:
         raise BadInputError(f"a speedup budget below 1x ({text}) asks for a slower model", "write e.g. 1.5x")
     return Budget(kind, float(m.group(1)))
+
+
+def interval(dense_ms: float, pruned_ms: float, dense_rounds: list, pruned_rounds: list,
+             confidence: float) -> dict:
+    """The measured speedup and pruned latency with `confidence` intervals from paired interleaved rounds.
+
+    Round r timed the dense and the pruned model side by side, so dense_r / pruned_r is one reading of the
+    speedup with the machine's state cancelled as far as it can be; the rounds' spread of log speedup (and of
+    log pruned latency, for a budget in ms) gives a Student-t interval around the point estimate
+    (dense_ms / pruned_ms, each the faster of its rounds). One round gives no interval: it is [point, point]
+    and says so (`rounds` 1).
+    """
+    from scipy.stats import t
+
+    n = min(len(dense_rounds), len(pruned_rounds))
+    log_speed = [math.log(d / p) for d, p in zip(dense_rounds, pruned_rounds)]
+    log_pruned = [math.log(p) for p in pruned_rounds[:n]]
+
+    def half_width(values: list) -> float:
+        if n < 2:
+            return 0.0
+        mean = sum(values) / n
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+        return float(t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n)
+
+    hs, hp = half_width(log_speed), half_width(log_pruned)
+    speedup = dense_ms / pruned_ms
+    return {"confidence": confidence, "rounds": n,
+            "speedup": [speedup * math.exp(-hs), speedup * math.exp(hs)],
+            "pruned_ms": [pruned_ms * math.exp(-hp), pruned_ms * math.exp(hp)]}
+
+
+def certified_ms(measured: dict, budget: Budget) -> float:
+    """The pruned latency a budget is judged on with --confidence: the interval's pessimistic end.
+
+    A speedup budget is judged on the speedup's low end (as the latency it implies against the dense model
+    timed beside it); a budget in ms on the pruned latency's high end.
+    """
+    iv = measured["interval"]
+    if budget.kind == "speedup":
+        return measured["dense_ms"] / iv["speedup"][0]
+    return iv["pruned_ms"][1]

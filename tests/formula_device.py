@@ -81,7 +81,8 @@ def _stats(ms: float, runs: int = 10) -> dict:
 class FormulaTarget:
     """The local target, except that measurement plans are answered by the formula.
 
-    `scale(kind, key, ms) -> ms` lets a test bend the law (a device that never gets faster, one that drifts).
+    `scale(kind, key, ms) -> ms` lets a test bend the law (a device that never gets faster, one that drifts);
+    it is called once per cell, per whole model and round, and per reference reading.
     """
 
     where = "formula device"
@@ -168,8 +169,8 @@ class FormulaTarget:
         if reference and plan.get("models"):
             around = [self.scale("reference", "reference", cell_ms(reference)) for _ in range(2)]
         for entry in plan.get("models", []):
-            ms = self.scale("model", entry["key"], model_ms(onnx.load(str(files[entry["file"]]))))
-            models[entry["key"]] = [_stats(ms) for _ in range(rounds)]
+            base = model_ms(onnx.load(str(files[entry["file"]])))
+            models[entry["key"]] = [_stats(self.scale("model", entry["key"], base)) for _ in range(rounds)]
         if models and on_progress is not None:
             on_progress({"progress": rounds, "total": rounds, "stage": "models"})
         return {"format_version": plan["format_version"], "kind": "result", "facts": {}, "runtime": plan["runtime"],

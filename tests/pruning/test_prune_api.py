@@ -37,7 +37,10 @@ def test_prune_to_a_speedup_measures_interleaved_and_round_trips(tiny_table, tmp
     assert result.macs < result.dense_macs
     m = result.measured
     assert m is not None and m["dense_ms"] > 0 and m["pruned_ms"] > 0
-    assert len(m["dense_rounds"]) == 2 and len(m["pruned_rounds"]) == 2  # both timed, interleaved, two rounds
+    assert len(m["dense_rounds"]) == 3 and len(m["pruned_rounds"]) == 3  # both timed, interleaved, three rounds
+    iv = m["interval"]  # the formula device repeats itself exactly: a zero-width interval at the point estimate
+    assert iv["rounds"] == 3 and iv["confidence"] == 0.9
+    assert iv["speedup"] == pytest.approx([m["speedup"]] * 2) and m["judged_ms"] == m["pruned_ms"]
     assert 1 <= len(result.rounds) <= 3
     # the directory: config + safetensors + provenance, no pickle
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "provenance.json"]
@@ -63,7 +66,7 @@ def test_measured_misses_tighten_down_to_the_fastest_widths_and_stop_there(tiny_
 
     seen = []
 
-    def never_faster(loaded, dense, pruned, table, session, cache, reporter):
+    def never_faster(loaded, dense, pruned, table, session, cache, reporter, *rounds_and_confidence):
         seen.append(sum(p.numel() for p in pruned.parameters()))
         return {"dense_ms": 1.0, "pruned_ms": 10.0, "speedup": 0.1, "dense_rounds": [1.0], "pruned_rounds": [1.0],
                 "wall_s": 0.0, "estimator": "test"}
@@ -78,6 +81,39 @@ def test_measured_misses_tighten_down_to_the_fastest_widths_and_stop_there(tiny_
     assert seen[0] > seen[1]  # the second round really solved a smaller model
     assert any("already at the fastest reachable widths" in n for n in result.notes)
     assert any("still misses" in n for n in result.notes)
+
+
+def test_confidence_certifies_only_when_the_interval_clears_the_budget(tiny_table, tmp_path, monkeypatch):
+    """A device whose rounds disagree: the point estimate meets 1.3x, the 95 % interval's low end does not."""
+    from tests.formula_device import install
+
+    seen = {}
+
+    def jitter(kind, key, ms):  # whole models only: the dense model steady, the pruned one -10 % to +40 % round to round
+        if kind != "model":
+            return ms
+        seen[key] = seen.get(key, -1) + 1
+        return ms if key == next(iter(seen)) else ms * (1.0, 1.4, 0.9, 1.35, 1.0)[seen[key] % 5]
+
+    install(monkeypatch, jitter)
+    plain = edgeprune.prune(tiny_loaded(), tiny_table[1], None, budget="1.3x", criterion="l1",
+                            cache=tmp_path / "c.sqlite", max_rounds=1)
+    iv = plain.measured["interval"]
+    assert iv["rounds"] == 3 and iv["speedup"][0] < plain.measured["speedup"] < iv["speedup"][1]
+    assert plain.measured["judged_ms"] == plain.measured["pruned_ms"]
+    sure = edgeprune.prune(tiny_loaded(), tiny_table[1], None, budget="1.3x", criterion="l1",
+                           cache=tmp_path / "c.sqlite", confidence=0.95, max_rounds=2)
+    first = sure.rounds[0]["measured"]
+    assert first["interval"]["rounds"] == 5 and first["interval"]["confidence"] == 0.95
+    # judged on the interval's low end of the speedup, as the latency it implies beside the dense model
+    assert first["judged_ms"] == pytest.approx(first["dense_ms"] / first["interval"]["speedup"][0])
+    assert first["judged_ms"] > first["pruned_ms"]
+    # the point estimate met 1.3x, the pessimistic end did not: the next solve aimed lower
+    assert first["dense_ms"] / first["pruned_ms"] >= 1.3 / 1.03 > first["dense_ms"] / first["judged_ms"]
+    assert len(sure.rounds) == 2 and sure.rounds[1]["target_ms"] < sure.rounds[0]["target_ms"]
+    assert any("interval's high end" in n for n in sure.notes)
+    with pytest.raises(BadInputError, match="at least 3 rounds"):
+        edgeprune.prune(tiny_loaded(), tiny_table[1], None, budget="1.3x", confidence=0.9, measure_rounds=2)
 
 
 def test_table_of_another_model_is_refused_naming_both(tiny_table, tmp_path):
