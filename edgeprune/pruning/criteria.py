@@ -15,6 +15,9 @@ The baselines the research methods must beat, written to their papers' definitio
   the reference code; the removed columns' mean input goes into the projection's bias.
 - `llm-bip` (data): the unit's effect on its own block's output, ‖X_j‖·‖W[:, j]‖ over its input columns of the
   output projection, attention columns times the MLP gain 1 + ‖W_in‖₂‖W_down‖₂ (Wu et al. 2024; llm_bip.py).
+- `prunenet` (no data): a policy learned from the weights alone (Sengupta et al. 2025; prunenet.py) keeps the
+  rows of the first MLP matrix whose removal least shifts its singular-value distribution; a unit's score is
+  its keep-probability. Heads: the shift removing the head alone causes in its layer's [W_q; W_k; W_v] spectrum.
 
 A criterion decides which units of a group go first. How many go is decided by the latency knapsack from
 measured calibration losses when --calib is given (sensitivity.py); without data, and in `--mode global`, the
@@ -40,6 +43,7 @@ import numpy as np
 from edgeprune.errors import BadInputError
 
 from .llm_bip import llm_bip
+from .prunenet import prunenet
 
 
 @dataclass
@@ -51,6 +55,8 @@ class ScoreContext:
     batches: list = field(default_factory=list)
     loss_fn: Callable | None = None  # loss_fn(module, inputs) -> scalar loss (Taylor)
     seed: int = 0
+    policy: str | None = None  # PruneNet policy file: loaded when it exists, else trained and written there
+    ratio: float | None = None  # the requested fraction of units removed (PruneNet trains its policy at it)
     _stats: list | None = None
 
     def input_stats(self) -> list:
@@ -138,6 +144,8 @@ CRITERIA = CriterionRegistry((
     Criterion("llm-bip", lambda ctx: llm_bip(ctx.groups, ctx.input_stats()), needs_data=True, normalize="none",
               transformers_only=True,
               summary="LLM-BIP: each unit's effect on its block's output, ‖X‖·‖W‖ (× MLP gain for attention)"),
+    Criterion("prunenet", lambda ctx: prunenet(ctx.groups, ctx.policy, ctx.ratio, ctx.seed), transformers_only=True,
+              summary="PruneNet: a data-free policy keeping the rows that preserve the MLP spectrum (--policy FILE)"),
 ))
 
 
@@ -160,19 +168,24 @@ def get_criterion(name: str) -> Criterion:
     return CRITERIA.get(name)
 
 
-def score_groups(name: str, groups: list, module, batches: list | None = None, loss_fn=None, seed: int = 0) -> Scores:
+def score_groups(name: str, groups: list, module, batches: list | None = None, loss_fn=None, seed: int = 0,
+                 policy: str | None = None, ratio: float | None = None) -> Scores:
     """Score every unit of every group with criterion `name`.
 
     `batches` is a list of model inputs (tuples); `loss_fn(module, inputs)` returns the scalar loss Taylor needs.
+    `policy` (PruneNet's policy file) and `ratio` (the fraction of units the request removes) reach the criterion.
     """
     crit = get_criterion(name)
+    if policy is not None and name != "prunenet":
+        raise BadInputError(f"--policy is PruneNet's trained policy; it applies only to --criterion prunenet, "
+                            f"not {name}", "drop --policy, or pass --criterion prunenet")
     transformer = any(g.kind in ("heads", "mlp") for g in groups)
     if crit.transformers_only and not transformer:
         raise BadInputError(f"criterion {name} scores attention heads and MLP channels of transformers",
                             "use l1, l2, bn_scale, taylor or random for this model")
     if crit.needs_data and not batches:
         raise BadInputError(f"criterion {name} needs calibration data", "pass --calib PATH (or choose l1 / l2)")
-    ctx = ScoreContext(groups, module, list(batches or []), loss_fn, seed)
+    ctx = ScoreContext(groups, module, list(batches or []), loss_fn, seed, policy=policy, ratio=ratio)
     raw = crit.score(ctx)
     if len(raw) != len(groups) or any(r is not None and len(r) != g.units for r, g in zip(raw, groups)):
         raise ValueError(f"criterion {name} must return one score per unit of every group")

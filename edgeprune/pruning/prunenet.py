@@ -321,10 +321,14 @@ def load_policies(path) -> tuple:
         raise _bad_file(path, "not a file")
     try:
         with safe_open(str(path), framework="pt") as handle:
-            meta = json.loads((handle.metadata() or {})["edgeprune"])
+            header = (handle.metadata() or {}).get("edgeprune")
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except Exception as err:  # noqa: BLE001 — safetensors raises its own error type; any failure means unreadable
         raise _bad_file(path, f"unreadable: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    try:
+        meta = json.loads(header) if header is not None else None
+    except ValueError:
+        meta = None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise _bad_file(path, "no PruneNet header")
     if meta.get("format_version") != FORMAT_VERSION:
