@@ -363,12 +363,17 @@ def head_scores(group) -> np.ndarray:
 
     from .transformer import oriented, unit_parts
 
-    parts = [(oriented(m.weight.detach(), m).double(), units)
-             for m, side, units in unit_parts(group.handle, group.layout, group.kind) if side == "out"]
-    stacked = torch.cat([w for w, _ in parts])
-    offsets = np.cumsum([0] + [w.shape[0] for w, _ in parts])
-    rows = [sorted(int(off) + r for (_, units), off in zip(parts, offsets) for r in units[u])
-            for u in range(group.units)]
+    matrices, offsets, rows = [], {}, [[] for _ in range(group.units)]
+    for m, side, units in unit_parts(group.handle, group.layout, group.kind):
+        if side != "out":
+            continue
+        if id(m) not in offsets:  # packed q|k|v (GPT-2) is one module listed three times
+            offsets[id(m)] = sum(w.shape[0] for w in matrices)
+            matrices.append(oriented(m.weight.detach(), m).double())
+        for u in range(group.units):
+            rows[u] += [offsets[id(m)] + r for r in units[u]]
+    stacked = torch.cat(matrices)
+    rows = [sorted(set(r)) for r in rows]
     full = singular_values(stacked)
     energy = float(stacked.pow(2).sum()) or 1.0
     scores = []

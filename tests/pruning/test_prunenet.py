@@ -275,3 +275,21 @@ def test_cli_criterion_prunenet_with_policy(llama_dir, tmp_path, cli_in_process)
                           "l2", "--policy", str(policy), "--no-measure", "--out", str(tmp_path / "l2"))
     assert proc.returncode == 2 and "--policy" in proc.stderr
     assert not (tmp_path / "l2").exists()
+
+
+def test_head_scores_read_packed_qkv_once():
+    """GPT-2 packs q|k|v in one Conv1D: its heads score as the same heads in separate q, k, v matrices would."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    model = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=4, n_positions=32)).eval()
+    heads = next(g for g in build_space(model, ()) if g.kind == "heads")
+    w = model.transformer.h[0].attn.c_attn.weight.detach().double().t()  # [3·32, 32]: q, k, v rows
+    full = pn.singular_values(w)
+    want = []
+    for u in range(4):  # head u owns rows 8u..8u+7 of each of q, k, v
+        own = [part * 32 + 8 * u + r for part in range(3) for r in range(8)]
+        left = pn.singular_values(w[[i for i in range(96) if i not in own]])
+        share = float(w[own].pow(2).sum() / w.pow(2).sum())
+        want.append(pn.ks_statistic(full, left) + share / (2 * len(full) * len(left)))
+    np.testing.assert_allclose(pn.head_scores(heads), want, rtol=1e-12)
