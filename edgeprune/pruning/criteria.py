@@ -186,7 +186,7 @@ def score_groups(name: str, groups: list, module, batches: list | None = None, l
     if crit.needs_data and not batches:
         raise BadInputError(f"criterion {name} needs calibration data", "pass --calib PATH (or choose l1 / l2)")
     ctx = ScoreContext(groups, module, list(batches or []), loss_fn, seed, policy=policy, ratio=ratio)
-    raw = crit.score(ctx)
+    raw = [g.unit_scores(r) if hasattr(g, "unit_scores") else r for g, r in zip(groups, crit.score(ctx))]
     if len(raw) != len(groups) or any(r is not None and len(r) != g.units for r, g in zip(raw, groups)):
         raise ValueError(f"criterion {name} must return one score per unit of every group")
     input_mean = {i: st["mean"] for i, st in enumerate(ctx.input_stats())} if crit.compensates_bias else {}

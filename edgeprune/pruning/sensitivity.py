@@ -225,7 +225,7 @@ def _maskable(group) -> bool:
 def _unit_weights(group, removed: list) -> list:
     """[(parameter, view of it, dim, indices)]: the entries to zero for removing `removed` units of `group`."""
     if group.kind == "channels":
-        return _channel_weights(group, removed)
+        return _channel_weights(group, group.channels_of(removed) if hasattr(group, "channels_of") else removed)
     import torch
 
     from .criteria import _columns, projection

@@ -28,6 +28,29 @@ class UnitGroup:
     layout: object = None  # TransformerLayout for transformer groups
     graph: object = None  # torch_pruning DependencyGraph for "channels" (maps removed channels to every layer)
 
+    def channels_of(self, units) -> list:
+        """The root channels these units of a "channels" group are: unit j is channel j of each of `unit_size`
+        equal blocks (one channel per block of a grouped convolution; groups.Group.channels_of)."""
+        per = self.units
+        return sorted(int(j) + k * per for j in units for k in range(self.unit_size))
+
+    def unit_scores(self, raw):
+        """Per-channel scores of a "channels" group folded into per-unit scores (mean over a unit's channels, as
+        Torch-Pruning averages over conv groups); other scores are returned as they are."""
+        import numpy as np
+
+        if raw is None or self.kind != "channels" or self.unit_size == 1 or len(raw) != self.units * self.unit_size:
+            return raw
+        return np.asarray(raw).reshape(self.unit_size, self.units).mean(axis=0)
+
+
+class Space(list):
+    """The unit groups of a model (a list), with `notes`: one line per group kept whole and why."""
+
+    def __init__(self, groups=(), notes=()):
+        super().__init__(groups)
+        self.notes = list(notes)
+
 
 def build_space(module, example_inputs: tuple, timeout_s: float = 60.0, ignore: tuple = ()) -> list:
     """All unit groups of `module`, in a deterministic order (same order for every deep copy).
@@ -47,21 +70,25 @@ def build_space(module, example_inputs: tuple, timeout_s: float = 60.0, ignore: 
             names = {m: n for n, m in inner.named_modules()}
             groups = [g for g in groups if not (_ignored(g.name, ignore) or _ignored(names.get(g.handle, ""), ignore))]
         return groups
-    from .groups import dependency_groups, prune_group
+    from .groups import prune_group, trace_groups
 
     if ignore:
         check_ignore(module, ignore)
     names = {m: n for n, m in module.named_modules()}
-    groups = []
-    for group in dependency_groups(module, example_inputs, timeout_s=timeout_s):
+    trace = trace_groups(module, example_inputs, timeout_s=timeout_s)
+    groups = Space(notes=trace.kept_whole)
+    for group in trace.groups:
         if _feeds_attention(group.handle):
             continue
         if ignore and any(_ignored(names.get(dep.target.module, ""), ignore) for dep, _ in group.handle):
             continue
-        groups.append(UnitGroup(group.root, "channels", group.channels, 1,
-                                (lambda g: lambda idx: prune_group(g, idx))(group), group.handle, graph=group.graph))
+        groups.append(UnitGroup(group.root, "channels", group.units, group.unit,
+                                (lambda g: lambda idx: prune_group(g, g.channels_of(idx)))(group), group.handle,
+                                graph=group.graph))
     if not groups:
-        raise BadInputError("the model has no prunable channel group (no Conv2d / Linear outside the output layer)",
+        why = f" ({'; '.join(trace.kept_whole[:2])})" if trace.kept_whole else ""
+        raise BadInputError("the model has no prunable channel group (no Conv2d / Linear outside the output layer"
+                            f"{' and the --ignore layers' if ignore else ''}){why}",
                             "edgeprune prunes convolutions, linear layers, attention heads and MLP channels")
     return groups
 

@@ -7,6 +7,7 @@ on arbitrary (not step-aligned) widths, because aligned widths cannot tell a tab
 from __future__ import annotations
 
 import copy
+import math
 import random
 from dataclasses import dataclass
 
@@ -38,10 +39,12 @@ def make_variant(module, example_inputs: tuple, seed: int, aligned: bool, step: 
         n = group.units
         k = max(1, round(n * rng.uniform(*keep_range)))
         if group.kind != "heads":
+            # units on the step: a unit of a grouped convolution's group is unit_size channels (one per conv group)
+            every = step // math.gcd(step, group.unit_size)
             if aligned:
-                k = max(step, (k // step) * step) if n >= step else n
-            elif n > step and k % step == 0:
-                k = k - rng.randint(1, step - 1)
+                k = max(every, (k // every) * every) if n >= every else n
+            elif every > 1 and n > every and k % every == 0:
+                k = k - rng.randint(1, every - 1)
         k = min(k, n)
         keep[i] = sorted(rng.sample(range(n), k))
     widths = apply_keep(groups, keep, clone)

@@ -4,8 +4,11 @@ The latency table's blocks are read from the exported ONNX graph, while the prun
 modules. To predict a candidate's latency without exporting it, each block side (c_in, c_out) is tied to the one
 group that sets it. Probe k removes one unit from every group whose index has bit k set, plus one probe removes
 one unit everywhere; a block side that shrinks by the same amount in exactly the probes of one group's code
-belongs to that group, with that many channels per unit. A side that follows no single group (e.g. a
-concatenation of two pruned groups) is named in an error rather than guessed.
+belongs to that group, with that many channels per unit. A side that follows several groups (a channel
+concatenation: DenseNet, SqueezeNet's Fire, Inception, MobileViT's fusion) is read from the exported graph
+instead: the width of a Concat's output is the sum of its inputs' widths, traced back through width-keeping ops
+to the blocks that produce them, and that sum must reproduce every probe before it is used. A side neither
+reading explains is named in an error (with the --ignore flags that would keep it whole), never guessed.
 """
 
 from __future__ import annotations
@@ -19,10 +22,23 @@ from edgeprune.errors import BadInputError
 
 @dataclass(frozen=True)
 class Side:
-    """How one block width follows a group: width = dense - per_unit * (units removed from `group`)."""
+    """How one block width follows the groups: width = dense - Σ per_unit · (units removed from group).
 
-    group: int | None  # None: the width never changes
-    per_unit: int = 0
+    `terms` holds (group, channels per unit) pairs: none for a fixed width, one for a width a single group
+    sets, several for a concatenation of groups.
+    """
+
+    terms: tuple = ()
+
+    def delta(self, removed) -> int:
+        """Channels lost when group g loses removed(g) units."""
+        return sum(per_unit * removed(g) for g, per_unit in self.terms)
+
+    def __add__(self, other: "Side") -> "Side":
+        merged: dict = {}
+        for g, per_unit in self.terms + other.terms:
+            merged[g] = merged.get(g, 0) + per_unit
+        return Side(tuple(sorted(merged.items())))
 
 
 @dataclass
@@ -44,13 +60,11 @@ class WidthModel:
         self.by_group = {}
         for i, rule in enumerate(rules):
             for side in (rule.c_in, rule.c_out):
-                if side.group is not None:
-                    self.by_group.setdefault(side.group, set()).add(i)
+                for g, _ in side.terms:
+                    self.by_group.setdefault(g, set()).add(i)
 
     def _width(self, dense: int, side: Side, units: list) -> int:
-        if side.group is None:
-            return dense
-        return dense - side.per_unit * (self.dense_units[side.group] - units[side.group])
+        return dense - side.delta(lambda g: self.dense_units[g] - units[g])
 
     def block(self, i: int, units: list):
         """Block i at unit counts `units` (one count per group)."""
@@ -97,15 +111,15 @@ def probe_width_model(loaded, module, example_inputs: tuple, build_space, head_d
     from edgeprune.exporters.onnx import export_onnx
     from edgeprune.latency.blocks import extract_blocks
 
-    def blocks_of(mod) -> dict:
+    def export(mod):
         wrapped = loaded.export_module(mod)
         proto, _ = export_onnx(wrapped, loaded.example_inputs(wrapped), None, check=False)
-        return {b.name: b for b in extract_blocks(proto, head_dim=head_dim).blocks}
+        return proto, {b.name: b for b in extract_blocks(proto, head_dim=head_dim).blocks}
 
     groups = build_space(module)
     dense_units = [g.units for g in groups]
     names = [g.name for g in groups]
-    dense = blocks_of(module)
+    proto, dense = export(module)
     n_bits = max(1, math.ceil(math.log2(len(groups) + 1)))
     codes = [i + 1 for i in range(len(groups))]
     from .space import refresh_attributes
@@ -119,38 +133,130 @@ def probe_width_model(loaded, module, example_inputs: tuple, build_space, head_d
             if (k == "all" or codes[i] >> k & 1) and removed[i]:
                 group.remove(list(range(removed[i])))
         refresh_attributes(clone)
-        probes.append(blocks_of(clone))
+        probes.append(export(clone)[1])
+    sides = {}
+    for name, block in dense.items():
+        for attr in ("c_in", "c_out"):
+            sides[name, attr] = _side(name, attr, getattr(block, attr), probes, codes, removed)
+    unresolved = [key for key, side in sides.items() if side is None]
+    if unresolved:
+        _concatenated_sides(proto, dense, sides, probes, codes, removed, names)
     rules = []
     for name, block in dense.items():
-        sides = []
-        for attr in ("c_in", "c_out"):
-            sides.append(_side(name, attr, getattr(block, attr), probes, codes, removed))
         in_sp, out_sp = _spatial(block)
-        rules.append(BlockRule(block, sides[0], sides[1], in_sp, out_sp))
+        rules.append(BlockRule(block, sides[name, "c_in"], sides[name, "c_out"], in_sp, out_sp))
     return WidthModel(rules, dense_units, names)
 
 
-def _side(name: str, attr: str, dense: int, probes: list, codes: list, removed: list) -> Side:
+def _deltas(name: str, attr: str, dense: int, probes: list) -> list:
     deltas = []
     for probe in probes:
         if name not in probe:
             raise BadInputError(f"layer {name} disappears from the exported graph when channels are removed",
                                 "report this model; edgeprune cannot predict its pruned latency")
         deltas.append(dense - getattr(probe[name], attr))
+    return deltas
+
+
+def _side(name: str, attr: str, dense: int, probes: list, codes: list, removed: list) -> Side | None:
+    """The side as one group sets it (or fixed), or None when no single group explains the probes."""
+    deltas = _deltas(name, attr, dense, probes)
     total = deltas[-1]
     if total == 0:
-        return Side(None)
+        return Side()
     pattern = 0
     for k, d in enumerate(deltas[:-1]):
         if d not in (0, total):
-            raise _coupling_error(name, attr)
+            return None
         pattern |= (d == total) << k
     if pattern not in codes or not removed[pattern - 1] or total % removed[pattern - 1]:
-        raise _coupling_error(name, attr)
-    return Side(pattern - 1, total // removed[pattern - 1])
+        return None
+    return Side(((pattern - 1, total // removed[pattern - 1]),))
 
 
-def _coupling_error(name: str, attr: str) -> BadInputError:
-    return BadInputError(f"the {attr} width of layer {name} follows several pruned groups at once (e.g. a channel "
-                         "concatenation); edgeprune cannot model it",
-                         "keep the layers feeding it unpruned (--ignore LAYER) or report the model")
+# ONNX ops whose output has the channels of their (first non-constant) input
+_KEEPS_CHANNELS = {"Relu", "Clip", "BatchNormalization", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Identity",
+                   "Dropout", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Pad", "Add", "Mul",
+                   "Sub", "Div", "Erf", "LeakyRelu", "PRelu", "Elu", "Selu", "Softplus", "Resize", "Upsample",
+                   "Cast", "InstanceNormalization", "Flatten", "Reshape", "Squeeze", "Unsqueeze"}
+# (a flatten multiplies a width by the spatial size it folds in: one integer factor, checked on every probe)
+
+
+def _concatenated_sides(proto, dense: dict, sides: dict, probes: list, codes: list, removed: list,
+                        names: list) -> None:
+    """Fill every side no single group explains from the graph (a Concat sums its inputs' widths), checked
+    against every probe; raise the coupling error for a side that still does not fit."""
+    producer = {out: node for node in proto.graph.node for out in node.output}
+    block_of = {node: name for name, b in dense.items() for node in b.nodes}
+    consts = {i.name for i in proto.graph.initializer} | {o for n in proto.graph.node if n.op_type == "Constant"
+                                                          for o in n.output}
+    inputs = {i.name for i in proto.graph.input} - consts
+    memo: dict = {}
+
+    def tensor(name: str) -> Side | None:
+        if name not in memo:
+            memo[name] = None  # a cycle (there is none in an ONNX graph) or an op we do not follow
+            memo[name] = width_of(name)
+        return memo[name]
+
+    def width_of(name: str) -> Side | None:
+        if name in inputs:
+            return Side()
+        node = producer.get(name)
+        if node is None:
+            return None
+        block = block_of.get(node.name)
+        if block is not None and not dense[block].tied and sides.get((block, "c_out")) is not None:
+            return sides[block, "c_out"]  # a conv / linear block's output: its own c_out
+        if node.op_type == "Concat":
+            axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+            parts = [tensor(i) for i in node.input]
+            if axis not in (1, -3) or any(p is None for p in parts):
+                return None
+            total = Side()
+            for part in parts:
+                total = total + part
+            return total
+        if node.op_type in _KEEPS_CHANNELS or (block is not None and dense[block].tied):
+            data = [i for i in node.input if i and i not in consts]
+            return tensor(data[0]) if data else None
+        return None
+
+    def fits(side: Side, deltas: list) -> bool:
+        for k, d in enumerate(deltas):
+            hit = (lambda g: removed[g]) if k == len(deltas) - 1 else (lambda g, k=k: removed[g] * (codes[g] >> k & 1))
+            if side.delta(hit) != d:
+                return False
+        return True
+
+    for (name, attr), side in list(sides.items()):
+        if side is not None:
+            continue
+        block = dense[name]
+        main = next((n for n in proto.graph.node if n.name == block.nodes[0]), None)
+        data = [i for i in main.input if i and i not in consts] if main is not None else []
+        found = tensor(data[0]) if data and (attr == "c_in" or block.tied) else None
+        deltas = _deltas(name, attr, getattr(block, attr), probes)
+        base = found.delta(lambda g: removed[g]) if found is not None else 0
+        if found is not None and base and deltas[-1] % base == 0 and deltas[-1] // base > 1:
+            scale = deltas[-1] // base  # a flatten on the way folded a spatial size into the width
+            found = Side(tuple((g, per_unit * scale) for g, per_unit in found.terms))
+        if found is None or not fits(found, deltas):
+            raise _coupling_error(name, attr, _suspects(found, deltas, codes, removed, names))
+        sides[name, attr] = found
+
+
+def _suspects(found: Side | None, deltas: list, codes: list, removed: list, names: list) -> list:
+    """Root layers of the groups that may feed a side: the resolved ones, else every group the probes allow."""
+    if found is not None and found.terms:
+        return [names[g] for g, _ in found.terms]
+    zero = [k for k, d in enumerate(deltas[:-1]) if d == 0]
+    return [names[g] for g in range(len(names)) if removed[g] and not any(codes[g] >> k & 1 for k in zero)]
+
+
+def _coupling_error(name: str, attr: str, suspects: list) -> BadInputError:
+    flags = " ".join(f"--ignore {s}" for s in suspects[:4]) + (" ..." if len(suspects) > 4 else "")
+    return BadInputError(f"the {attr} width of layer {name} follows several pruned groups in a way edgeprune "
+                         "cannot model (not a plain channel concatenation)",
+                         f"keep the layers feeding it whole: {flags}" if suspects else
+                         "keep the layers feeding it whole with --ignore LAYER, or report the model")

@@ -180,10 +180,10 @@ def test_prune_group_removes_the_given_channels():
     assert model(TINY_EXAMPLE[0]).shape == (1, 5)
 
 
-def test_untraceable_model_is_bad_input():
+def test_model_that_does_not_run_on_its_input_is_bad_input():
     model = Tiny().eval()
-    with pytest.raises(BadInputError, match="dependency graph"):
-        dependency_groups(model, (torch.zeros(1, 4, 8, 8),))  # wrong channel count: the trace fails
+    with pytest.raises(BadInputError, match="does not run on an input of shape 1x4x8x8"):
+        dependency_groups(model, (torch.zeros(1, 4, 8, 8),))  # wrong channel count: the user's input, not the trace
 
 
 def test_make_variants_alternate_and_reproduce():
