@@ -128,9 +128,12 @@ class _Graph:
         self.graph_inputs = {i.name for i in g.input} - self.consts
         self.graph_outputs = {o.name for o in g.output}
         self.consumers = {}
+        self.producer = {}
         for node in self.nodes:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
+            for name in node.output:
+                self.producer[name] = node
 
     def only_consumer(self, tensor):
         users = self.consumers.get(tensor, [])
@@ -273,6 +276,9 @@ def _eltwise_block(graph, node, index):
     x_shape = graph.shapes.get(node.input[0])
     if x_shape and len(x_shape) == 3 and None not in x_shape and node.op_type in ("Add", "Mul"):
         return _token_eltwise_block(graph, node, index)
+    if x_shape and len(x_shape) == 4 and None not in x_shape and node.op_type in ("Add", "Mul") \
+            and _channels_last(graph, node):
+        return _channels_last_eltwise_block(graph, node, index)
     if not x_shape or len(x_shape) != 4 or None in x_shape[1:]:
         return None
     if node.op_type in ("Add", "Mul"):
@@ -302,6 +308,37 @@ def _token_eltwise_block(graph, node, index):
     signature = {"kind": "eltwise", "op": node.op_type, "tokens": tokens, "broadcast": False}
     return Block(layer_name(node.name, _fallback(node, node.op_type.lower(), index)), "eltwise", signature, c, c,
                  in_fixed=True, out_fixed=True, nodes=(node.name,))
+
+
+def _channels_last(graph, node, depth: int = 8) -> bool:
+    """A 4-D tensor laid out [n, h, w, c]: an element-wise chain back to a MatMul / Gemm (ConvNeXt and Swin run
+    their MLPs channels-last), whose last axis is the channels a pruned Linear changes."""
+    seen, frontier = set(), [i for i in node.input if i not in graph.consts]
+    for _ in range(depth):
+        step = []
+        for tensor in frontier:
+            producer = graph.producer.get(tensor)
+            if producer is None or producer.name in seen:
+                continue
+            seen.add(producer.name)
+            if producer.op_type in ("MatMul", "Gemm"):
+                return True
+            if producer.op_type in ("Add", "Mul", "Div", "Sub", "Erf", "Tanh", "Sigmoid", "Relu", "Pow", "Sqrt"):
+                step += [i for i in producer.input if i not in graph.consts]
+        frontier = step
+    return False
+
+
+def _channels_last_eltwise_block(graph, node, index):
+    """Add / Mul on [n, h, w, c]: measured as h·w tokens of c channels, so a pruned c keeps the signature."""
+    shapes = [graph.shapes.get(i) for i in node.input]
+    if any(i in graph.consts for i in node.input) or shapes[0] != shapes[1]:
+        return None
+    _, h, w, c = shapes[0]
+    signature = {"kind": "eltwise", "op": node.op_type, "tokens": h * w, "broadcast": False}
+    return Block(layer_name(node.name, _fallback(node, node.op_type.lower(), index)), "eltwise", signature, c, c,
+                 in_fixed=any(i in graph.graph_inputs for i in node.input),
+                 out_fixed=node.output[0] in graph.graph_outputs, nodes=(node.name,))
 
 
 ATTENTION_SCOPES = ("self_attn", "attention", "attn", "self_attention")

@@ -367,3 +367,25 @@ def test_silu_is_fused_into_the_conv():
     conv = graph.blocks[0]
     assert conv.signature["act"] == "silu"
     assert [b.kind for b in graph.blocks] == ["conv", "conv"]
+
+
+class ChannelsLastMLP(nn.Module):
+    """ConvNeXt's layout: a depthwise conv, then Linear / GELU / Linear on [n, h, w, c]."""
+
+    def __init__(self, width: int = 24, hidden: int = 40):
+        super().__init__()
+        self.dw = nn.Conv2d(3, width, 3, padding=1)
+        self.fc1, self.fc2 = nn.Linear(width, hidden), nn.Linear(hidden, width)
+
+    def forward(self, x):
+        x = self.dw(x).permute(0, 2, 3, 1)
+        return self.fc2(F.gelu(self.fc1(x))).permute(0, 3, 1, 2)
+
+
+def test_channels_last_eltwise_counts_the_last_axis_as_channels():
+    """GELU's Mul on [n, h, w, hidden] is `hidden` channels over h·w tokens: pruning fc1 keeps its signature."""
+    wide = [b for b in extract_blocks(exported(ChannelsLastMLP(), (1, 3, 8, 8))).blocks if b.kind == "eltwise"]
+    narrow = [b for b in extract_blocks(exported(ChannelsLastMLP(hidden=32), (1, 3, 8, 8))).blocks
+              if b.kind == "eltwise"]
+    assert [(b.c_in, b.signature.get("tokens")) for b in wide] == [(40, 64)]
+    assert [b.sig_key for b in narrow] == [b.sig_key for b in wide] and narrow[0].c_in == 32
