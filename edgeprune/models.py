@@ -154,7 +154,9 @@ def load_weights(module, path: str | Path) -> None:
         raise BadInputError(f"cannot read weights {path}: {str(err).splitlines()[0][:160]}",
                             "give a safetensors file or a torch state_dict (loaded with weights_only=True)") from None
     try:
-        module.load_state_dict(state, strict=True)
+        from .pruning.checkpoint import with_versions
+
+        module.load_state_dict(state if hasattr(state, "_metadata") else with_versions(module, state), strict=True)
     except RuntimeError as err:
         first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
         raise BadInputError(f"weights {path} do not fit the model: {first[:200]}",

@@ -155,3 +155,14 @@ def test_the_flag_runs_the_directory_code_and_says_so_first(remote_code_model, t
     assert proc.returncode == 2 and len(lines) == 2, proc.stderr
     assert lines[0] == f"warning: --trust-remote-code: Python code in {model} will run on this machine"
     assert "cannot be slimmed" in lines[1]
+
+
+def test_safetensors_weights_load_into_a_model_that_checks_its_state_dict_version(tmp_path):
+    """torchvision's MNASNet refuses a state dict without its version metadata, which safetensors cannot store."""
+    from safetensors.torch import save_file
+
+    source = load_model("torchvision:mnasnet0_5", input_shape=(1, 3, 32, 32)).module
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    loaded = load_model("torchvision:mnasnet0_5", weights=str(path), input_shape=(1, 3, 32, 32))
+    assert loaded.source_sha256 != "" and not loaded.notes

@@ -179,7 +179,9 @@ def _activation_after(graph, tensor, covered):
     if node.op_type == "Clip":
         lo = graph.const_value(node.input[1]) if len(node.input) > 1 and node.input[1] else None
         hi = graph.const_value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        if lo is not None and hi is not None and float(lo) == 0.0 and float(hi) == 6.0:
+        # bounds are scalars, or one-element arrays (the cell synthesiser's np.ascontiguousarray makes them 1-D)
+        if lo is not None and hi is not None and np.size(lo) == np.size(hi) == 1 \
+                and float(np.ravel(lo)[0]) == 0.0 and float(np.ravel(hi)[0]) == 6.0:
             return "relu6", [node], node.output[0]
     return None, [], tensor
 

@@ -237,11 +237,21 @@ def load_pruned(path: str | Path, base=None):
                             "the file is damaged; re-run edgeprune prune") from None
     resize(module, section["modules"], state)
     try:
-        module.load_state_dict(state, strict=True)
+        module.load_state_dict(with_versions(module, state), strict=True)
     except RuntimeError as err:
         raise BadInputError(f"{path}: weights do not fit the recorded architecture ({str(err).splitlines()[0][:160]})",
                             "the directory was modified; re-run edgeprune prune") from None
     return module.eval(), section, provenance
+
+
+def with_versions(module, state: dict) -> dict:
+    """`state` carrying `module`'s own state-dict versions: a safetensors file has none, and some modules refuse
+    to load without theirs (torchvision's MNASNet raises "version should be set to 1 or 2")."""
+    from collections import OrderedDict
+
+    versioned = OrderedDict(state)
+    versioned._metadata = getattr(module.state_dict(), "_metadata", None)  # what torch's own state_dict carries
+    return versioned
 
 
 def _rebuild(config: dict, source: dict):

@@ -34,6 +34,15 @@ from edgeprune.errors import BadInputError
 
 # Torch-Pruning node types whose channel mapping is inferred from shapes, not known: checked by data flow
 _INFERRED = ("RESHAPE", "SPLIT", "UNBIND", "EXPAND", "SLICE")
+# Ops Torch-Pruning passes channels through one to one ("element-wise") that do keep them so; any other op it
+# files as element-wise (indexing, matmuls inside attention, pixel shuffles) makes a group checked as well
+_KEEPS_CHANNELS = {"Add", "Sub", "Mul", "Div", "Neg", "Abs", "Exp", "Pow", "Sqrt", "Rsqrt", "Erf", "Relu",
+                   "Relu6", "LeakyRelu", "Elu", "Gelu", "Silu", "Mish", "Softplus", "Hardswish", "Hardsigmoid",
+                   "Hardtanh", "Sigmoid", "Tanh", "Clamp", "ClampMin", "ClampMax", "Mean", "Clone", "Alias",
+                   "ConstantPadNd", "ReflectionPad2D", "ReplicationPad2D", "MaxPool2DWithIndices", "AvgPool2D",
+                   "AdaptiveAvgPool2D", "AdaptiveMaxPool2D", "UpsampleNearest2D", "UpsampleBilinear2D",
+                   "NativeBatchNorm", "NativeLayerNorm", "NativeGroupNorm", "Permute", "Transpose", "T", "Roll",
+                   "Unsqueeze", "Squeeze", "ToCopy", "Dropout", "NativeDropout"}
 
 
 @dataclass
@@ -124,8 +133,12 @@ def dependency_groups(module, example_inputs: tuple, ignored: list | None = None
     return trace_groups(module, example_inputs, ignored, timeout_s).groups
 
 
-def trace_groups(module, example_inputs: tuple, ignored: list | None = None, timeout_s: float = 60.0) -> Trace:
-    """The prunable channel groups of `module`, and the groups kept whole with the reason for each."""
+def trace_groups(module, example_inputs: tuple, ignored: list | None = None, timeout_s: float = 60.0,
+                 skip=None) -> Trace:
+    """The prunable channel groups of `module`, and the groups kept whole with the reason for each.
+
+    `skip(torch_pruning_group)`: groups the caller leaves out anyway (neither checked nor returned).
+    """
     import torch
     import torch.nn as nn
 
@@ -148,13 +161,15 @@ def trace_groups(module, example_inputs: tuple, ignored: list | None = None, tim
         if not _raised_in_torch_pruning(err):
             raise
         raise BadInputError(f"Torch-Pruning cannot trace {type(module).__name__}: {_where(err, names)}",
-                            "keep the layers around it whole with --ignore LAYER does not help here (the trace "
-                            "comes first); report the model with this line") from None
+                            "the trace comes before --ignore applies, so no flag avoids it; report the model with "
+                            "this line") from None
     trace = Trace([])
     for root, err in failed:
         trace.keep(names.get(root, str(root)), "their channels pass an op Torch-Pruning cannot map", _where(err, names))
     candidates = []
     for group in found:
+        if skip is not None and skip(group):
+            continue
         root = names.get(group[0].dep.target.module, str(group[0].dep.target.module))
         why = _crosses_unmapped(group, graph, names)
         risky = why is None and _risky_nodes(group)
@@ -206,10 +221,11 @@ def _graph_class():
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.unmapped: dict = {}  # reshape node -> the error Torch-Pruning raised mapping it
+            self.mapped: set = set()  # reshape nodes mapped once (a stride is a spatial size: cutting keeps it)
             self.severed: set = set()  # (node, pruning fn) facing one: every group reaching them is kept whole
 
         def build_dependency(self, *args, **kwargs):
-            with _tolerant_reshapes(self.unmapped):
+            with _tolerant_reshapes(self.unmapped, self.mapped):
                 super().build_dependency(*args, **kwargs)
             # Cut the graph at each unmapped reshape: resolving groups through it would map channels wrongly
             # (and Torch-Pruning's stride mappings there grow to millions of indices).
@@ -222,27 +238,30 @@ def _graph_class():
             return self
 
         def get_pruning_group(self, *args, **kwargs):
-            with _tolerant_reshapes(self.unmapped):
+            with _tolerant_reshapes(self.unmapped, self.mapped):
                 return super().get_pruning_group(*args, **kwargs)
 
     return TolerantGraph
 
 
 @contextmanager
-def _tolerant_reshapes(unmapped: dict):
+def _tolerant_reshapes(unmapped: dict, mapped: set):
     """While active, a reshape Torch-Pruning cannot map is recorded in `unmapped` and left unmapped.
 
     Cannot map: its mapping raises (a channel shuffle's view divides by zero), or it guesses a flatten (a
     stride mapping) for a reshape that is not a classifier's flatten: a view splitting the channel axis into
     groups or heads is no flatten, and the guess both maps channels wrongly and grows index lists by the stride.
+    A reshape is mapped once per graph (`mapped`): Torch-Pruning re-infers every reshape's channels, recursively,
+    before each group it resolves, which alone took minutes on Swin-T.
     """
     import torch_pruning.dependency.index_mapping as index_mapping
 
     original = index_mapping.update_reshape_index_mapping
 
     def tolerant(graph, node):
-        if node in unmapped:
+        if node in unmapped or node in mapped:
             return None
+        mapped.add(node)
         deps = [d for d in node.dependencies] + [d for n in node.inputs + node.outputs for d in n.dependencies
                                                  if d.target is node]
         before = [list(d.index_mapping) for d in deps]
@@ -349,8 +368,19 @@ def _inferred_nodes(group) -> list:
 
 
 def _risky_nodes(group) -> list:
-    """The group's nodes whose channel mapping Torch-Pruning infers, except a classifier's flatten."""
-    return [node for node in _inferred_nodes(group) if not _is_flatten_to_linear(node)]
+    """The group's nodes whose channel mapping Torch-Pruning infers or assumes (except a classifier's flatten)."""
+    import re
+
+    import torch_pruning.ops as ops
+
+    risky = [node for node in _inferred_nodes(group) if not _is_flatten_to_linear(node)]
+    for dep, _ in group:
+        node = dep.target
+        if node.type == ops.OPTYPE.ELEMENTWISE and node.grad_fn is not None:
+            op = re.sub(r"Backward\d*$", "", node.grad_fn.name().split("::")[-1])
+            if op not in _KEEPS_CHANNELS and node not in risky:
+                risky.append(node)
+    return risky
 
 
 def _is_flatten_to_linear(node) -> bool:

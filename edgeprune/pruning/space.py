@@ -75,11 +75,9 @@ def build_space(module, example_inputs: tuple, timeout_s: float = 60.0, ignore: 
     if ignore:
         check_ignore(module, ignore)
     names = {m: n for n, m in module.named_modules()}
-    trace = trace_groups(module, example_inputs, timeout_s=timeout_s)
+    trace = trace_groups(module, example_inputs, timeout_s=timeout_s, skip=_feeds_attention)
     groups = Space(notes=trace.kept_whole)
     for group in trace.groups:
-        if _feeds_attention(group.handle):
-            continue
         if ignore and any(_ignored(names.get(dep.target.module, ""), ignore) for dep, _ in group.handle):
             continue
         groups.append(UnitGroup(group.root, "channels", group.units, group.unit,
