@@ -1,10 +1,12 @@
 """The pruning space of a model: its unit groups, each removable one unit at a time.
 
 A unit is what must go as a whole: one channel of a Torch-Pruning dependency group (a conv's output channel
-with every coupled layer), one key/value head of a decoder layer together with the query heads that share it
-(GQA groups stay consistent), or one MLP channel (gate/up rows and the down column). Every consumer — criteria,
-the width model, the solver, slimming — sees the same list in the same order, so a group is addressed by its
-index in any copy of the model.
+with every coupled layer; one channel from each of the G groups when the group crosses a grouped convolution or
+GroupNorm, so G keeps dividing the width: groups.py), one key/value head of a decoder layer together with the
+query heads that share it (GQA groups stay consistent), or one MLP channel (gate/up rows and the down column).
+Every consumer — criteria, the width model, the solver, slimming — sees the same list in the same order, so a
+group is addressed by its index in any copy of the model. Groups that cannot be cut safely are left out, and
+said so (`Space.notes`).
 """
 
 from __future__ import annotations
