@@ -320,7 +320,7 @@ class ConcatNet(torch.nn.Module):
         return self.head(y.mean((2, 3)))
 
 
-def test_ignore_keeps_named_layers_whole_and_makes_a_concat_prunable(tmp_path):
+def test_a_concat_prunes_its_branches_and_ignore_keeps_named_layers_whole(tmp_path):
     from tests.pruning.conftest import measure_table
 
     def loaded(module):
@@ -330,8 +330,11 @@ def test_ignore_keeps_named_layers_whole_and_makes_a_concat_prunable(tmp_path):
     net = ConcatNet()
     table = tmp_path / "t.json"
     measure_table(loaded(net), tmp_path / "c.sqlite").save(table)
-    with pytest.raises(BadInputError, match="follows several pruned groups.*--ignore LAYER"):
-        edgeprune.prune(loaded(ConcatNet()), table, None, mode="uniform", ratio=0.5, measure=False)
+    # the width after the concat is read from the exported graph: both branches are cut, mix reads their sum
+    both = edgeprune.prune(loaded(ConcatNet()), table, None, mode="uniform", ratio=0.5, measure=False)
+    assert set(both.widths) == {"a", "b", "mix"} and both.widths["a"] < 16 and both.widths["b"] < 16
+    assert both.module.mix.in_channels == both.module.a.out_channels + both.module.b.out_channels
+    assert both.module(torch.randn(2, 3, 16, 16)).shape == (2, 10)
     res = edgeprune.prune(loaded(ConcatNet()), table, None, mode="uniform", ratio=0.5, measure=False,
                           ignore=["a", "b"])
     assert set(res.widths) == {"mix"} and res.widths["mix"] == 12  # only mix was cut; a and b stayed whole
