@@ -206,10 +206,10 @@ def _conv_block(graph, node, index, covered):
             out = add.output[0]
     act, act_nodes, out = _activation_after(graph, out, covered)
     nodes += act_nodes
-    if group == 1:
+    if group == c_in and cin_per_group == 1 and c_out == c_in:
+        groups = "depthwise"  # a depthwise conv cut to one channel too (the same op as a 1 -> 1 conv)
+    elif group == 1:
         groups = 1
-    elif group == c_in and cin_per_group == 1 and c_out == c_in:
-        groups = "depthwise"
     else:
         groups = group
     y_shape = graph.shapes.get(node.output[0]) or [1, c_out, 1, 1]

@@ -29,7 +29,7 @@ from .result import STATS, check_result
 from .table import LatencyTable, cell_record
 
 PLAN_VERSION = 1
-VARIANT_BUILDER = 2  # bump when pruning.variants builds different models for the same seed (cached variants)
+VARIANT_BUILDER = 3  # bump when pruning.variants builds different models for the same seed (cached variants)
 LOW_FIDELITY = 0.80
 
 

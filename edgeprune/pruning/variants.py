@@ -44,7 +44,9 @@ def make_variant(module, example_inputs: tuple, seed: int, aligned: bool, step: 
             if aligned:
                 k = max(every, (k // every) * every) if n >= every else n
             elif every > 1 and n > every and k % every == 0:
-                k = k - rng.randint(1, every - 1)
+                # off the step, but never below the range's floor: a 16-channel depthwise conv drawn at 8 and
+                # moved to 1 would be an ordinary conv (groups=1), a block the table was not measured for
+                k = max(k - rng.randint(1, every - 1), math.ceil(n * keep_range[0]), 2)
         k = min(k, n)
         keep[i] = sorted(rng.sample(range(n), k))
     widths = apply_keep(groups, keep, clone)

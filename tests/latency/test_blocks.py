@@ -389,3 +389,12 @@ def test_channels_last_eltwise_counts_the_last_axis_as_channels():
               if b.kind == "eltwise"]
     assert [(b.c_in, b.signature.get("tokens")) for b in wide] == [(40, 64)]
     assert [b.sig_key for b in narrow] == [b.sig_key for b in wide] and narrow[0].c_in == 32
+
+
+def test_a_depthwise_conv_cut_to_one_channel_keeps_its_signature():
+    """GhostNet's cheap depthwise conv can lose all but one channel through a concatenation: still depthwise."""
+    one = extract_blocks(exported(nn.Sequential(nn.Conv2d(3, 1, 1), nn.Conv2d(1, 1, 3, padding=1, groups=1)),
+                                  (1, 3, 8, 8))).blocks
+    many = extract_blocks(exported(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, padding=1, groups=4)),
+                                   (1, 3, 8, 8))).blocks
+    assert one[1].sig_key == many[1].sig_key and one[1].signature["groups"] == "depthwise"
