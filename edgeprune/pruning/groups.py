@@ -299,7 +299,9 @@ def _resolve_groups(graph, ignored: list, root_types: tuple) -> tuple:
         try:
             group = graph.get_pruning_group(module, pruner.prune_out_channels,
                                             list(range(pruner.get_out_channels(module))))
-        except (IndexError, ArithmeticError, KeyError) as err:  # a channel mapping Torch-Pruning got wrong
+        except Exception as err:  # a channel mapping Torch-Pruning cannot follow (its own code raised)
+            if not _raised_in_torch_pruning(err):
+                raise
             visited.add(id(module))
             failed.append((module, err))
             continue
@@ -427,9 +429,15 @@ def _flow_mismatch(module, example_inputs: tuple, group, names: dict) -> str | N
     def channel_dim(layer, x) -> int:
         return 1 if isinstance(layer, torch.nn.modules.conv._ConvNd) else x.dim() - 1
 
+    bad: list = []  # layers Torch-Pruning gives channels they do not have
+
     def poison(layer, args, out):
+        dim = channel_dim(layer, out)
+        if max(produced[layer]) >= out.shape[dim]:
+            bad.append(layer)
+            return out
         out = out.clone()
-        out.index_fill_(channel_dim(layer, out), torch.tensor(sorted(produced[layer])), float("nan"))
+        out.index_fill_(dim, torch.tensor(sorted(produced[layer])), float("nan"))
         return out
 
     def record(layer, args):
@@ -447,6 +455,9 @@ def _flow_mismatch(module, example_inputs: tuple, group, names: dict) -> str | N
     finally:
         for hook in hooks:
             hook.remove()
+    if bad:
+        return "Torch-Pruning maps their channels wrongly through a reshape or split (e.g. a channel shuffle)", \
+            f"it gives {names.get(bad[0], type(bad[0]).__name__)} channels it does not have"
     for layer, want in expected.items():
         got = seen.get(layer)
         if got is None or (got != want and len(got) < seen[(layer, "width")]):
@@ -469,23 +480,23 @@ def _fails_after_cut(module, example_inputs: tuple, graph, candidates: list, nam
     clone = copy.deepcopy(module)
     layers = dict(clone.named_modules())
     params = dict(clone.named_parameters())
-    for _, group, unit, _ in candidates:
-        per = len(group[0].idxs) // unit
-        channels = [per // 2 + k * per for k in range(unit)]
-        root = group[0].dep
-        for dep, idxs in graph.get_pruning_group(root.target.module, root.handler, channels):
-            target = dep.target.module
-            dep.handler.__self__.pruning_dim = dep.target.pruning_dim
-            if isinstance(target, torch.nn.Parameter):  # a free parameter (class token, layer scale)
-                name = graph._param_to_name[target]
-                owner, _, leaf = name.rpartition(".")
-                setattr(layers[owner], leaf, dep.handler(params[name], list(idxs)))
-            elif target in names:
-                dep.handler(layers[names[target]], list(idxs))
     try:
+        for _, group, unit, _ in candidates:
+            per = len(group[0].idxs) // unit
+            channels = [per // 2 + k * per for k in range(unit)]
+            root = group[0].dep
+            for dep, idxs in graph.get_pruning_group(root.target.module, root.handler, channels):
+                target = dep.target.module
+                dep.handler.__self__.pruning_dim = dep.target.pruning_dim
+                if isinstance(target, torch.nn.Parameter):  # a free parameter (class token, layer scale)
+                    name = graph._param_to_name[target]
+                    owner, _, leaf = name.rpartition(".")
+                    setattr(layers[owner], leaf, dep.handler(params[name], list(idxs)))
+                elif target in names:
+                    dep.handler(layers[names[target]], list(idxs))
         with torch.no_grad():
             clone(*example_inputs)
-    except Exception as err:  # noqa: BLE001 - the cut model's failure is the finding, reported as a reason
+    except Exception as err:  # noqa: BLE001 - the cut's failure (in Torch-Pruning or the model) is the finding
         return f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
     return None
 
