@@ -135,13 +135,29 @@ class LatencyTable:
 
     def block_ms(self, block: Block) -> tuple:
         """(raw ms before calibration, exact) for one block at its widths."""
-        sig_key = block.sig_key
+        sig_key = self._signature_of(block)
         if sig_key not in self.signatures:
             raise BadInputError(f"latency table has no block like {block.name} ({block.kind} {sig_key})",
                                 "profile this model (or one with the same block shapes) first")
         entry = self.signatures[sig_key]
         return interpolate(self._values(sig_key), Axis.from_dict(entry["c_in"]), Axis.from_dict(entry["c_out"]),
                            entry["tied"], block.c_in, block.c_out, self.step, where=sig_key)
+
+    def _signature_of(self, block: Block) -> str:
+        """The block's signature, or its layer's in this table when both are one op written two ways: a grouped
+        conv cut to one channel per group reads as depthwise (groups = channels), and so does a depthwise conv
+        with a channel multiplier cut to one output per group (a held-out variant exported at such widths)."""
+        layer = self.layers.get(block.name) or {}
+        known = self.signatures.get(layer.get("signature"), {}).get("signature")
+        if block.sig_key in self.signatures or block.kind != "conv" or not known:
+            return block.sig_key
+
+        def count(sig):  # the group count the op runs with at this block's widths
+            return block.c_in if sig.get("groups") == "depthwise" else sig.get("groups", 1)
+
+        same = {k: v for k, v in known.items() if k != "groups"} == \
+            {k: v for k, v in block.signature.items() if k != "groups"}
+        return layer["signature"] if same and count(known) == count(block.signature) else block.sig_key
 
     def raw_ms(self, blocks: list) -> tuple:
         """(Σ cells in ms, share of blocks that hit a measured cell exactly)."""

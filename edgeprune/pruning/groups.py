@@ -149,9 +149,13 @@ def trace_groups(module, example_inputs: tuple, ignored: list | None = None, tim
             # Torch-Pruning warns about parameters outside layers (ViT class token, position embedding) and
             # prunes their last non-singleton dimension: the hidden size, which is right for them.
             warnings.filterwarnings("ignore", message=".*nwrapped parameters.*")
-            graph = _graph_class()().build_dependency(module, example_inputs=example_inputs)
+            try:
+                graph = _graph_class()().build_dependency(module, example_inputs=example_inputs)
+            finally:
+                _detach_caches(module)
             found, failed = _resolve_groups(graph, ignored, (nn.Conv2d, nn.Linear))
     except GraphTimeout:
+        _detach_caches(module)
         raise BadInputError(f"Torch-Pruning's dependency graph did not finish in {timeout_s:.0f} s "
                             f"on {type(module).__name__}",
                             "known upstream hang (VainF/Torch-Pruning#527) on Hugging Face attention; LLaMA, GPT-2, "
@@ -191,6 +195,21 @@ def trace_groups(module, example_inputs: tuple, ignored: list | None = None, tim
                            "fixed head count or split)", error)
     trace.groups = [Group(root, len(group[0].idxs), group, graph, unit) for root, group, unit, _ in candidates]
     return trace
+
+
+def _detach_caches(module) -> None:
+    """Tensors a module cached in forward during the trace (timm's attention-bias cache) carry the trace's
+    autograd graph, and a module holding one cannot be deep-copied: keep them, detached."""
+    import torch
+
+    for mod in module.modules():
+        for key, value in list(vars(mod).items()):
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                setattr(mod, key, value.detach())
+            elif isinstance(value, dict) and not key.startswith("_"):
+                for k, v in list(value.items()):
+                    if isinstance(v, torch.Tensor) and v.grad_fn is not None:
+                        value[k] = v.detach()
 
 
 def _check_runs(module, example_inputs: tuple) -> None:

@@ -337,3 +337,27 @@ def test_unknown_signature_and_missing_cell():
     del table.cells[f"{sig_key}@32x64"]
     with pytest.raises(MissingCellError, match=f"{sig_key}@32x64"):
         table.block_ms(Block("layer.conv", "conv", CONV, 32, 64))
+
+
+def test_a_grouped_conv_cut_to_one_channel_per_group_is_read_under_its_layer():
+    """At c_in = c_out = groups a grouped conv exports as depthwise: the same op, predicted under its layer's
+    grouped signature (and only that layer's: another layer, or another group count, is still refused)."""
+    grouped = dict(CONV, groups=8)
+    block = Block("layer.grouped", "conv", grouped, 32, 64)
+    grid = plan_signature(grouped, [block], STEP, "coarse")
+    table, _ = make_table()
+    table.signatures[block.sig_key] = grid.to_dict()
+    for ci, co in grid.cells:
+        key, record = cell_record("conv", block.sig_key, ci, co, {"estimate_ms": f_conv(ci, co), "min_ms": 1.0,
+                                                                  "median_ms": 1.0, "p90_ms": 1.0, "mad_ms": 0.0,
+                                                                  "n": 3})
+        table.cells[key] = record
+    table.layers[block.name] = {"kind": "conv", "c_in": 32, "c_out": 64, "signature": block.sig_key,
+                                "cell": f"{block.sig_key}@32x64"}
+    as_depthwise = dict(CONV, groups="depthwise")
+    ms, _ = table.block_ms(Block("layer.grouped", "conv", as_depthwise, 8, 8))
+    assert ms == pytest.approx(table.block_ms(Block("layer.grouped", "conv", grouped, 8, 8))[0])
+    with pytest.raises(BadInputError, match="no block like"):
+        table.block_ms(Block("layer.grouped", "conv", as_depthwise, 16, 16))  # 16 groups: not this layer's op
+    with pytest.raises(BadInputError, match="no block like"):
+        table.block_ms(Block("layer.conv", "conv", as_depthwise, 8, 8))
