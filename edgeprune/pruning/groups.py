@@ -12,10 +12,13 @@ Three things Torch-Pruning leaves to its caller are settled here, for every mode
   through an index shift (a concatenation) cannot keep that pattern and is kept whole, with a note.
 - **Channel reshapes Torch-Pruning cannot map** (a channel shuffle: a view that splits the channel axis, then a
   transpose; ShuffleNet) and splits: Torch-Pruning 1.6 either divides by zero while mapping them or maps them as
-  if channels kept their places. Every group that crosses a reshape, split, unbind, expand or slice is checked
+  if channels kept their places. A reshape it cannot map cuts the graph there, and the groups that reach it are
+  kept whole. Every other group that crosses a reshape, split, unbind, expand or slice, or an op Torch-Pruning
+  files as element-wise without keeping channels one to one (indexing, attention matmuls), is checked twice:
   against the real data flow (NaN written into two of the root's channels must reach exactly the input channels
-  the group would cut, or spread to all of them); a group that fails, or that Torch-Pruning cannot resolve at
-  all, is kept whole, with a note naming the op and the layer next to it.
+  the group would cut, or spread to all of them), and by running a copy with one unit cut (a reshape sized from
+  a fixed head count breaks there). A group that fails, or that Torch-Pruning cannot resolve at all, is kept
+  whole, with a note naming the op and the layer next to it.
 - **Errors**: a model that does not run on its example input, or an op Torch-Pruning cannot trace, is one line
   naming the op (BadInputError); anything else is a bug and keeps its traceback.
 """
@@ -155,7 +158,6 @@ def trace_groups(module, example_inputs: tuple, ignored: list | None = None, tim
                 _detach_caches(module)
             found, failed = _resolve_groups(graph, ignored, (nn.Conv2d, nn.Linear))
     except GraphTimeout:
-        _detach_caches(module)
         raise BadInputError(f"Torch-Pruning's dependency graph did not finish in {timeout_s:.0f} s "
                             f"on {type(module).__name__}",
                             "known upstream hang (VainF/Torch-Pruning#527) on Hugging Face attention; LLaMA, GPT-2, "
