@@ -51,6 +51,27 @@ def parse_budget(text: str | float | None) -> Budget | None:
     return Budget(kind, float(m.group(1)))
 
 
+REPORTED_CONFIDENCE = 0.9  # the interval every measured latency or speedup is reported with unless asked otherwise
+
+
+def _half_width(logs: list, confidence: float) -> float:
+    """Student-t half width of the mean of `logs` (0 below two readings: no spread to read)."""
+    from scipy.stats import t
+
+    n = len(logs)
+    if n < 2:
+        return 0.0
+    mean = sum(logs) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / (n - 1))
+    return float(t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n)
+
+
+def latency_interval(point_ms: float, rounds: list, confidence: float = REPORTED_CONFIDENCE) -> list:
+    """[low, high] around `point_ms` from the spread of the rounds' log latency (one reading per round)."""
+    h = _half_width([math.log(r) for r in rounds], confidence)
+    return [point_ms * math.exp(-h), point_ms * math.exp(h)]
+
+
 def interval(dense_ms: float, pruned_ms: float, dense_rounds: list, pruned_rounds: list,
              confidence: float) -> dict:
     """The measured speedup and pruned latency with `confidence` intervals from paired interleaved rounds.
@@ -58,27 +79,14 @@ def interval(dense_ms: float, pruned_ms: float, dense_rounds: list, pruned_round
     Round r timed the dense and the pruned model side by side, so dense_r / pruned_r is one reading of the
     speedup with the machine's state cancelled as far as it can be; the rounds' spread of log speedup (and of
     log pruned latency, for a budget in ms) gives a Student-t interval around the point estimate
-    (dense_ms / pruned_ms, each the faster of its rounds). One round gives no interval: it is [point, point]
-    and says so (`rounds` 1).
+    (dense_ms / pruned_ms). One round gives no interval: it is [point, point] and says so (`rounds` 1).
     """
-    from scipy.stats import t
-
     n = min(len(dense_rounds), len(pruned_rounds))
-    log_speed = [math.log(d / p) for d, p in zip(dense_rounds, pruned_rounds)]
-    log_pruned = [math.log(p) for p in pruned_rounds[:n]]
-
-    def half_width(values: list) -> float:
-        if n < 2:
-            return 0.0
-        mean = sum(values) / n
-        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-        return float(t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n)
-
-    hs, hp = half_width(log_speed), half_width(log_pruned)
+    hs = _half_width([math.log(d / p) for d, p in zip(dense_rounds, pruned_rounds)], confidence)
     speedup = dense_ms / pruned_ms
     return {"confidence": confidence, "rounds": n,
             "speedup": [speedup * math.exp(-hs), speedup * math.exp(hs)],
-            "pruned_ms": [pruned_ms * math.exp(-hp), pruned_ms * math.exp(hp)]}
+            "pruned_ms": latency_interval(pruned_ms, pruned_rounds[:n], confidence)}
 
 
 def certified_ms(measured: dict, budget: Budget) -> float:

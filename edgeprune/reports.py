@@ -44,6 +44,8 @@ PLOT_TITLES = {"latency.png": "Latency of every timed run", "pareto.png": "Accur
 
 def markdown(validation, baseline, plot_files: list | tuple = ()) -> str:
     """report.md: the verdict, one row per bundle, each gate with its rule, and the plots linked beside it."""
+    from .validation import interval_text
+
     status = validation.status
     detail = {"passed": "", "incomplete": "; ".join(validation.skipped), "failed": "; ".join(validation.failed)}
     lines = ["# edgeprune validation report", "", STATUS_LINE[status] + detail[status], ""]
@@ -66,6 +68,7 @@ def markdown(validation, baseline, plot_files: list | tuple = ()) -> str:
     lines += [f"Device: {first.get('where', '—')}; " + device_state_line(first.get("device_state") or {}), ""]
     for r in validation.reports:
         lines.append(f"## {Path(r['bundle']).name}")
+        lines.append(f"- measured: {interval_text(r['latency'])}")
         lines += [f"- {gate_line(name, gate)}" for name, gate in r.get("gates", {}).items()]
         lines.append("")
     if plot_files:

@@ -181,6 +181,9 @@ def validate(bundles: list, device: str | None = None, host: str | None = None, 
             report.update(bundle=str(path), manifest_id=manifest["id"], device=session.spec.name,
                           where=session.target.where, predicted_ms=manifest.get("predicted_ms"))
     baseline_report = reports.pop() if baseline else None
+    paired = int(estimator.get("passes", 3))
+    for report in reports + ([baseline_report] if baseline_report else []):
+        add_intervals(report["latency"], baseline_report["latency"] if baseline_report else None, paired)
     failed, skipped = [], []
     for report, manifest in zip(reports, manifests):
         # a speedup budget is judged against the dense baseline timed interleaved in this run when there is one;
@@ -209,6 +212,45 @@ def validate(bundles: list, device: str | None = None, host: str | None = None, 
         raise CheckFailedError("validation failed: " + "; ".join(failed),
                                f"see {out}/report.md" if out else "pass --out DIR for the full report")
     return result
+
+
+def add_intervals(latency: dict, baseline: dict | None, paired: int,
+                  confidence: float | None = None) -> None:
+    """Put a `confidence` interval on the estimate (`interval_ms`) and, beside a baseline, the speedup over it.
+
+    The device times every bundle in interleaved passes; pass p of each bundle ran in the same round, so the
+    first `paired` passes (extra passes go only to noisy bundles and do not pair up) give paired readings of
+    the speedup, as `prune` measures it (budget.interval). A device whose profilers package predates
+    `pass_min_ms` reports no passes: no interval is claimed.
+    """
+    from .budget import REPORTED_CONFIDENCE, interval, latency_interval
+
+    confidence = confidence or REPORTED_CONFIDENCE
+    rounds = (latency.get("estimate") or {}).get("pass_min_ms") or []
+    if not rounds:
+        return
+    latency["interval"] = {"confidence": confidence, "rounds": len(rounds),
+                           "ms": latency_interval(latency["estimate_ms"], rounds, confidence)}
+    base = ((baseline or {}).get("estimate") or {}).get("pass_min_ms") or []
+    if baseline is None or baseline is latency or not base:
+        return
+    n = min(paired, len(rounds), len(base))
+    iv = interval(baseline["estimate_ms"], latency["estimate_ms"], base[:n], rounds[:n], confidence)
+    latency["speedup"] = baseline["estimate_ms"] / latency["estimate_ms"]
+    latency["interval"].update(speedup=iv["speedup"], paired_rounds=n)
+
+
+def interval_text(latency: dict) -> str:
+    """`estimate 4.210 ms (90 % interval 4.101–4.352 over 3 passes)`, and the speedup when a baseline ran."""
+    iv = latency.get("interval")
+    text = f"estimate {latency['estimate_ms']:.3f} ms"
+    if not iv:
+        return text
+    text += f" ({iv['confidence']:.0%} interval {iv['ms'][0]:.3f}–{iv['ms'][1]:.3f} over {iv['rounds']} passes)"
+    if "speedup" in iv:
+        text += (f", {latency['speedup']:.2f}x the baseline ({iv['speedup'][0]:.2f}–{iv['speedup'][1]:.2f}x "
+                 f"over {iv['paired_rounds']} paired passes)")
+    return text
 
 
 def _gate_line(name: str, gate: dict) -> str:

@@ -288,7 +288,7 @@ def latency(entries, settings):
                            "p99_ms": _percentile(ms, 0.99), "mean_ms": sum(ms) / len(ms), "min_ms": ms[0],
                            "runs_ms": ms})
         estimator = Estimator.from_dict(settings.get("estimator") or {})
-        for record, estimate in zip(records, measure_interleaved(runners, estimator, warm=False)):
+        for record, estimate in zip(records, measure_interleaved(runners, estimator, warm=False, keep_passes=True)):
             record.update({"estimate_ms": estimate["estimate_ms"], "estimator": "median_of_pass_min",
                            "estimate": estimate, "interleaved_with": len(runners) - 1})
     finally:

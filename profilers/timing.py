@@ -95,14 +95,16 @@ def runs_for(one_run_s, estimator):
     return max(3, min(estimator.runs, int(estimator.pass_s / one_run_s) + 1))
 
 
-def measure_interleaved(runners, estimator, on_pass=None, warm=True):
+def measure_interleaved(runners, estimator, on_pass=None, warm=True, keep_passes=False):
     """Time several active runners in interleaved passes (shuffled order each pass).
 
     Interleaving spreads a burst of noise over every configuration instead of one, so ratios between
     configurations measured in the same call stay honest. Results too noisy (spread of pass minima above
     `max_spread`) get extra passes, still interleaved with each other.
     Returns a list of summaries in the order of `runners`. `warm=False` skips the warm-up (runners already
-    warmed by an earlier call) and sizes passes from one untimed run instead.
+    warmed by an earlier call) and sizes passes from one untimed run instead. `keep_passes` adds each pass's
+    fastest run in pass order (`pass_min_ms`): pass p of every runner was timed in the same round, so the
+    rounds pair up for an interval on their ratio (edgeprune/budget.py).
     """
     rng = random.Random(estimator.seed)
     per_run = [warm_up(r, estimator) if warm else _one_run(r) for r in runners]
@@ -122,4 +124,8 @@ def measure_interleaved(runners, estimator, on_pass=None, warm=True):
         rng.shuffle(noisy)
         for i in noisy:
             passes[i].append(time_pass(runners[i], counts[i]))
-    return [summarize(p) for p in passes]
+    out = [summarize(p) for p in passes]
+    if keep_passes:
+        for summary, runs in zip(out, passes):
+            summary["pass_min_ms"] = [min(p) * 1e3 for p in runs if p]
+    return out

@@ -41,3 +41,23 @@ def test_one_round_gives_no_interval_and_certification_takes_the_pessimistic_end
                 "interval": {"speedup": [1.6, 2.5], "pruned_ms": [4.5, 5.5], "confidence": 0.95, "rounds": 5}}
     assert certified_ms(measured, Budget("speedup", 2.0)) == pytest.approx(10.0 / 1.6)
     assert certified_ms(measured, Budget("ms", 6.0)) == pytest.approx(5.5)
+
+
+def test_validate_puts_intervals_on_the_estimate_and_the_paired_speedup_by_hand():
+    from edgeprune.validation import add_intervals, interval_text
+
+    # pass p of both bundles ran in one round; the baseline's 4th pass was an extra one for noise: not paired
+    base = {"estimate_ms": 4.2, "estimate": {"pass_min_ms": [4.0, 4.6, 4.2, 9.9]}}
+    pruned = {"estimate_ms": 2.1, "estimate": {"pass_min_ms": [2.0, 2.2, 2.1]}}
+    add_intervals(pruned, base, paired=3)
+    iv = pruned["interval"]
+    # log ratios ln 2, ln(4.6/2.2), ln 2: mean 0.70796, sd 0.025664, t(0.95, 2) = 2.91999 -> half width 0.043266
+    assert pruned["speedup"] == pytest.approx(2.0)
+    assert iv["speedup"] == pytest.approx([2.0 * math.exp(-0.043266), 2.0 * math.exp(0.043266)], rel=1e-4)
+    assert iv["ms"] == pytest.approx([1.93787, 2.27569], rel=1e-4) and iv["paired_rounds"] == 3
+    assert "2.00x the baseline (1.92–2.09x over 3 paired passes)" in interval_text(pruned)
+    add_intervals(base, base, paired=3)  # the baseline itself: an interval on its latency, no speedup over itself
+    assert "speedup" not in base["interval"] and base["interval"]["rounds"] == 4
+    old_device = {"estimate_ms": 2.1, "estimate": {}}  # a profilers package from before pass_min_ms
+    add_intervals(old_device, base, paired=3)
+    assert "interval" not in old_device and interval_text(old_device) == "estimate 2.100 ms"

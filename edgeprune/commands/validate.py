@@ -47,6 +47,7 @@ def validate(out_obj, bundles, device, host, ssh, data, budget, baseline, min_ac
     3 when one was skipped."""
     from edgeprune.progress import RichReporter
     from edgeprune.reports import gate_line
+    from edgeprune.validation import interval_text
     from edgeprune.validation import validate as run_validate
 
     if min_accuracy_ratio is None and min_accuracy is None:
@@ -62,7 +63,7 @@ def validate(out_obj, bundles, device, host, ssh, data, budget, baseline, min_ac
         acc = (r.get("accuracy") or {}).get("top1")
         lines.append(f"[bold]{r['bundle']}[/] on {r['device']}: "
                      f"p50 {lat['p50_ms']:.3f} / p90 {lat['p90_ms']:.3f} / p99 {lat['p99_ms']:.3f} ms, "
-                     f"estimate {lat['estimate_ms']:.3f} ms"
+                     + interval_text(lat)
                      + (f", predicted {r['predicted_ms']:.3f} ms" if r.get("predicted_ms") else "")
                      + (f", accuracy {acc:.4f}" if acc is not None else ""))
         lines += [f"  {gate_line(name, gate)}" for name, gate in r["gates"].items()]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeprune import budget as budget_module
-from edgeprune.budget import BUDGET_TOLERANCE, Budget, meets_budget, parse_budget, tolerance_text  # noqa: F401
+from edgeprune.budget import BUDGET_TOLERANCE, REPORTED_CONFIDENCE, Budget, meets_budget, parse_budget, tolerance_text  # noqa: F401
 from edgeprune.errors import BadInputError
 
 FINGERPRINT_KEYS = ("device", "device_model", "machine", "cpu_count", "runtime", "runtime_version", "provider",
@@ -425,7 +425,6 @@ def _fingerprint(session, table) -> dict:
     return fingerprint(session.spec, session.facts, runtime)
 
 
-REPORTED_CONFIDENCE = 0.9  # the interval every measured speedup is reported with when --confidence is not given
 
 
 def measure_pair(loaded, dense, pruned, table, session, cache, reporter, rounds: int = 3,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import numpy as np
 import pytest
@@ -80,6 +81,11 @@ def test_validate_passes_gates_and_writes_the_report(bundles, models, tmp_path):
     assert r["parity"]["ok"] and r["accuracy"]["n"] == 64
     assert r["gates"]["latency"]["ok"] and r["gates"]["latency"]["limit"] == 500
     assert r["latency"]["estimate_ms"] < report["baseline"]["latency"]["estimate_ms"]  # half the channels: faster
+    iv = lat["interval"]  # paired interleaved passes: an interval on the estimate and on the speedup
+    assert iv["ms"][0] <= lat["estimate_ms"] <= iv["ms"][1] and iv["speedup"][0] <= lat["speedup"] <= iv["speedup"][1]
+    assert lat["speedup"] == pytest.approx(report["baseline"]["latency"]["estimate_ms"] / lat["estimate_ms"])
+    assert "x the baseline (" in (out / "report.md").read_text()
+    assert statistics.median(lat["estimate"]["pass_min_ms"]) == pytest.approx(lat["estimate_ms"])
     assert sorted(report["plots"]) == ["latency.png", "pareto.png"]
     assert (out / "latency.png").stat().st_size > 1000 and "PASSED" in (out / "report.md").read_text()
     assert r["where"] == "this machine" and set(r["device_state"]) == {"before", "after"}
