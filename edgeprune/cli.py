@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        cli.main(args=argv, standalone_mode=False)
+        code = cli.main(args=argv, standalone_mode=False)  # a ctx.exit(code) comes back here, not raised
     except EdgepruneError as err:
         click.echo(f"error: {err.message}" + (f"; {err.hint}" if err.hint else ""), err=True)
         sys.exit(err.exit_code)
@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(err.exit_code)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

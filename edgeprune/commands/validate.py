@@ -7,8 +7,6 @@ makes that 0 for a deliberate partial check. Skipped gates are listed either way
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from .options import measuring_device_options
@@ -75,4 +73,4 @@ def validate(out_obj, bundles, device, host, ssh, data, budget, baseline, min_ac
                     "reports": [{k: v for k, v in r.items() if k != "latency"} | {
                         "latency": {k: v for k, v in r["latency"].items() if k != "runs_ms"}} for r in result.reports]})
     if result.skipped and not allow_skipped:
-        sys.exit(INCOMPLETE_EXIT)  # click's ctx.exit code is dropped under standalone_mode=False
+        click.get_current_context().exit(INCOMPLETE_EXIT)
