@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -120,3 +121,18 @@ def test_training_reports_every_step_with_its_epoch_and_ends_the_line():
     steps = [e["progress"] for _, e in rec.events]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert [e["detail"] for _, e in rec.events] == ["epoch 1/2"] * 3 + ["epoch 2/2"] * 3
+
+
+def test_distill_command_draws_the_teacher_pass_and_the_training_steps(digits_setup, cli_in_process, tmp_path):
+    """The command's progress block is what the library reports into: one line for the teacher cache, one for
+    the optimiser steps with their count (2 epochs over 75 % of digits:train in batches of 32)."""
+    root, weights, pruned, _ = digits_setup
+    run = cli_in_process("distill", "--student", str(pruned), "--teacher", "torchvision:resnet18",
+                         "--teacher-weights", str(weights), "--data", "digits:train", "--epochs", "2",
+                         "--holdout", "0.25", "--out", str(tmp_path / "student"))
+    assert run.returncode == 0, run.stderr
+    assert "caching the teacher's outputs" in run.stdout
+    lines = [line for line in run.stdout.splitlines() if "distilling into the pruned model" in line]
+    assert lines, run.stdout
+    done, total = map(int, re.search(r"(\d+)/(\d+)", lines[-1]).groups())
+    assert done == total > 0

@@ -39,12 +39,14 @@ def distill(out_obj, student, teacher, teacher_weights, teacher_arg, data, epoch
     """Distil TEACHER into the pruned STUDENT on --data; write a pruned-model directory."""
     from edgeprune.api import distill as run_distill
     from edgeprune.atomic import check_writable
+    from edgeprune.progress import RichReporter
 
     check_writable(out, force)
-    done = run_distill(student, teacher, data, out, teacher_weights=teacher_weights,
-                       teacher_args=teacher_arg or None, epochs=epochs, lr=lr, batch_size=batch_size,
-                       temperature=temperature, alpha=alpha, top_k=top_k, online=online, cache_dir=cache_dir,
-                       holdout=holdout, seed=seed, force=force, trust_remote_code=trust_remote_code)
+    with RichReporter(enabled=not out_obj.quiet):  # the library reports the teacher pass and optimiser steps to it
+        done = run_distill(student, teacher, data, out, teacher_weights=teacher_weights,
+                           teacher_args=teacher_arg or None, epochs=epochs, lr=lr, batch_size=batch_size,
+                           temperature=temperature, alpha=alpha, top_k=top_k, online=online, cache_dir=cache_dir,
+                           holdout=holdout, seed=seed, force=force, trust_remote_code=trust_remote_code)
     r, acc = done.result, done.accuracy
     cache = ""
     if done.cache_dir:
