@@ -362,8 +362,53 @@ def markdown(data: dict) -> str:
                        f"{cell('match_vs_ep_search', 2)} | {cell('accuracy_pruned')} | "
                        f"{cell('accuracy_pruned_shifted')} | {cell('accuracy_kd1')} | {cell('accuracy_kd')} | "
                        f"{cell('accuracy_kd_shifted')} | {cell('wall_s', 1)} |")
+        out += ["", "Targets (issue 11), read off the rows above (points = accuracy × 100; a gap within the larger "
+                "sd of the two is a tie):", ""]
+        out += [f"- {line}" for line in targets([s for s in data["summary"] if s["model"] == model])]
         out += ["", f"![accuracy vs measured latency, {model}](prune_accuracy-{model}.png)"]
     return "\n".join(out) + "\n"
+
+
+def targets(rows: list) -> list:
+    """One line per budget and target: edgeprune (with search) against the best baseline, uniform and random."""
+    lines = []
+    for budget in sorted({r["budget_x"] for r in rows}):
+        at = {r["method"]: r for r in rows if r["budget_x"] == budget}
+        ep = at.get("ep_search")
+        if ep is None:
+            continue
+
+        def gap(field, other, ep=ep):
+            a, b = ep.get(field), (other or {}).get(field)
+            if a is None or b is None:
+                return None
+            return 100 * (a[0] - b[0]), 100 * max(a[1], b[1])
+
+        def verdict(g, need=0.0):
+            if g is None:
+                return "not measured"
+            diff, sd = g
+            word = "ahead" if diff > sd else "tie" if abs(diff) <= sd else "**behind**"
+            word = word if need <= 0 or diff >= need or word == "**behind**" else f"ahead by less than {need:g}"
+            return f"{diff:+.1f} ± {sd:.1f} points ({word})"
+
+        baselines = [at[m] for m in ("tp_uniform_l2", "tp_global_l2", "tp_taylor", "ep_uniform") if m in at]
+        best_kd = max(baselines, key=lambda r: (r.get("accuracy_kd") or [0])[0], default=None)
+        best_pruned = max(baselines, key=lambda r: (r.get("accuracy_pruned") or [0])[0], default=None)
+        need = 1.0 if budget >= 2 else 0.0
+        lines.append(f"{budget:g}×: after KD vs the best baseline ({best_kd['method'] if best_kd else '—'}) "
+                     f"{verdict(gap('accuracy_kd', best_kd), need)}; as pruned vs the best baseline "
+                     f"({best_pruned['method'] if best_pruned else '—'}) {verdict(gap('accuracy_pruned', best_pruned))}"
+                     f"; as pruned vs `--mode uniform` {verdict(gap('accuracy_pruned', at.get('ep_uniform')))}; "
+                     f"l2 knapsack vs random knapsack as pruned "
+                     f"{verdict(_gap_between(at.get('ep_knapsack'), at.get('ep_random'), 'accuracy_pruned'))}.")
+    return lines
+
+
+def _gap_between(a: dict | None, b: dict | None, field: str):
+    if not a or not b or a.get(field) is None or b.get(field) is None:
+        return None
+    return 100 * (a[field][0] - b[field][0]), 100 * max(a[field][1], b[field][1])
 
 
 def plot(data: dict) -> None:
