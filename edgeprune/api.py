@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from .errors import BadInputError, EdgepruneError
 from .latency.build import ProfileOptions, ProfileResult, Reporter
 from .latency.table import LatencyTable
 
-BUILTIN_DATA = ("digits", "digits:train", "digits:test")  # edgeprune.data reads these without a file
+BUILTIN_DATA = ("digits", "digits:train", "digits:test",  # edgeprune.data reads these without a file
+                "digits-shifted", "digits-shifted:train", "digits-shifted:test")
 
 
 def profile(model: str, device: str, out: str | Path | None = None, *, host: str | None = None,
@@ -168,6 +169,114 @@ def prune(model, table=None, out: str | Path | None = None, *, budget: str | Non
 
         save_pruned(out, result.module, loaded, result.widths, result.provenance, force=force)
     return result
+
+
+def adapt(model, table, data: str, out: str | Path | None = None, *, budget: str, probe_samples: int = 64,
+          finetune_samples: int = 256, proxies: tuple | list = ("feature", "entropy"), fit_runs: int = 6,
+          fit_epochs: int = 1, epochs: int = 5, temperature: float = 4.0, lr: float = 1e-3, batch_size: int = 32,
+          criterion: str = "l2", sensitivity_points: int = 4, min_keep: float = 0.3, g_from: str | Path | None = None,
+          cache_dir: str | Path | None = None, device: str | None = None, host: str | None = None,
+          measure: bool = True, weights: str | None = None, model_args: dict | None = None,
+          input_shape: tuple | None = None, seed: int = 0, max_rounds: int = 3, threads: int | None = None,
+          cache: str | Path | None = None, ignore: tuple | list = (), reporter: Reporter | None = None,
+          force: bool = False, **ssh_options):
+    """TT-MPD: prune `model` to `budget` on `table` and fine-tune it on unlabeled samples of its new domain.
+
+    `data` holds the device's own samples (labels, if any, are never read): `probe_samples` adapt the teacher's
+    BatchNorm and score cuts by `proxies`, `finetune_samples` get the adapted teacher's cached pseudo-labels
+    (`cache_dir`, default beside `out`). g, the predicted fine-tuned accuracy, is fitted on `fit_runs` real
+    prune-and-fine-tune runs, or reused from a previous adapt output directory `g_from` (same source model).
+    docs/ttmpd.md. Returns pruning/ttmpd.py's Adapted (its `pruned` is a PruneResult with the fine-tuned module).
+    """
+    import dataclasses as _dc
+
+    from .atomic import check_writable
+    from .budget import parse_budget
+    from .data import load_samples
+    from .latency.cache import MeasurementCache
+    from .pruning.engine import PruneOptions, check_options
+    from .pruning.ttmpd import AdaptOptions, adapt_model, check_proxies
+
+    if budget is None:
+        raise BadInputError("TT-MPD prunes to a latency budget", "pass --budget, e.g. 2x or 4.2ms")
+    parse_budget(budget)
+    check_proxies(proxies)
+    check_data_path(data, "--data")
+    if out is not None:
+        check_writable(out, force)
+    if table is not None and not isinstance(table, LatencyTable):
+        table = LatencyTable.load(table)
+    options = AdaptOptions(budget=budget, probe_samples=probe_samples, finetune_samples=finetune_samples,
+                           proxies=tuple(proxies), fit_runs=fit_runs, fit_epochs=fit_epochs, epochs=epochs,
+                           temperature=temperature, lr=lr, batch_size=batch_size, criterion=criterion,
+                           sensitivity_points=sensitivity_points, min_keep=min_keep, seed=seed, measure=measure,
+                           max_rounds=max_rounds, threads=threads, ignore=tuple(ignore or ()))
+    check_options(str(getattr(model, "spec", model)), table, PruneOptions(criterion=criterion, budget=budget,
+                                                                          threads=threads))
+    check_where(device, host, ssh_options)
+    shape = tuple(input_shape or getattr(model, "input_shape", None) or table.model.get("input_shape") or ())
+    samples = load_samples(data, shape, "vision")
+    from .pruning.ttmpd import split_unlabeled
+
+    split_unlabeled(samples, probe_samples, finetune_samples, seed)  # too few samples: refused before any work
+    reuse = _reused_g(g_from) if g_from is not None else None
+    loaded = _as_loaded(model, table, weights, model_args, input_shape, None, None)
+    if reuse is not None and reuse[1] != loaded.source_sha256:
+        raise BadInputError(f"g in {g_from} was fitted for another model (sha256 {str(reuse[1])[:12]}, this one "
+                            f"{loaded.source_sha256[:12]})", "drop --g-from to fit g for this model")
+    scratch = ExitStack()
+    if cache_dir is None and out is not None:
+        cache_dir = Path(out).with_name(Path(out).name + ".teacher-cache")
+    elif cache_dir is None:  # nothing to keep it beside: a temporary directory for this call
+        import tempfile
+
+        cache_dir = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="edgeprune-adapt-"))) / "cache"
+    measurements = MeasurementCache(cache)
+    try:
+        with scratch, _measuring_device(table, device, host, True, ssh_options) as (session, note):
+            adapted = adapt_model(loaded, table, samples, options, session=session, measurements=measurements,
+                                  reporter=reporter, cache_dir=cache_dir, reuse=reuse[0] if reuse else None,
+                                  fingerprint_advisory=not measure and not (device or host))
+    finally:
+        measurements.close()
+    result = adapted.pruned
+    if note:
+        result.notes.insert(0, note)
+    prune_options = PruneOptions(criterion=criterion, budget=budget, min_keep=min_keep, seed=seed, measure=measure,
+                                 max_rounds=max_rounds, threads=threads, search=0, ignore=tuple(ignore or ()))
+    provenance = _provenance(loaded, table, prune_options, result)
+    provenance["criterion"] = "tt-mpd"
+    provenance["ttmpd"] = adapted.record
+    provenance["distillation"] = {"mode": "tt-mpd", "teacher": {"spec": loaded.spec, "adapted": True,
+                                                                "sha256": adapted.record["teacher_sha256"]},
+                                  "options": {k: v for k, v in _dc.asdict(options).items()
+                                              if k in ("epochs", "lr", "batch_size", "temperature", "seed")},
+                                  "cache": str(cache_dir), "cache_reused": adapted.teacher_cache.reused,
+                                  "train_s": adapted.distill.train_s, "losses": adapted.distill.losses}
+    result.provenance = provenance
+    if out is not None:
+        from .pruning.checkpoint import save_pruned
+
+        save_pruned(out, result.module, loaded, result.widths, provenance, force=force)
+    return adapted
+
+
+def _reused_g(path: str | Path) -> tuple:
+    """(AccuracyModel, source sha256) from a previous adapt output directory's provenance.json."""
+    from .pruning.checkpoint import read_provenance
+    from .pruning.ttmpd import AccuracyModel
+
+    folder = Path(path)
+    record = read_provenance(folder).get("ttmpd") if folder.is_dir() else None
+    if not isinstance(record, dict) or not isinstance(record.get("g"), dict):
+        raise BadInputError(f"--g-from {path} is not a directory edgeprune adapt wrote (no fitted g in its "
+                            "provenance.json)", "give the --out of an earlier edgeprune adapt, or drop --g-from")
+    try:
+        model = AccuracyModel.from_dict(record["g"])
+    except (KeyError, TypeError, ValueError):
+        raise BadInputError(f"--g-from {path}: the fitted g in provenance.json is malformed",
+                            "re-run edgeprune adapt without --g-from") from None
+    return model, (read_provenance(folder).get("source") or {}).get("sha256")
 
 
 def load(path: str | Path, base=None):

@@ -21,6 +21,7 @@ COMMANDS = {
     "inspect": ("edgeprune.commands.inspect:inspect", "Verify a bundle's checksums and print its manifest."),
     "validate": ("edgeprune.commands.validate:validate", "Run bundles on the device and gate them."),
     "prune": ("edgeprune.commands.prune:prune", "Prune a model to a latency budget from its table; measure it."),
+    "adapt": ("edgeprune.commands.adapt:adapt", "Prune and fine-tune on the device's unlabeled samples (TT-MPD)."),
     "show": ("edgeprune.commands.show:show", "Print a latency table's layers and plot its staircases."),
     "devices": ("edgeprune.commands.devices:devices", "List the known devices."),
     "doctor": ("edgeprune.commands.doctor:doctor", "Say what a device lacks before anything is measured."),

@@ -4,7 +4,8 @@ Formats: `.npz` / `.pt` / `.safetensors` with `inputs` (or `x`, `input_ids`, `pi
 `labels` (or `y`); an image folder (class sub-folders give labels) resized to the model's input shape; a text
 file for language models (needs a tokenizer in the model directory); `digits` (or its fixed `digits:train` /
 `digits:test` split), scikit-learn's bundled 8×8 handwritten digits upscaled to the model's input shape (the
-built-in example, no network).
+built-in example, no network); `digits-shifted` (same splits): those digits as another camera sees them (lower
+contrast, blur, sensor noise), the built-in shifted domain of test-time adaptation (pruning/ttmpd.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .errors import BadInputError
 INPUT_KEYS = ("inputs", "x", "input_ids", "pixel_values", "images")
 LABEL_KEYS = ("labels", "y", "targets")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm"}
+SHIFTED_DIGITS = ("digits-shifted", "digits-shifted:train", "digits-shifted:test")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -53,6 +55,8 @@ def load_samples(path: str | Path, input_shape: tuple, family: str = "vision", t
     text = str(path)
     if text in ("digits", "digits:train", "digits:test"):
         return digits(input_shape, text.partition(":")[2] or "all")
+    if text in SHIFTED_DIGITS:
+        return shifted_digits(input_shape, text.partition(":")[2] or "all")
     path = Path(path)
     if not path.exists():
         raise BadInputError(f"data {path} does not exist",
@@ -175,3 +179,29 @@ def digits(input_shape: tuple, split: str = "all", seed: int = 0) -> Samples:
     prep = {"kind": "digits", "resize": [height, width], "mean": [0.5] * channels, "std": [0.5] * channels,
             "split": split, "seed": seed}
     return Samples(x.contiguous(), y[index], f"digits:{split}", prep)
+
+
+def shift_domain(inputs, seed: int = 0, contrast: float = 0.6, blur: bool = True, noise: float = 0.25):
+    """`inputs` as another camera would give them: contrast scaled, a 3×3 binomial blur, Gaussian sensor noise.
+
+    A shift BatchNorm statistics notice (the mean and spread of every feature move) while labels survive: the
+    setting of test-time adaptation. The noise is seeded (`1000 + seed`), so a split is reproducible.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    x = inputs * contrast
+    if blur:
+        kernel = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16
+        x = F.conv2d(x, kernel.expand(x.shape[1], 1, 3, 3).contiguous(), padding=1, groups=x.shape[1])
+    if noise:
+        x = x + noise * torch.randn(x.shape, generator=torch.Generator().manual_seed(1000 + seed))
+    return x.contiguous()
+
+
+def shifted_digits(input_shape: tuple, split: str = "all", seed: int = 0) -> Samples:
+    """`digits(input_shape, split, seed)` through `shift_domain` (contrast 0.6, blur, noise σ 0.25); labelled."""
+    clean = digits(input_shape, split, seed)
+    prep = dict(clean.preprocessing, shift={"contrast": 0.6, "blur": "3x3 binomial", "noise": 0.25,
+                                            "noise_seed": 1000 + seed})
+    return Samples(shift_domain(clean.inputs, seed), clean.labels, f"digits-shifted:{split}", prep)

@@ -224,12 +224,14 @@ def slim_copy(pristine, space, units: list, scores) -> tuple:
 
 
 def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, reporter=None,
-                fingerprint_advisory: bool = False) -> PruneResult:
+                fingerprint_advisory: bool = False, values_fn=None) -> PruneResult:
     """Prune `loaded` (a LoadedModel) against `table`; measure on `session` (a DeviceSession) when given.
 
     The table's fingerprint is checked against `session` whenever one is given, measured or not; with
     `fingerprint_advisory` (no measurement, and no device named by the user) a mismatch is a warning note.
     Without a table only the baselines' ratio / MACs modes run (nothing is predicted or measured).
+    `values_fn(pristine, space, groups, scores, step, notes)` replaces the calibration-loss option values
+    (TT-MPD's predicted fine-tuned accuracy, pruning/ttmpd.py); the whole-candidate search is then skipped.
     """
     from edgeprune.latency.build import Reporter
 
@@ -285,7 +287,9 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
                 f"ask for at least {dense_pred / floor:.2f}x / {floor:.3g} ms, or lower --min-keep")
     measuring = session is not None and options.measure and budget_ms is not None
     values = scorer = None
-    if options.mode == "latency" and budget_ms is not None:
+    if options.mode == "latency" and budget_ms is not None and values_fn is not None:
+        values = values_fn(pristine, space, groups, scores, step, notes)
+    elif options.mode == "latency" and budget_ms is not None:
         values, scorer = option_values(loaded, pristine, space, groups, scores, batches, options, step, cache,
                                        reporter, notes)
     target_ms, rounds, measured, searched = budget_ms, [], None, None

@@ -170,6 +170,11 @@ class CandidateScorer:
             self.memo[key] = self._masked(list(key)) if self.masked else self._slimmed(list(key))
         return self.memo[key]
 
+    def evaluate(self, module):
+        """What a candidate (`module`, BatchNorm re-estimated) scores: its calibration loss. Subclasses measure
+        other things of the same candidate (pruning/ttmpd.py's proxies) without repeating the zero/restore."""
+        return calib_loss(module, self.batches, self.reference)
+
     def _removed(self, i: int, keep: int) -> list:
         from .engine import best_units
 
@@ -183,7 +188,7 @@ class CandidateScorer:
 
         candidate, _ = slim_copy(self.pristine, self.space, units, self.scores)
         recalibrate_batchnorm(candidate, self.batches)
-        return calib_loss(candidate, self.batches, self.reference)
+        return self.evaluate(candidate)
 
     def _masked(self, units: list) -> float:
         import torch
@@ -203,7 +208,7 @@ class CandidateScorer:
                             saved.setdefault((param, None), param.detach().clone())
                             view.index_fill_(dim, index, 0.0)
             recalibrate_batchnorm(self.pristine, self.batches)
-            return calib_loss(self.pristine, self.batches, self.reference)
+            return self.evaluate(self.pristine)
         finally:
             with torch.no_grad():
                 for (owner, name), value in saved.items():
