@@ -4,7 +4,7 @@ The public API mirrors the CLI verbs; heavy imports happen on first use so `impo
 """
 
 __version__ = "0.1.0"
-__all__ = ["profile", "prune", "adapt", "distill", "load", "export", "validate", "load_table", "Criterion",
+__all__ = ["profile", "prune", "adapt", "distill", "grow", "load", "export", "validate", "load_table", "Criterion",
            "ScoreContext", "register_criterion"]
 _CRITERIA = ("Criterion", "ScoreContext", "register_criterion")
 

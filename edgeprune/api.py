@@ -442,3 +442,45 @@ def validate(bundles, device: str | None = None, host: str | None = None, *, dat
 def load_table(path: str | Path) -> LatencyTable:
     """Read a latency table, verifying its format version and content id."""
     return LatencyTable.load(path)
+
+
+def grow(model, data: str | None, out: str | Path | None = None, *, test_data: str | None = None,
+         policy: str = "fragrow", seed_depth: int | str | tuple = 1, epochs: int = 30, final_epochs: int = 10,
+         lr: float = 0.05, batch_size: int = 64, alpha: float = 4.0, holdout: float = 0.01, min_holdout: int = 32,
+         patience: int = 2, seed: int = 0, model_args: dict | None = None, input_shape: tuple | None = None,
+         force: bool = False, reporter: Reporter | None = None):
+    """Train `model`'s architecture from a shallow seed on labelled `data`, growing it to its own depth.
+
+    `policy` decides when each block is added: "fragrow" (interval from the overfitting risk on a hold-out),
+    "periodic", "convergent", or "vanilla" (the target from scratch, the baseline); docs/grow.md. `seed_depth`
+    is the blocks per stage in the seed (one number, or one per stage). `model` is a `--model` spec, a
+    LoadedModel, or a torch module (with `input_shape`). Saved to `out` as an edgeprune model directory when
+    given (profile, prune and export read it); returns a Grown record (module, schedule, history, test accuracy).
+    """
+    from .atomic import check_writable
+    from .growth.policy import POLICIES
+    from .growth.run import grow_model
+    from .growth.train import GrowOptions
+    from .models import LoadedModel, load_model, state_dict_sha256
+
+    if data is None:
+        raise BadInputError("grow needs labelled training data", "pass --data PATH (or digits:train)")
+    if policy not in POLICIES:
+        raise BadInputError(f"unknown growth policy '{policy}'", f"use one of {', '.join(POLICIES)}")
+    check_data_path(data, "--data")
+    check_data_path(test_data, "--test-data")
+    if out is not None:
+        check_writable(out, force)
+    options = GrowOptions(policy=policy, epochs=epochs, final_epochs=final_epochs, seed_depth=seed_depth, lr=lr,
+                          batch_size=batch_size, alpha=alpha, holdout=holdout, min_holdout=min_holdout,
+                          patience=patience, seed=seed)
+    if isinstance(model, LoadedModel):
+        loaded = model
+    elif isinstance(model, (str, Path)):
+        loaded = load_model(str(model), model_args=model_args, input_shape=input_shape)
+    else:
+        if input_shape is None:
+            raise BadInputError("a torch module needs its input shape to grow", "pass input_shape=(1, 3, H, W)")
+        loaded = LoadedModel(f"python:{type(model).__qualname__}", model, None, tuple(input_shape), "vision", True,
+                             state_dict_sha256(model), [])
+    return grow_model(loaded, data, out, options, test_data=test_data, force=force, reporter=reporter)

@@ -17,6 +17,7 @@ COMMANDS = {
     "demo": ("edgeprune.commands.demo:demo", "Run the built-in example end to end on this CPU."),
     "run": ("edgeprune.commands.run:run", "Run a recipe: profile, prune, distill, export, validate."),
     "distill": ("edgeprune.commands.distill:distill", "Recover accuracy by distillation from cached teacher outputs."),
+    "grow": ("edgeprune.commands.grow:grow", "Train a model from a shallow seed, growing it when FRAGrow says."),
     "export": ("edgeprune.commands.export:export", "Export a model to a bundle with a parity check."),
     "inspect": ("edgeprune.commands.inspect:inspect", "Verify a bundle's checksums and print its manifest."),
     "validate": ("edgeprune.commands.validate:validate", "Run bundles on the device and gate them."),
