@@ -38,6 +38,7 @@ class LoadedModel:
     model_args: dict = field(default_factory=dict)
     pruned_source: dict | None = None  # for an edgeprune pruned-model directory: the source it was pruned from
     provenance: dict = field(default_factory=dict)
+    refusal: tuple | None = None  # (message, hint) saying why a Hugging Face model cannot be slimmed
 
     @property
     def huggingface(self) -> bool:
@@ -321,27 +322,71 @@ def _huggingface(path: Path, args: dict, trust_remote_code: bool = False):
         raise BadInputError(f"the Hugging Face config in {path} has no field {', '.join(map(repr, sorted(unused)))}",
                             (f"did you mean {', '.join(close)}? " if close else "")
                             + f"--model-arg sets fields of {path / 'config.json'}")
-    if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in (config.architectures or [])) \
-            or config.model_type in ("llama", "gpt2", "mistral", "qwen2"):
-        family = "language"
-    elif hasattr(config, "image_size") and hasattr(config, "num_channels"):
-        family = "vision"  # ViT-style encoders read pixel_values
-    else:
-        family = "encoder"  # BERT-style encoders read input_ids
+    refuse_encoder_decoder(config, path)
+    family = hf_family(config)
     has_weights = any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))
     transformers.utils.logging.disable_progress_bar()  # edgeprune draws its own progress; stderr stays one line
-    auto = transformers.AutoModelForCausalLM if family == "language" else transformers.AutoModel
+    cls = hf_model_class(config, family)
+    auto = hasattr(cls, "from_config")  # an Auto class: it may run the directory's own code
+    remote = {"trust_remote_code": trust_remote_code} if auto else {}
     try:
         if has_weights:
-            model = auto.from_pretrained(str(path), local_files_only=True, config=config,
-                                         trust_remote_code=trust_remote_code)
+            model = cls.from_pretrained(str(path), local_files_only=True, config=config, **remote)
         else:
-            model = auto.from_config(config, trust_remote_code=trust_remote_code)
+            model = cls.from_config(config, **remote) if auto else cls._from_config(config)
     except Exception as err:
         _refuse_remote_code(err, path)
         raise BadInputError(f"cannot load the Hugging Face model in {path}: {str(err).splitlines()[0][:160]}",
                             "check that the weights match config.json") from None
     return model, family, has_weights
+
+
+def hf_family(config) -> str:
+    """"language" (causal LM: input_ids -> next-token logits), "vision" (pixel_values) or "encoder" (input_ids)."""
+    from .pruning.transformer import FAMILIES
+
+    causal = {t for f in FAMILIES if f.decoder or f.name == "gpt2" for t in f.model_types}
+    if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in (config.architectures or [])) \
+            or config.model_type in causal:
+        return "language"
+    if hasattr(config, "image_size") and hasattr(config, "num_channels"):
+        return "vision"  # ViT-style encoders read pixel_values
+    return "encoder"  # BERT-style encoders read input_ids
+
+
+def hf_model_class(config, family: str):
+    """The class to build a Hugging Face model with: the one its config's `architectures` names.
+
+    Loading a ViTForImageClassification or BertForSequenceClassification through AutoModel gives the bare
+    encoder (no classifier, a random pooler) and a bundle that outputs hidden states, so a task head is kept by
+    building the named class. Causal LMs use AutoModelForCausalLM; without a usable name (no `architectures`, or
+    a class only the directory's own code defines) encoders fall back to AutoModel.
+    """
+    import transformers
+
+    if family == "language":
+        return transformers.AutoModelForCausalLM
+    for name in config.architectures or ():
+        cls = getattr(transformers, name, None)
+        config_class = getattr(cls, "config_class", None)
+        if isinstance(cls, type) and isinstance(config_class, type) and isinstance(config, config_class):
+            return cls
+    return transformers.AutoModel
+
+
+def refuse_encoder_decoder(config, path) -> None:
+    """One line for T5, Whisper, BART and other encoder-decoder models, before any weights load.
+
+    Their forward needs decoder inputs (and Whisper audio features) that no export wrapper here builds, so
+    profile and export would end in a traceback from inside transformers, and prune has no layout for them.
+    """
+    if getattr(config, "is_encoder_decoder", False):
+        from .pruning.transformer import supported_model_types
+
+        raise BadInputError(f"{path} holds a {config.model_type} model (encoder-decoder), which edgeprune does not "
+                            "profile, prune or export",
+                            "it handles decoder-only language models and encoders, and prunes the Hugging Face "
+                            f"families {', '.join(supported_model_types())}")
 
 
 def _refuse_remote_code(err: Exception, path: Path) -> None:
@@ -391,22 +436,27 @@ def load_model(spec: str, weights: str | None = None, model_args: dict | None = 
         elif not has_weights:
             notes.append(f"{path} has no weights; the model is randomly initialised from its config")
         module.eval()
-        from .pruning.transformer import decoder_layout, transformer_layout
+        from .pruning.transformer import FAMILIES, decoder_layout, find_layout, supported_model_types
 
-        slimmable = transformer_layout(module) is not None
-        if not slimmable:
+        refusal = None
+        try:
+            find_layout(module)
+        except BadInputError as err:
+            refusal = (err.message, err.hint)
             notes.append(f"{module.config.model_type} models get a table and calibration but no held-out variants "
-                         "(edgeprune slims the LLaMA, GPT-2, BERT and ViT layouts)")
+                         f"(edgeprune slims {', '.join(supported_model_types())})")
         if regime == "decode" and family == "language" and decoder_layout(module) is None:
-            raise BadInputError(f"the decode regime needs the LLaMA layout; {path} is {module.config.model_type}",
-                                "profile --regime prefill")
+            decoders = [t for f in FAMILIES if f.decoder for t in f.model_types]
+            raise BadInputError(f"the decode regime runs {', '.join(decoders)} models; {path} is "
+                                f"{module.config.model_type}", "profile --regime prefill")
         if family == "vision":
             size = int(module.config.image_size)
             shape = input_shape or (1, int(module.config.num_channels), size, size)
-            return LoadedModel(spec, module, None, shape, family, slimmable, state_dict_sha256(module), notes)
+            return LoadedModel(spec, module, None, shape, family, refusal is None, state_dict_sha256(module), notes,
+                               refusal=refusal)
         n = seq_len or DEFAULT_SEQ_LEN
-        return LoadedModel(spec, module, None, (1, n), family, slimmable, state_dict_sha256(module), notes,
-                           seq_len=n, regime=regime if family == "language" else None)
+        return LoadedModel(spec, module, None, (1, n), family, refusal is None, state_dict_sha256(module), notes,
+                           seq_len=n, regime=regime if family == "language" else None, refusal=refusal)
     if path.suffix == ".onnx":
         import onnx
 

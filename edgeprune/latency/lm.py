@@ -55,7 +55,8 @@ class DecodeStep(torch.nn.Module):
 
 
 class Encoder(torch.nn.Module):
-    """input_ids [1, seq_len] (BERT-style) or pixel_values (ViT-style) -> last hidden state."""
+    """input_ids [1, seq_len] (BERT-style) or pixel_values (ViT-style) -> the task head's logits, or the last
+    hidden state of a bare encoder (a bundle outputs what the model was trained to output)."""
 
     def __init__(self, inner, pixels: bool = False):
         super().__init__()
@@ -64,8 +65,11 @@ class Encoder(torch.nn.Module):
 
     def forward(self, x):
         if self.pixels:
-            return self.inner(pixel_values=x).last_hidden_state
-        return self.inner(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state
+            out = self.inner(pixel_values=x)
+        else:
+            out = self.inner(input_ids=x, attention_mask=torch.ones_like(x))
+        logits = getattr(out, "logits", None)
+        return logits if logits is not None else out[0]  # out[0]: last_hidden_state, or a head's first output
 
     def example_inputs(self, seq_len: int, gen: torch.Generator) -> tuple:
         return (torch.randint(0, self.inner.config.vocab_size, (1, seq_len), generator=gen),)

@@ -103,7 +103,7 @@ def _with_config_biases(module, config: dict, state: dict) -> dict:
     from .transformer import transformer_layout
 
     layout = transformer_layout(module)
-    if layout is None or layout.family.name != "llama":
+    if layout is None or not layout.family.sized_config:
         return state
     state = dict(state)
     for flag, names in BIAS_FLAGS.items():
@@ -140,16 +140,17 @@ def source_record(loaded) -> dict:
 def hf_config_for(module, widths: dict) -> dict:
     """The Hugging Face config of the slim model.
 
-    LLaMA-family configs state head_dim outright, so uniform widths are written as the config's own sizes and
-    `from_pretrained` loads the result. GPT-2 and BERT derive the head size from hidden_size / heads, which no
-    longer holds after head pruning: their config keeps the source sizes (the architecture edgeprune rebuilds
-    and then resizes), and `from_pretrained` refuses the mismatched shapes instead of loading a wrong model.
+    LLaMA-style configs (LLaMA, OLMo2, Phi-3: `Family.sized_config`) state head_dim outright, so uniform widths
+    are written as the config's own sizes and `from_pretrained` loads the result. GPT-2 and BERT derive the
+    head size from hidden_size / heads, which no longer holds after head pruning: their config keeps the source
+    sizes (the architecture edgeprune rebuilds and then resizes), and `from_pretrained` refuses the mismatched
+    shapes instead of loading a wrong model.
     """
     from .transformer import transformer_layout
 
     config = module.config.to_dict()
     layout = transformer_layout(module)
-    if layout is None or layout.family.name != "llama":
+    if layout is None or not layout.family.sized_config:
         return config
     heads = {n: w for n, w in widths.items() if n.endswith(".heads")}
     mlps = {n: w for n, w in widths.items() if n.endswith(".mlp")}
@@ -241,6 +242,9 @@ def load_pruned(path: str | Path, base=None):
     except RuntimeError as err:
         raise BadInputError(f"{path}: weights do not fit the recorded architecture ({str(err).splitlines()[0][:160]})",
                             "the directory was modified; re-run edgeprune prune") from None
+    from .transformer import sync_configs
+
+    sync_configs(module)  # layers that read head counts from a config get their own (Phi-3)
     return module.eval(), section, provenance
 
 
@@ -273,9 +277,11 @@ def _rebuild(config: dict, source: dict):
     if model_type is None:
         raise BadInputError(f"cannot rebuild {spec}: it was pruned from a Python module object, not a --model spec",
                             "pass a fresh instance of that architecture: edgeprune.load(path, base=MyModel())")
+    from edgeprune.models import hf_model_class
+
     hf_config = transformers.AutoConfig.for_model(model_type, **hf)
-    auto = transformers.AutoModelForCausalLM if source.get("family") == "language" else transformers.AutoModel
-    return auto.from_config(hf_config)
+    cls = hf_model_class(hf_config, source.get("family"))  # the task head's class when config names one
+    return cls.from_config(hf_config) if hasattr(cls, "from_config") else cls._from_config(hf_config)
 
 
 def resize(module, sizes: dict, state: dict) -> None:

@@ -191,6 +191,8 @@ def check_options(spec: str, table, options: PruneOptions) -> None:
 
 def check_request(loaded, table, options: PruneOptions) -> None:
     """Everything about the request that can be refused before any work: model, table, settings, criterion."""
+    if not loaded.slimmable and getattr(loaded, "refusal", None):  # a Hugging Face family: the reason, by name
+        raise BadInputError(*loaded.refusal)
     if not loaded.slimmable:
         raise BadInputError(f"{loaded.spec} cannot be slimmed (ONNX, TorchScript or an unsupported family)",
                             "give the PyTorch model: torchvision:NAME, timm:NAME or a Hugging Face directory "
@@ -267,6 +269,10 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
         check_table(table, [r.block for r in widths.rules], loaded)
         cost = CostModel(table, widths)
     groups = space(module)
+    if options.mode == "uniform" and options.ratio is not None:  # before any scoring: a ratio that empties a group
+        from .transformer import check_ratio
+
+        check_ratio(groups, options.ratio)
     notes += getattr(groups, "notes", [])  # groups kept whole, and why (space.Space)
     batches, loss_fn = calibration_batches(loaded, options)
     reporter.stage("scores", None)

@@ -60,7 +60,8 @@ def mlp_gain(layer, layout) -> float:
     from .transformer import unit_parts
 
     parts = unit_parts(layer, layout, "mlp")
-    first = np.concatenate([_matrix(m) for m, side, _ in parts if side == "out"], axis=0)
+    ups = {id(m): m for m, side, _ in parts if side == "out"}  # packed gate|up (Phi-3) is listed once per block
+    first = np.concatenate([_matrix(m) for m in ups.values()], axis=0)
     down = next(_matrix(m) for m, side, _ in parts if side == "in")
     return spectral_norm(first) * spectral_norm(down)
 

@@ -353,8 +353,10 @@ def first_matrix(group):
     """The first MLP matrix of an "mlp" group as [d_ff, d] (gate for SwiGLU, fc1 otherwise), a float tensor."""
     from .transformer import oriented, unit_parts
 
-    module = next(m for m, side, _ in unit_parts(group.handle, group.layout, group.kind) if side == "out")
-    return oriented(module.weight.detach(), module).float()
+    module, rows = next((m, units) for m, side, units in unit_parts(group.handle, group.layout, group.kind)
+                        if side == "out")
+    weight = oriented(module.weight.detach(), module).float()
+    return weight[[r for unit in rows for r in unit]]  # the gate block only, when gate|up are packed (Phi-3)
 
 
 def head_scores(group) -> np.ndarray:
