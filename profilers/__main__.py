@@ -80,6 +80,13 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the host went away (killed, or its SSH connection dropped): nobody is left to read a result or a
+        # traceback, and the interpreter's own flush at exit would fail the same way, so point both at devnull
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, sys.stderr.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader closed
     return 0
 
 

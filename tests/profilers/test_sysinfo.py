@@ -113,3 +113,13 @@ def test_doctor_accepts_performance_governor_or_a_pinned_clock():
     facts.update(cpu_governor="schedutil", cpu_scaling_min_freq_khz=1510400, cpu_scaling_max_freq_khz=1510400)
     governor = checks_by_name(sysinfo.doctor(facts, "onnxruntime"))["cpu governor"]
     assert governor["ok"] and governor["detail"] == "schedutil, pinned at 1510400 kHz"
+
+
+def test_a_host_that_goes_away_ends_the_device_job_quietly():
+    """The host (or its SSH connection) closing the pipe mid-job: exit 141 (128 + SIGPIPE), no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "profilers", "info"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the interpreter has started: its one write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
