@@ -269,7 +269,7 @@ def _solve(points: list, y: np.ndarray, names: tuple) -> tuple:
                              [[-PROXIES[n][1] * float(p[n]) for p in points] for n in names])
     lower = [-np.inf] + [0.0] * len(names)
     fit = lsq_linear(design, y, bounds=(lower, [np.inf] * (len(names) + 1)), method="bvls")
-    return float(fit.x[0]), [float(w) for w in fit.x[1:]]
+    return float(fit.x[0]), [float(w) if w > 1e-12 else 0.0 for w in fit.x[1:]]  # round-off is not a weight
 
 
 def fit_accuracy_model(points: list, accuracies: list, names=DEFAULT_PROXIES,
@@ -311,6 +311,20 @@ def fit_candidates(table: ProxyTable, k: int, names: tuple) -> list:
     order = np.argsort(ranks, kind="stable")
     picks = sorted({int(order[round(j * (len(cands) - 1) / max(1, k - 1))]) for j in range(min(k, len(cands)))})
     return [cands[j] for j in picks]
+
+
+def flat_fallback(model: AccuracyModel, table: ProxyTable) -> AccuracyModel:
+    """g with equal weights on the proxies standardised over the measured cuts, for a g whose fit is flat.
+
+    When every fit run scores the same (a small P makes top-1 agreement coarse) every weight fits to 0 and each
+    cut would look free; the knapsack then only needs the cuts' relative damage, which the proxies still rank.
+    """
+    cands = [c[2] for c in table.candidates()]
+    weights = []
+    for name in model.proxies:
+        spread = float(np.std([c[name] for c in cands])) if cands else 0.0
+        weights.append(1.0 / (len(model.proxies) * spread) if spread > 0 else 0.0)
+    return dataclasses.replace(model, weights=weights)
 
 
 def option_values(model: AccuracyModel, table: ProxyTable, groups: list) -> tuple:
@@ -429,8 +443,14 @@ def adapt_model(loaded, table, samples, options: AdaptOptions, *, session=None, 
             model = fit_accuracy_model([r["proxies"] for r in runs], [r["accuracy"] for r in runs], names, runs)
         else:
             model = reuse
-        values, drops = option_values(model, table_, groups)
-        state.update(model=model, table=table_, runs=runs, drops=drops)
+        used = model
+        if not any(w > 0 for w in model.weights):
+            used = flat_fallback(model, table_)
+            prune_notes.append("warning: g is flat (no fit run scored differently enough to weigh a proxy): option "
+                               "values use the proxies standardised with equal weights; give more --probe-samples "
+                               "or --fit-runs")
+        values, drops = option_values(used, table_, groups)
+        state.update(model=model, table=table_, runs=runs, drops=drops, fallback=used is not model)
         fit = (f"R² {model.r2:.2f}" if model.r2 is not None else "R² n/a") + (
             f", leave-one-out Spearman {model.loo_spearman:.2f}" if model.loo_spearman is not None else "")
         prune_notes.append(f"option values: TT-MPD predicted fine-tuned accuracy g({', '.join(names)}) of each of "
@@ -458,7 +478,8 @@ def adapt_model(loaded, table, samples, options: AdaptOptions, *, session=None, 
               "g_reused": reuse is not None, "samples": {"source": samples.source, "probe": len(probe),
                                                          "finetune": len(finetune)},
               "teacher_bn_layers": bn_layers, "teacher_sha256": state["cache"].meta["teacher_sha256"],
-              "proxies": state["table"].to_dict(), "predicted_drop": state["drops"].losses,
+              "g_flat_fallback": state["fallback"], "proxies": state["table"].to_dict(),
+              "predicted_drop": state["drops"].losses,
               "fit_runs_s": sum(r["wall_s"] for r in runs)}
     return Adapted(pruned, model, state["table"], runs, distilled, state["cache"], record, notes + pruned.notes)
 

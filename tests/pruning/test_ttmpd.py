@@ -114,6 +114,18 @@ def test_the_feature_proxy_is_the_consumer_layers_error_of_the_slimmed_cut():
     assert got["feature"] > 0.01
 
 
+def test_a_flat_g_falls_back_to_equal_weights_on_standardised_proxies():
+    table = ttmpd.ProxyTable(["a"], [[8, 16]], [[{"feature": 0.4, "entropy": 1.0}, {"feature": 0.2, "entropy": 0.6}]],
+                             {"feature": 0.0, "entropy": 0.5})
+    flat = ttmpd.fit_accuracy_model([c[2] for c in table.candidates()] * 2, [1.0] * 4)
+    assert flat.weights == [0.0, 0.0]
+    used = ttmpd.flat_fallback(flat, table)
+    assert used.weights == pytest.approx([1 / (2 * 0.1), 1 / (2 * 0.2)])  # std of (0.4, 0.2) and of (1.0, 0.6)
+    # drop of width 8: 0.4·5 + 0.5·2.5 = 3.25; of width 16: 0.2·5 + 0.1·2.5 = 1.25
+    assert ttmpd.option_values(used, table, [type("G", (), {"units": 24})()])[1].losses[0] == pytest.approx(
+        [3.25, 1.25])
+
+
 def test_fit_candidates_span_light_to_deep_cuts():
     table = ttmpd.ProxyTable(["a"], [[1, 2, 3, 4, 5]], [[{"feature": f, "entropy": f / 2} for f in
                                                           (0.5, 0.4, 0.3, 0.2, 0.1)]], {"feature": 0, "entropy": 0})
