@@ -320,3 +320,27 @@ def test_a_uniform_ratio_that_empties_a_group_is_refused_with_the_largest_that_d
     assert not (tmp_path / "no").exists()
     result = edgeprune.prune(load_model(path, seq_len=16), None, tmp_path / "yes", mode="uniform", ratio=0.74)
     assert result.widths["layers.0.heads"] == 1 and result.widths["layers.0.mlp"] == round(96 * 0.26)
+
+
+# -- latency budgets --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["olmo2", "distilbert", "bert-cls"])
+def test_family_profiles_and_prunes_to_a_latency_budget(name, dirs, tmp_path, formula_device, cli_in_process):
+    """The table covers the family's blocks (OLMo2: attention and MLP blocks, q_norm / k_norm inside the
+    attention; the BERT family: attention or projections as linear blocks), so a budget drives the pruning."""
+    import json
+
+    table, out = tmp_path / "table.json", tmp_path / "pruned"
+    proc = cli_in_process("--json", "profile", "--device", "cpu", "--model", dirs(name), "--seq-len", "16",
+                          "--variants", "2", "--out", str(table), cache=tmp_path / "c.sqlite")
+    assert proc.returncode == 0, proc.stderr
+    layers = json.loads(table.read_text())["layers"]
+    kinds = [layer["kind"] for layer in layers.values()]
+    if name == "olmo2":
+        assert kinds.count("attention") == 2 and kinds.count("mlp") == 2
+    proc = cli_in_process("--json", "prune", "--model", dirs(name), "--table", str(table), "--budget", "1.1x",
+                          "--min-keep", "0.1", "--criterion", "l2", "--out", str(out), cache=tmp_path / "c.sqlite")
+    assert proc.returncode == 0, proc.stderr
+    reply = json.loads(proc.stdout)
+    assert reply["predicted_ms"] <= reply["budget_ms"] + 1e-9
+    assert reply["measured"]["dense_ms"] / reply["measured"]["pruned_ms"] >= 1.1 * 0.97
+    assert load_model(str(out), seq_len=16).module is not None
