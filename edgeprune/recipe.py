@@ -17,6 +17,7 @@ data: digits:train                  # calibration and fine-tuning samples
 eval_data: digits:test              # labelled samples for validation (optional)
 baseline_accuracy: 0.97             # optional; measured on eval_data when absent
 out: runs/resnet18-2x               # relative to the recipe file
+grow: {policy: fragrow, epochs: 30} # optional: first train the model from a shallow seed on data (edgeprune grow)
 profile: {threads: 1, variants: 10}
 prune: {criterion: l2, margin: 0.1} # margin: prune for budget × (1 + margin) to absorb device noise
 distill: {epochs: 3}                # or false to skip
@@ -31,6 +32,7 @@ The whole file is checked before any stage runs (`load_recipe`): every key, type
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -43,6 +45,7 @@ from .errors import BadInputError
 
 STAGES = ("profile", "prune", "distill", "export", "validate")
 SKIPPABLE = ("distill", "validate")  # `distill: false` / `validate: false` skip the stage
+OPT_IN = ("grow",)  # run only when the recipe has the section (a mapping of options, {} for the defaults)
 BUILTIN_SPECS = ("torchvision:", "timm:")
 
 
@@ -236,6 +239,12 @@ def _host(value: str) -> str:
     return value
 
 
+def _seed_depth(value: str):
+    from .growth.network import parse_seed_depth
+
+    return parse_seed_depth(value)
+
+
 def _criterion(name: str) -> str:
     from .pruning.criteria import get_criterion
 
@@ -272,6 +281,19 @@ SECTIONS: dict[str, dict[str, tuple[Rule, str]]] = {
         "accept_new_host_key": (switch, "true"),
         "connect_timeout": (number(above=0), "10"),
         "remote_python": (text, "python3"),
+    },
+    "grow": {
+        "policy": (one_of("fragrow", "periodic", "convergent", "vanilla"), "fragrow"),
+        "seed_depth": (parsed(_seed_depth), "1"),
+        "epochs": (whole(2), "30"),
+        "final_epochs": (whole(1), "10"),
+        "lr": (number(above=0), "0.05"),
+        "batch_size": (whole(1), "64"),
+        "alpha": (number(), "4.0"),
+        "holdout": (number(above=0, high=0.5), "0.01"),
+        "min_holdout": (whole(1), "32"),
+        "patience": (whole(1), "2"),
+        "seed": (whole(), "0"),
     },
     "profile": {
         "threads": (THREADS, "1"),
@@ -388,6 +410,9 @@ def load_recipe(path: str | Path) -> Recipe:
     sections = {}
     for name, rules in SECTIONS.items():
         given = data.get(name)
+        if given in (None, False) and name in OPT_IN:
+            sections[name] = False
+            continue
         if given is False and name in SKIPPABLE:
             sections[name] = False
             continue
@@ -416,6 +441,13 @@ def _check_together(recipe: Recipe, path: Path) -> None:
     from .pruning.criteria import get_criterion
 
     profile, prune = recipe.stages["profile"], recipe.stages["prune"]
+    if recipe.stages.get("grow") is not False:
+        if not recipe.data:
+            raise BadInputError(f"recipe {path}: the grow stage trains on labelled data",
+                                "add data: PATH (or digits:train), or remove grow")
+        if recipe.weights:
+            raise BadInputError(f"recipe {path}: the grow stage trains the model from scratch; weights would be unused",
+                                "remove weights, or remove grow")
     if recipe.ssh and recipe.host is None:
         raise BadInputError(f"recipe {path}: ssh settings apply only to a device reached over SSH",
                             "add host: user@addr, or remove ssh")
@@ -507,21 +539,23 @@ def _run_stages(recipe: Recipe, out: Path, reporter, force: bool, say, trust_rem
 
     state = RunState(out)
     runs = []
+    gopts = recipe.stages.get("grow")
+    if gopts is not False:  # the grown model directory is the model of every later stage
+        grown = out / "grown"
+        key = _key({"model": recipe.model, "model_args": recipe.model_args, "input_shape": recipe.input_shape,
+                    "data": recipe.data, "eval_data": recipe.eval_data, "options": gopts})
+        _run_stage(state, runs, say, force, "grow", key, grown, lambda: _summary_grow(edgeprune.grow(
+            recipe.model, recipe.data, grown, test_data=recipe.eval_data, model_args=recipe.model_args,
+            input_shape=recipe.input_shape, force=True, reporter=reporter, **gopts)))
+        recipe = dataclasses.replace(recipe, model=str(grown), model_args={}, weights=None)
     source = {"model": recipe.model, "model_args": recipe.model_args, "input_shape": recipe.input_shape,
               "seq_len": recipe.seq_len, "regime": recipe.regime,
-              "weights": sha256_file(Path(recipe.weights)) if recipe.weights else None}
+              "weights": sha256_file(Path(recipe.weights)) if recipe.weights else None,
+              "grown": state.output_id("grow") if gopts is not False else None}
     where = {"device": recipe.device, "host": recipe.host}
 
     def stage(name: str, key: str, output: Path, work) -> None:
-        if not force and state.current(name, key, output):
-            runs.append(StageRun(name, True, 0.0, str(output), (state.data[name] or {}).get("detail", {})))
-            say(f"{name}: current ({output}), skipped")
-            return
-        say(f"{name}: running")
-        started = time.time()
-        detail = work() or {}
-        state.record(name, key, output, detail)
-        runs.append(StageRun(name, False, time.time() - started, str(output), detail))
+        _run_stage(state, runs, say, force, name, key, output, work)
 
     table = out / "table.json"
     popts = recipe.stages.get("profile") or {}
@@ -587,6 +621,19 @@ def _run_stages(recipe: Recipe, out: Path, reporter, force: bool, say, trust_rem
     return runs
 
 
+def _run_stage(state: RunState, runs: list, say, force: bool, name: str, key: str, output: Path, work) -> None:
+    """Run `work` unless the stage's output is current; record it in run.json and `runs`."""
+    if not force and state.current(name, key, output):
+        runs.append(StageRun(name, True, 0.0, str(output), (state.data[name] or {}).get("detail", {})))
+        say(f"{name}: current ({output}), skipped")
+        return
+    say(f"{name}: running")
+    started = time.time()
+    detail = work() or {}
+    state.record(name, key, output, detail)
+    runs.append(StageRun(name, False, time.time() - started, str(output), detail))
+
+
 def _with_margin(budget: str, margin: float) -> str:
     """The budget the pruner aims for: tighter by `margin`, so device noise cannot push the result over."""
     from .budget import parse_budget
@@ -615,6 +662,12 @@ def _dense_accuracy(recipe: Recipe, source: dict, state: RunState, trust_remote_
 
     write_json(state.path, state.data)
     return acc
+
+
+def _summary_grow(done) -> dict:
+    r = done.result
+    return {"policy": r.policy, "growth_epochs": r.growth_epochs, "train_s": r.train_s,
+            "test_accuracy": done.test_accuracy}
 
 
 def _summary_profile(result) -> dict:

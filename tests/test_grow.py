@@ -338,3 +338,32 @@ def test_bad_input_is_one_line_and_writes_nothing(digits_npz, tmp_path, cli_in_p
     line = bad(cli_in_process, tmp_path, "--model", "torchvision:mobilenet_v2", "--input-shape", "1x3x8x8",
                "--model-arg", "num_classes=5", "--data", str(digits_npz / "train.npz"))
     assert "num_classes=10" in line
+
+
+def test_a_recipe_grows_the_model_first_and_every_later_stage_reads_the_grown_one(digits_npz, tmp_path,
+                                                                                   formula_device, cli_in_process):
+    import shutil
+
+    for name in ("train.npz", "test.npz"):
+        shutil.copy(digits_npz / name, tmp_path / name)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "model: torchvision:mobilenet_v2\n"
+        "model_args: {num_classes: 10, width_mult: 0.25, inverted_residual_setting: [[1, 8, 1, 1], [6, 16, 3, 2]]}\n"
+        "input_shape: 1x3x8x8\ndevice: cpu\nbudget: 1.02x\ndata: train.npz\neval_data: test.npz\nout: run\n"
+        "grow: {epochs: 3, final_epochs: 1, batch_size: 32}\nprofile: {variants: 0}\n"
+        "prune: {criterion: l1, min_keep: 0.1, measure: false}\ndistill: false\nvalidate: false\n")
+    first = cli_in_process("--json", "run", str(recipe))
+    assert first.returncode == 0, first.stderr
+    stages = {s["stage"]: s for s in json.loads(first.stdout)["stages"]}
+    assert list(stages)[:2] == ["grow", "profile"]
+    assert [s for s in stages.values() if s["skipped"]] == []
+    assert stages["grow"]["detail"]["growth_epochs"] == [1, 2]  # I_max = (3 - 1) / 2 = 1: every epoch
+    table = json.loads((tmp_path / "run" / "table.json").read_text())
+    assert table["model"]["spec"] == str(tmp_path / "run" / "grown")  # the table is the grown model's
+    second = cli_in_process("--json", "run", str(recipe))
+    assert second.returncode == 0, second.stderr
+    assert all(s["skipped"] for s in json.loads(second.stdout)["stages"])
+    recipe.write_text(recipe.read_text().replace("data: train.npz\n", ""))
+    proc = cli_in_process("run", str(recipe))
+    assert proc.returncode == 2 and "the grow stage trains on labelled data" in proc.stderr
