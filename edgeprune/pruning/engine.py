@@ -196,7 +196,7 @@ def check_request(loaded, table, options: PruneOptions) -> None:
     if not loaded.slimmable:
         raise BadInputError(f"{loaded.spec} cannot be slimmed (ONNX, TorchScript or an unsupported family)",
                             "give the PyTorch model: torchvision:NAME, timm:NAME or a Hugging Face directory "
-                            "(LLaMA, GPT-2, BERT or ViT layout)")
+                            "(a family docs/llm.md lists)")
     check_options(loaded.spec, table, options)
     if table is not None and loaded.family != table.model.get("family"):
         raise BadInputError(f"the table was profiled for {table.model.get('spec')} "
