@@ -465,7 +465,9 @@ def main() -> None:
     torch.set_num_threads(2)
     out_path = Path(args.out)
     data = json.loads(out_path.read_text()) if out_path.exists() else {"rows": []}
-    data["rows"] = [r for r in data["rows"] if r["model"] not in args.models]
+    # a rerun replaces its own (model, seed) rows and keeps the rest, so seeds can be added run by run
+    data["rows"] = [r for r in data["rows"] if (r["model"], r["seed"]) not in
+                    {(m, seed) for m in args.models for seed in args.seeds}]
     data["meta"] = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} ({platform.machine()}, "
                     f"{__import__('os').cpu_count()} cores)", "python": sys.version.split()[0],
                     "seeds": len(args.seeds)}
