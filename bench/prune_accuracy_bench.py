@@ -244,7 +244,7 @@ def run_seed(name: str, seed: int, table_path: Path, tmp: Path, session, cache: 
             started = time.time()
             res = edgeprune.prune(loaded(), table, None, **common, **kwargs)
             models[method] = res.module
-            search = res.rounds[-1].get("search") or {}
+            search = res.final_round.get("search") or {}
             info[method] = {"predicted_ms": res.predicted_ms, "dense_predicted_ms": res.dense_predicted_ms,
                             "macs_keep": res.macs / res.dense_macs,
                             "wall_s": time.time() - started, "search": search,

@@ -102,7 +102,7 @@ def summary_text(result, out) -> str:
 
     lines = [f"[bold]pruned model[/] {out}"]
     lines += [f"  {n}" for n in result.notes if n.startswith(VALUE_NOTES)]
-    search = result.rounds[-1].get("search") if result.rounds else None
+    search = result.final_round.get("search")
     if search:
         uniform = (search["seeds"].get("uniform") or {}).get("calib_loss")
         lines.append(f"  search: {search['evaluations']} candidates in {search['wall_s']:.1f} s, winner "

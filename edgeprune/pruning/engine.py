@@ -9,6 +9,7 @@ miss and the solve repeats (bounded rounds), so the saved model is the one that 
 from __future__ import annotations
 
 import copy
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,9 @@ class PruneOptions:
     measure_rounds: int = 3  # interleaved rounds of the dense and the pruned model (the interval's sample)
 
 
+LOOSEN_BELOW = 0.10  # a measured result this much faster than its budget is re-solved looser (beyond the noise)
+
+
 @dataclass
 class PruneResult:
     module: object
@@ -64,6 +68,11 @@ class PruneResult:
     notes: list = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
     bn_layers: int = 0  # BatchNorm layers whose statistics were re-estimated on the calibration inputs
+
+    @property
+    def final_round(self) -> dict:
+        """The round whose widths were kept: the last, unless an earlier one met the budget closer to it."""
+        return next((r for r in self.rounds if r.get("chosen")), self.rounds[-1] if self.rounds else {})
 
 
 def check_table(table, dense_blocks: list, loaded) -> None:
@@ -299,6 +308,8 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
         values, scorer = option_values(loaded, pristine, space, groups, scores, batches, options, step, cache,
                                        reporter, notes)
     target_ms, rounds, measured, searched = budget_ms, [], None, None
+    chosen = None  # (round index, candidate, kept, measured) of the met round closest to the budget
+    met_target = missed_target = None  # the loosest internal budget that met, the tightest that missed
     for round_index in range(options.max_rounds if measuring else 1):
         try:
             units = solve(options, cost, widths, groups, scores.normalized, target_ms, step, dense_macs, values)
@@ -333,18 +344,44 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
         measured["judged_ms"] = (budget_module.certified_ms(measured, budget) if options.confidence
                                  else measured["pruned_ms"])
         record["measured"] = measured
-        if meets_budget(measured["judged_ms"], limit):
+        judged = measured["judged_ms"]
+        met = meets_budget(judged, limit)
+        if met:
+            met_target = max(met_target or 0.0, target_ms)
+            if chosen is None or judged > chosen[3]["judged_ms"]:
+                chosen = (round_index, candidate, kept, measured)
+            if judged >= limit * (1 - LOOSEN_BELOW):
+                break
+        else:
+            missed_target = min(missed_target or float("inf"), target_ms)
+        if round_index + 1 >= options.max_rounds:
             break
-        if round_index + 1 < options.max_rounds:
+        what = (f"the {options.confidence:.0%} interval's high end {judged:.3g} ms" if options.confidence
+                else f"measured {measured['pruned_ms']:.3g} ms")
+        step_to = target_ms * limit / judged  # the table's error on this candidate, assumed to hold near it
+        if met:
+            # faster than asked by more than the noise: the table over-predicted and accuracy was given away
+            if target_ms >= dense_pred * (1 - 1e-9):
+                break
+            target_ms = min(step_to, dense_pred) if missed_target is None or step_to < missed_target \
+                else math.sqrt(target_ms * missed_target)  # never back to a budget already seen to miss
+            notes.append(f"round {round_index + 1}: {what} is {1 - judged / limit:.0%} under {limit:.3g} ms; "
+                         f"loosening the internal budget to {target_ms:.3g} ms to keep more of the model")
+        else:
             if target_ms <= floor * (1 + 1e-9):
                 notes.append(f"round {round_index + 1}: measured {measured['pruned_ms']:.3g} ms misses "
                              f"{limit:.3g} ms and the solve is already at the fastest reachable widths")
                 break
-            target_ms = max(target_ms * limit / measured["judged_ms"], floor)  # tightening never asks the impossible
-            what = (f"the {options.confidence:.0%} interval's high end {measured['judged_ms']:.3g} ms"
-                    if options.confidence else f"measured {measured['pruned_ms']:.3g} ms")
+            target_ms = max(step_to, floor) if met_target is None or step_to > met_target \
+                else math.sqrt(target_ms * met_target)  # tightening never asks the impossible
             notes.append(f"round {round_index + 1}: {what} misses {limit:.3g} ms; "
                          f"tightening the internal budget to {target_ms:.3g} ms")
+    if chosen is not None and chosen[0] != len(rounds) - 1:
+        index, candidate, kept, measured = chosen
+        notes.append(f"kept round {index + 1}'s widths: of the rounds that met the budget, the slowest measured "
+                     f"({measured['judged_ms']:.3g} ms against {measured['budget_ms']:.3g} ms)")
+    if chosen is not None:
+        rounds[chosen[0]]["chosen"] = True
     if budget_ms is not None and not measuring and options.measure:
         notes.append("not measured on the device (no device given): the result rests on the table's prediction")
     within = table.fidelity.get("within_10") if table is not None else None
@@ -364,7 +401,7 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
         if bn_layers:
             notes.append(f"BatchNorm statistics re-estimated on {sum(len(b[0]) for b in batches)} calibration "
                          f"samples ({bn_layers} layers)")
-    final = rounds[-1]
+    final = rounds[chosen[0]] if chosen is not None else rounds[-1]
     return PruneResult(candidate, kept, dense_pred, final["predicted_ms"], budget_ms, final["macs"], dense_macs,
                        measured, rounds, notes, bn_layers=bn_layers)
 

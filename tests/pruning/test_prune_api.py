@@ -83,6 +83,37 @@ def test_measured_misses_tighten_down_to_the_fastest_widths_and_stop_there(tiny_
     assert any("still misses" in n for n in result.notes)
 
 
+def test_a_result_measured_far_faster_than_asked_is_loosened_back_towards_the_budget(tiny_table, tmp_path,
+                                                                                     monkeypatch, formula_device):
+    """A device on which pruning pays off more than the table says (its latency falls with the square of the
+    parameters kept): the first solve lands far under the budget, so the internal budget is loosened and the
+    kept result is the slowest measured one that still meets the budget, never one that misses."""
+    from edgeprune.budget import meets_budget
+    from edgeprune.pruning import engine
+
+    def quadratic(loaded, dense, pruned, table, session, cache, reporter, *rounds_and_confidence):
+        share = sum(p.numel() for p in pruned.parameters()) / sum(p.numel() for p in dense.parameters())
+        ms = 10.0 * share ** 2
+        return {"dense_ms": 10.0, "pruned_ms": ms, "speedup": 10.0 / ms, "dense_rounds": [10.0],
+                "pruned_rounds": [ms], "wall_s": 0.0, "estimator": "test", "judged_ms": ms}
+
+    monkeypatch.setattr(engine, "measure_pair", quadratic)
+    result = edgeprune.prune(tiny_loaded(), tiny_table[1], None, budget="1.5x", criterion="l1", max_rounds=5,
+                             cache=tmp_path / "c.sqlite")
+    measured = [r["measured"] for r in result.rounds]
+    limit = 10.0 / 1.5
+    first = measured[0]["pruned_ms"]
+    assert first < limit * (1 - engine.LOOSEN_BELOW)  # the table's answer gave away more than the budget asked
+    assert result.rounds[1]["target_ms"] > result.rounds[0]["target_ms"]  # so the next round solved looser
+    assert any("loosening the internal budget" in n for n in result.notes), result.notes
+    met = [m["pruned_ms"] for m in measured if meets_budget(m["pruned_ms"], limit)]
+    kept = result.measured["pruned_ms"]
+    assert kept == max(met) and kept > first  # the slowest that met: more of the model kept than round 1's
+    assert meets_budget(kept, limit) and result.final_round["measured"] is result.measured
+    assert sum(p.numel() for p in result.module.parameters()) / sum(
+        p.numel() for p in tiny_loaded().module.parameters()) == pytest.approx((kept / 10.0) ** 0.5)
+
+
 def test_confidence_certifies_only_when_the_interval_clears_the_budget(tiny_table, tmp_path, monkeypatch):
     """A device whose rounds disagree: the point estimate meets 1.3x, the 95 % interval's low end does not."""
     from tests.formula_device import install
