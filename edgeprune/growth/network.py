@@ -7,7 +7,8 @@ channel change) starts a new stage. Only shape-keeping blocks can be added or le
 its tail: the seed keeps the first `seed` blocks of every stage and holds an `nn.Identity` in each other
 place, which leaves every parameter name where the target has it. Adding a block puts a module of the
 target's own structure in the next empty place of the stage; its weights are a copy of the block before it,
-unless that block changes resolution or channels (a copy would not fit), when it is freshly initialised.
+unless that block changes resolution or channels (a copy would not fit), when it is freshly initialised: the
+target's block at that place, as the model library initialised it (the target itself is never trained).
 
 Blocks are found from one forward pass with hooks (what the shapes really are), never from class names; torch's
 own layers (`torch.nn.*`) and plain containers are never blocks (containers are searched inside instead).
@@ -16,7 +17,6 @@ own layers (`torch.nn.*`) and plain containers are never blocks (containers are 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 
 from edgeprune.errors import BadInputError
@@ -66,7 +66,6 @@ class GrowingNetwork:
     seed_depths: dict  # stage name -> blocks in the seed
     plan: list  # block names still to add, in order
     shape_keeping: frozenset  # blocks whose output has the shape of their input
-    generator: object  # torch.Generator for fresh initialisation
     added: list = field(default_factory=list)  # GrowthStep records
 
     @property
@@ -92,8 +91,7 @@ class GrowingNetwork:
             new.load_state_dict(previous.state_dict())
             how = "copy"
         else:
-            fresh_init(new, self.generator)
-            how = "fresh"
+            how = "fresh"  # the target's block as the model library initialised it (the target is never trained)
         new.train(self.module.training)
         _put(self.module, name, new)
         step = GrowthStep(name, stage.name, source, how)
@@ -187,45 +185,6 @@ def _put(root, name: str, module) -> None:
     parent._modules[leaf] = module
 
 
-def fresh_init(module, generator) -> None:
-    """Initialise every layer of `module` from `generator`: Kaiming-normal convolutions (fan-out, ReLU gain, as
-    torchvision's CNNs), Kaiming-uniform linear layers, norms at identity with fresh running statistics.
-
-    The seed, the vanilla baseline and every freshly initialised block use this one rule, so a comparison
-    between policies never depends on which library built the model, and a seed changes every weight.
-    """
-    import torch
-    import torch.nn as nn
-
-    norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-    with torch.no_grad():
-        for mod in module.modules():
-            if isinstance(mod, nn.modules.conv._ConvNd):
-                nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu", generator=generator)
-                if mod.bias is not None:
-                    mod.bias.zero_()
-            elif isinstance(mod, nn.Linear):
-                nn.init.kaiming_uniform_(mod.weight, a=math.sqrt(5), generator=generator)
-                if mod.bias is not None:
-                    bound = 1 / math.sqrt(mod.in_features) if mod.in_features else 0.0
-                    nn.init.uniform_(mod.bias, -bound, bound, generator=generator)
-            elif isinstance(mod, norms):
-                if getattr(mod, "weight", None) is not None:
-                    mod.weight.fill_(1.0)
-                if getattr(mod, "bias", None) is not None:
-                    mod.bias.zero_()
-                if hasattr(mod, "reset_running_stats") and getattr(mod, "track_running_stats", False):
-                    mod.reset_running_stats()
-            else:
-                for name, param in mod.named_parameters(recurse=False):  # e.g. a class token, layer scales
-                    if param.dim() > 1:
-                        nn.init.trunc_normal_(param, std=0.02, generator=generator)
-                    elif "scale" in name or "gamma" in name:
-                        continue  # layer scales keep their configured value
-                    else:
-                        param.zero_()
-
-
 def parse_seed_depth(text: str | int | tuple | list) -> int | tuple:
     """`1` or `1,1,2,1` (per growable stage, front to back) -> int or tuple; one line for anything else."""
     per_stage = isinstance(text, (tuple, list))
@@ -246,9 +205,8 @@ def parse_seed_depth(text: str | int | tuple | list) -> int | tuple:
     return values if per_stage else values[0]
 
 
-def seed_network(target, example_input, seed_depth: int | tuple, generator, spec: str = "the model") \
-        -> GrowingNetwork:
-    """The shallow seed of `target` (freshly initialised from `generator`, in place) and the plan to grow it.
+def seed_network(target, example_input, seed_depth: int | tuple, spec: str = "the model") -> GrowingNetwork:
+    """The shallow seed of `target` (a copy of its first blocks, as initialised) and the plan to grow it.
 
     `seed_depth`: blocks kept per stage (one number for all, or one per stage front to back). A target stage
     shallower than its seed depth, a model without a stage to grow, and a block that cannot be copied or left
@@ -274,24 +232,31 @@ def seed_network(target, example_input, seed_depth: int | tuple, generator, spec
             raise BadInputError(f"the target depth of stage {stage.label} ({stage.depth} blocks in {spec}) is lower "
                                 f"than the seed's {depth}",
                                 "lower --seed-depth, or grow a deeper model (e.g. resnet34 for resnet18)")
-    fresh_init(target, generator)
-    for stage in stages:
-        for name in stage.blocks[1:]:
-            try:
-                copy.deepcopy(target.get_submodule(name))
-            except Exception as err:  # noqa: BLE001 - any refusal to copy makes this block ungrowable
-                raise BadInputError(f"block {name} of {spec} cannot be copied: {str(err).splitlines()[0][:160]}",
-                                    "grow a model whose blocks are plain modules (no open files, generators or "
-                                    "locks as attributes)") from None
-    module = copy.deepcopy(target)
+    try:
+        module = copy.deepcopy(target)  # the live network; new blocks are copies of the target's blocks
+    except Exception as err:  # noqa: BLE001 - any refusal to copy makes the model ungrowable
+        name = _first_uncopyable(target, stages)
+        raise BadInputError(f"block {name} of {spec} cannot be copied: {str(err).splitlines()[0][:160]}",
+                            "grow a model whose blocks are plain modules (no open files, generators or locks as "
+                            "attributes)") from None
     plan = []
     for stage, depth in zip(stages, depths):
         for name in stage.blocks[depth:]:
             _put(module, name, nn.Identity())
             plan.append(name)
     _check_runs(module, example_input, plan, target, spec)
-    return GrowingNetwork(module, target, stages, {s.name: d for s, d in zip(stages, depths)}, plan, keeping,
-                          generator)
+    return GrowingNetwork(module, target, stages, {s.name: d for s, d in zip(stages, depths)}, plan, keeping)
+
+
+def _first_uncopyable(target, stages: list) -> str:
+    """The first stage block (else any module) that deepcopy refuses: the one to name in the error."""
+    names = [b for s in stages for b in s.blocks] + [n for n, _ in target.named_modules() if n]
+    for name in names:
+        try:
+            copy.deepcopy(target.get_submodule(name))
+        except Exception:  # noqa: BLE001 - looking for the refusal, whatever its type
+            return name
+    return "(the model itself)"
 
 
 def _check_runs(module, example_input, plan: list, target, spec: str) -> None:

@@ -43,12 +43,12 @@ def grow_model(loaded, data: str, out: str | Path | None, options: GrowOptions, 
                             "give torchvision:NAME, timm:NAME or an edgeprune model directory of one")
     options = dataclasses.replace(options, seed_depth=parse_seed_depth(options.seed_depth))
     example = torch.zeros(loaded.input_shape)
-    gen = torch.Generator().manual_seed(options.seed)
-    network = seed_network(loaded.module, example, options.seed_depth, gen, loaded.spec)  # the model first: cheap
+    target = initial_target(loaded, options.seed)
+    network = seed_network(target, example, options.seed_depth, loaded.spec)  # the model first: it is cheap
     samples = _labelled(load_samples(data, loaded.input_shape, loaded.family), "--data")
     test = _labelled(load_samples(test_data, loaded.input_shape, loaded.family), "--test-data") \
         if test_data is not None else None
-    _check_classes(loaded, example, samples, test)
+    _check_classes(target, loaded.spec, example, samples, test)
     train, holdout = split_holdout(samples, options.holdout, options.min_holdout, options.seed)
     result = train_growing(network, train, holdout, options, reporter)
     test_acc = accuracy(result.module, test) if test is not None else None
@@ -69,15 +69,33 @@ def _labelled(samples, flag: str):
     return samples
 
 
-def _check_classes(loaded, example, samples, test) -> None:
+def initial_target(loaded, seed: int):
+    """The target as its model library initialises it, drawn from `seed`: a torchvision / timm spec is built
+    again under that seed (the library's own rule, e.g. timm's zero-initialised last BatchNorm of each residual
+    block), so every policy, the seed blocks and every fresh block start as that library would start them.
+    A model directory or a module object starts from the weights it has."""
+    import torch
+
+    if loaded.pruned_source is not None or not loaded.spec.startswith(("torchvision:", "timm:")):
+        return loaded.module
+    from edgeprune.models import _timm, _torchvision
+
+    kind, name = loaded.spec.split(":", 1)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        module = (_torchvision if kind == "torchvision" else _timm)(name, dict(loaded.model_args or {}))
+    return module.eval()
+
+
+def _check_classes(module, spec: str, example, samples, test) -> None:
     import torch
 
     with torch.no_grad():
-        out = loaded.module.eval()(example)
+        out = module.eval()(example)
     classes = int(out.shape[-1])
     for data in (samples, test):
         if data is not None and (int(data.labels.max()) >= classes or int(data.labels.min()) < 0):
-            raise BadInputError(f"{data.source} has labels up to {int(data.labels.max())}; {loaded.spec} has "
+            raise BadInputError(f"{data.source} has labels up to {int(data.labels.max())}; {spec} has "
                                 f"{classes} outputs", f"pass --model-arg num_classes={int(data.labels.max()) + 1}")
 
 
