@@ -378,16 +378,24 @@ def _pick(projections: dict, *names):
 
 def _attention_block(graph, scope: str, nodes: list, head_dim: int):
     proj = _projections(graph, nodes)
-    q = _pick(proj, "q_proj", "query", "q")
-    k = _pick(proj, "k_proj", "key", "k")
-    o = _pick(proj, "o_proj", "out_proj", "dense", "o")
-    if q is None or k is None or o is None or q[2] % head_dim or k[2] % head_dim:
+    q = _pick(proj, "q_proj", "query", "q", "q_lin")
+    k = _pick(proj, "k_proj", "key", "k", "k_lin")
+    o = _pick(proj, "o_proj", "out_proj", "dense", "o", "out_lin")
+    qkv = _pick(proj, "qkv_proj")  # Phi-3 packs q|k|v into one projection: q rows are the output's inputs
+    if q is None and qkv is not None and o is not None and not o[1] % head_dim:
+        heads = o[1] // head_dim
+        packed = qkv[2] // head_dim - heads
+        if qkv[2] % head_dim or packed <= 0 or packed % 2:
+            return None
+        q, kv = qkv, packed // 2
+    elif q is None or k is None or o is None or q[2] % head_dim or k[2] % head_dim:
         return None
+    else:
+        heads, kv = q[2] // head_dim, k[2] // head_dim
     x_shape = graph.shapes.get(q[0].input[0])
     if not x_shape or None in x_shape:
         return None
     tokens = int(np.prod(x_shape[:-1]))
-    heads, kv = q[2] // head_dim, k[2] // head_dim
     past = 0
     for node in nodes:
         if node.op_type == "Concat":
@@ -407,17 +415,18 @@ def _attention_block(graph, scope: str, nodes: list, head_dim: int):
 def _mlp_block(graph, scope: str, nodes: list):
     proj = _projections(graph, nodes)
     gate, up = _pick(proj, "gate_proj", "w1"), _pick(proj, "up_proj", "w3")
-    down = _pick(proj, "down_proj", "w2", "c_proj", "fc2", "dense_4h_to_h")
-    first = gate or _pick(proj, "c_fc", "fc1", "dense_h_to_4h", "fc")
-    if first is None or down is None:
+    packed = _pick(proj, "gate_up_proj")  # Phi-3: gate|up in one projection, channel c is rows c and d_ff + c
+    down = _pick(proj, "down_proj", "w2", "c_proj", "fc2", "dense_4h_to_h", "lin2")
+    first = gate or packed or _pick(proj, "c_fc", "fc1", "dense_h_to_4h", "fc", "lin1")
+    if first is None or down is None or (packed is not None and first is packed and packed[2] % 2):
         return None
     x_shape = graph.shapes.get(first[0].input[0])
     if not x_shape or None in x_shape:
         return None
     tokens = int(np.prod(x_shape[:-1]))
-    act = "swiglu" if gate is not None and up is not None else "gelu"
+    act = "swiglu" if (gate is not None and up is not None) or first is packed else "gelu"
     signature = {"kind": "mlp", "tokens": tokens, "act": act, "bias": first[3] is not None}
-    hidden, width = first[1], first[2]
+    hidden, width = first[1], first[2] // 2 if first is packed else first[2]
     macs = tokens * hidden * width * (3 if act == "swiglu" else 2)
     return Block(layer_name(first[0].name, scope).rsplit(".", 1)[0], "mlp", signature, hidden, width,
                  in_fixed=True, out_fixed=False, macs=macs, nodes=tuple(n.name for n in nodes))

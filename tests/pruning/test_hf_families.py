@@ -323,7 +323,7 @@ def test_a_uniform_ratio_that_empties_a_group_is_refused_with_the_largest_that_d
 
 
 # -- latency budgets --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["olmo2", "distilbert", "bert-cls"])
+@pytest.mark.parametrize("name", ["olmo2", "phi3", "distilbert", "bert-cls"])
 def test_family_profiles_and_prunes_to_a_latency_budget(name, dirs, tmp_path, formula_device, cli_in_process):
     """The table covers the family's blocks (OLMo2: attention and MLP blocks, q_norm / k_norm inside the
     attention; the BERT family: attention or projections as linear blocks), so a budget drives the pruning."""
@@ -335,8 +335,15 @@ def test_family_profiles_and_prunes_to_a_latency_budget(name, dirs, tmp_path, fo
     assert proc.returncode == 0, proc.stderr
     layers = json.loads(table.read_text())["layers"]
     kinds = [layer["kind"] for layer in layers.values()]
-    if name == "olmo2":
-        assert kinds.count("attention") == 2 and kinds.count("mlp") == 2
+    if name in ("olmo2", "phi3", "distilbert"):  # Phi-3's packed qkv_proj / gate_up_proj read as one block each
+        assert kinds.count("attention") == 2 and kinds.count("mlp") == 2, kinds
+        attention = [layer for layer in layers.values() if layer["kind"] == "attention"]
+        mlp = [layer for layer in layers.values() if layer["kind"] == "mlp"]
+        assert all(a["c_out"] == 8 for a in attention)  # 8 query heads, read off the packed qkv for Phi-3
+        assert all(m["c_out"] == 96 for m in mlp)  # Phi-3: gate|up is 192 rows, 96 channels
+        if name != "distilbert":
+            signatures = json.loads(table.read_text())["signatures"]  # 8 query heads over 2 kv heads
+            assert all(signatures[a["signature"]]["signature"]["kv_groups"] == 4 for a in attention)
     proc = cli_in_process("--json", "prune", "--model", dirs(name), "--table", str(table), "--budget", "1.1x",
                           "--min-keep", "0.1", "--criterion", "l2", "--out", str(out), cache=tmp_path / "c.sqlite")
     assert proc.returncode == 0, proc.stderr
