@@ -173,8 +173,9 @@ def prune(model, table=None, out: str | Path | None = None, *, budget: str | Non
 
 def adapt(model, table, data: str, out: str | Path | None = None, *, budget: str, probe_samples: int = 64,
           finetune_samples: int = 256, proxies: tuple | list = ("feature", "entropy"), fit_runs: int = 6,
-          fit_epochs: int = 1, epochs: int = 5, temperature: float = 4.0, lr: float = 1e-3, batch_size: int = 32,
-          criterion: str = "l2", sensitivity_points: int = 4, min_keep: float = 0.3, g_from: str | Path | None = None,
+          fit_epochs: int = 1, fit_target: str = "kl", epochs: int = 5, temperature: float = 4.0, lr: float = 1e-3,
+          batch_size: int = 32, criterion: str = "l2", sensitivity_points: int = 4, min_keep: float = 0.3,
+          g_from: str | Path | None = None,
           cache_dir: str | Path | None = None, device: str | None = None, host: str | None = None,
           measure: bool = True, weights: str | None = None, model_args: dict | None = None,
           input_shape: tuple | None = None, seed: int = 0, max_rounds: int = 3, threads: int | None = None,
@@ -185,7 +186,9 @@ def adapt(model, table, data: str, out: str | Path | None = None, *, budget: str
     `data` holds the device's own samples (labels, if any, are never read): `probe_samples` adapt the teacher's
     BatchNorm and score cuts by `proxies`, `finetune_samples` get the adapted teacher's cached pseudo-labels
     (`cache_dir`, default beside `out`). g, the predicted fine-tuned accuracy, is fitted on `fit_runs` real
-    prune-and-fine-tune runs, or reused from a previous adapt output directory `g_from` (same source model).
+    prune-and-fine-tune runs scored by `fit_target` on the probe samples ("kl": −KL to the adapted teacher,
+    "agreement": its top-1 agreement), or reused from a previous adapt output directory `g_from` (same source
+    model).
     docs/ttmpd.md. Returns pruning/ttmpd.py's Adapted (its `pruned` is a PruneResult with the fine-tuned module).
     """
     import dataclasses as _dc
@@ -195,19 +198,21 @@ def adapt(model, table, data: str, out: str | Path | None = None, *, budget: str
     from .data import load_samples
     from .latency.cache import MeasurementCache
     from .pruning.engine import PruneOptions, check_options
-    from .pruning.ttmpd import AdaptOptions, adapt_model, check_proxies
+    from .pruning.ttmpd import AdaptOptions, adapt_model, check_fit_target, check_proxies
 
     if budget is None:
         raise BadInputError("TT-MPD prunes to a latency budget", "pass --budget, e.g. 2x or 4.2ms")
     parse_budget(budget)
     check_proxies(proxies)
+    check_fit_target(fit_target)
     check_data_path(data, "--data")
     if out is not None:
         check_writable(out, force)
     if table is not None and not isinstance(table, LatencyTable):
         table = LatencyTable.load(table)
     options = AdaptOptions(budget=budget, probe_samples=probe_samples, finetune_samples=finetune_samples,
-                           proxies=tuple(proxies), fit_runs=fit_runs, fit_epochs=fit_epochs, epochs=epochs,
+                           proxies=tuple(proxies), fit_runs=fit_runs, fit_epochs=fit_epochs,
+                           fit_target=fit_target, epochs=epochs,
                            temperature=temperature, lr=lr, batch_size=batch_size, criterion=criterion,
                            sensitivity_points=sensitivity_points, min_keep=min_keep, seed=seed, measure=measure,
                            max_rounds=max_rounds, threads=threads, ignore=tuple(ignore or ()))

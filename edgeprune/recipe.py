@@ -21,6 +21,8 @@ grow: {policy: fragrow, epochs: 30} # optional: first train the model from a sha
 profile: {threads: 1, variants: 10}
 prune: {criterion: l2, margin: 0.1} # margin: prune for budget × (1 + margin) to absorb device noise
 distill: {epochs: 3}                # or false to skip
+adapt: {fit_runs: 6, epochs: 5}     # optional, instead of prune + distill: TT-MPD on data = the device's unlabeled
+                                    # samples (edgeprune adapt, docs/ttmpd.md)
 export: {}
 validate: {min_accuracy_ratio: 0.99, seconds: 5}  # relative to the dense bundle; or false to skip
 ```
@@ -45,7 +47,8 @@ from .errors import BadInputError
 
 STAGES = ("profile", "prune", "distill", "export", "validate")
 SKIPPABLE = ("distill", "validate")  # `distill: false` / `validate: false` skip the stage
-OPT_IN = ("grow",)  # run only when the recipe has the section (a mapping of options, {} for the defaults)
+OPT_IN = ("grow", "adapt")  # run only when the recipe has the section (a mapping of options, {} for the defaults)
+REPLACED_BY_ADAPT = ("prune", "distill")  # adapt prunes and fine-tunes itself: these sections take no options then
 BUILTIN_SPECS = ("torchvision:", "timm:")
 
 
@@ -245,13 +248,27 @@ def _seed_depth(value: str):
     return parse_seed_depth(value)
 
 
+def _proxies(value: Any, base: Path) -> tuple:
+    """TT-MPD's proxy pair: "feature,entropy" or a list of names."""
+    from .pruning.ttmpd import check_proxies
+
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+        raise Invalid(f"expected names separated by commas or a list of names, got {_show(value)}")
+    try:
+        return check_proxies(v.strip() for v in items if v.strip())
+    except BadInputError as err:
+        raise Invalid(err.message, err.hint) from None
+
+
 def _criterion(name: str) -> str:
     from .pruning.criteria import get_criterion
 
     return get_criterion(name).name
 
 
-DATA = path(builtin=("digits", "digits:train", "digits:test"))
+DATA = path(builtin=("digits", "digits:train", "digits:test", "digits-shifted", "digits-shifted:train",
+                     "digits-shifted:test"))
 PRECISION = one_of("fp32", "fp16", "int8")
 THREADS = whole(1, 256)
 
@@ -323,6 +340,28 @@ SECTIONS: dict[str, dict[str, tuple[Rule, str]]] = {
         "bn_recalibrate": (switch, "true"),
         "search": (whole(0), "24"),
         "sensitivity_points": (whole(1, 16), "4"),
+        "ignore": (texts, "[layer1.0.conv1]"),
+        "cache": (path(must_exist=False), "cache.sqlite"),
+    },
+    "adapt": {  # edgeprune.adapt's options; margin as prune's
+        "margin": (number(0, 1), "0.1"),
+        "probe_samples": (whole(2), "64"),
+        "finetune_samples": (whole(2), "256"),
+        "proxies": (_proxies, "feature,entropy"),
+        "fit_runs": (whole(2), "6"),
+        "fit_epochs": (whole(1), "1"),
+        "fit_target": (one_of("kl", "agreement"), "kl"),
+        "epochs": (whole(1), "5"),
+        "temperature": (number(above=0), "4.0"),
+        "lr": (number(above=0), "0.001"),
+        "batch_size": (whole(2), "32"),
+        "criterion": (parsed(_criterion), "l2"),
+        "sensitivity_points": (whole(1, 16), "4"),
+        "min_keep": (number(0.01, 1), "0.3"),
+        "seed": (whole(), "0"),
+        "max_rounds": (whole(1), "3"),
+        "threads": (THREADS, "1"),
+        "measure": (switch, "true"),
         "ignore": (texts, "[layer1.0.conv1]"),
         "cache": (path(must_exist=False), "cache.sqlite"),
     },
@@ -448,6 +487,7 @@ def _check_together(recipe: Recipe, path: Path) -> None:
         if recipe.weights:
             raise BadInputError(f"recipe {path}: the grow stage trains the model from scratch; weights would be unused",
                                 "remove weights, or remove grow")
+    _check_adapt(recipe, path)
     if recipe.ssh and recipe.host is None:
         raise BadInputError(f"recipe {path}: ssh settings apply only to a device reached over SSH",
                             "add host: user@addr, or remove ssh")
@@ -468,6 +508,29 @@ def _check_together(recipe: Recipe, path: Path) -> None:
         if prune.get(name, profiled) != profiled:
             raise BadInputError(f"recipe {path}: prune.{name} {prune[name]} differs from profile.{name} {profiled}",
                                 f"a model is judged only at the table's {name}: give both the same value")
+
+
+def _check_adapt(recipe: Recipe, path: Path) -> None:
+    """The adapt stage replaces prune + distill and adapts an image classifier to the device's samples (`data`)."""
+    adapt = recipe.stages.get("adapt")
+    if adapt is False:
+        return
+    if not recipe.data:
+        raise BadInputError(f"recipe {path}: the adapt stage adapts to the device's unlabeled samples, and data is "
+                            "not given", "add data: PATH (the device's samples; digits-shifted to try it), or "
+                            "remove adapt")
+    if recipe.seq_len is not None:
+        raise BadInputError(f"recipe {path}: the adapt stage adapts image classifiers, not language models",
+                            "remove adapt and use prune (with data) and distill")
+    given = [name for name in REPLACED_BY_ADAPT if recipe.stages.get(name)]
+    if given:
+        raise BadInputError(f"recipe {path}: adapt prunes and fine-tunes in one stage, so {given[0]} options "
+                            "would be unused", f"move them into adapt (see edgeprune adapt --help), or remove "
+                            f"{given[0]}")
+    profiled = (recipe.stages.get("profile") or {}).get("threads", 1)
+    if adapt.get("threads", profiled) != profiled:
+        raise BadInputError(f"recipe {path}: adapt.threads {adapt['threads']} differs from profile.threads "
+                            f"{profiled}", "a model is judged only at the table's threads: give both the same value")
 
 
 def _key(payload: dict) -> str:
@@ -565,36 +628,28 @@ def _run_stages(recipe: Recipe, out: Path, reporter, force: bool, say, trust_rem
                           regime=recipe.regime, reporter=reporter, force=True, trust_remote_code=trust_remote_code,
                           **popts, **recipe.ssh)))
 
-    pruned = out / "pruned"
-    prune_opts = dict(recipe.stages.get("prune") or {})
-    margin = float(prune_opts.pop("margin", 0.0))
-    budget = _with_margin(recipe.budget, margin)
-    stage("prune", _key({"table": state.output_id("profile"), "source": source, "budget": recipe.budget,
-                         "margin": margin, "data": recipe.data, "options": prune_opts}), pruned,
-          lambda: _summary_prune(edgeprune.prune(
-              recipe.model, table, pruned, budget=budget, weights=recipe.weights, model_args=recipe.model_args,
-              input_shape=recipe.input_shape, seq_len=recipe.seq_len, regime=recipe.regime, host=recipe.host,
-              calib=recipe.data,  # BatchNorm re-estimation, measured option values and data criteria all read it
-              reporter=reporter, force=True, trust_remote_code=trust_remote_code, **prune_opts, **recipe.ssh)))
-
-    model_dir = pruned
-    dopts = recipe.stages.get("distill")
-    if dopts is not False:
-        distilled = out / "distilled"
-        stage("distill", _key({"student": state.output_id("prune"), "source": source, "data": recipe.data,
-                               "options": dopts}), distilled,
-              lambda: _summary_distill(edgeprune.distill(
-                  pruned, recipe.model, recipe.data, distilled, teacher_weights=recipe.weights,
-                  teacher_args=recipe.model_args, cache_dir=out / "teacher-cache", force=True,
-                  trust_remote_code=trust_remote_code, **dopts)))
-        model_dir = distilled
+    aopts = recipe.stages.get("adapt")
+    if aopts is not False:  # TT-MPD prunes and fine-tunes in one stage, on the device's unlabeled samples
+        model_dir, made_by = out / "adapted", "adapt"
+        aopts = dict(aopts)
+        margin = float(aopts.pop("margin", 0.0))
+        stage("adapt", _key({"table": state.output_id("profile"), "source": source, "budget": recipe.budget,
+                             "margin": margin, "data": recipe.data, "options": aopts}), model_dir,
+              lambda: _summary_adapt(edgeprune.adapt(
+                  recipe.model, table, recipe.data, model_dir, budget=_with_margin(recipe.budget, margin),
+                  weights=recipe.weights, model_args=recipe.model_args, input_shape=recipe.input_shape,
+                  host=recipe.host, cache_dir=out / "teacher-cache", reporter=reporter, force=True, **aopts,
+                  **recipe.ssh)))
+    else:
+        model_dir, made_by = _prune_and_distill(recipe, out, state, stage, source, table, reporter,
+                                                trust_remote_code)
 
     baseline_acc = recipe.baseline_accuracy
     if baseline_acc is None and recipe.eval_data:
         baseline_acc = _dense_accuracy(recipe, source, state, trust_remote_code)
     eopts = recipe.stages.get("export") or {}
     bundle, dense_bundle = out / "bundle", out / "bundle-dense"
-    stage("export", _key({"model": state.output_id("distill" if model_dir != pruned else "prune"),
+    stage("export", _key({"model": state.output_id(made_by),
                           "table": state.output_id("profile"), "budget": recipe.budget, "data": recipe.data,
                           "baseline_accuracy": baseline_acc, "options": eopts}), bundle,
           lambda: _summary_export(edgeprune.export(
@@ -619,6 +674,37 @@ def _run_stages(recipe: Recipe, out: Path, reporter, force: bool, say, trust_rem
                   budget=recipe.budget, out=report, min_accuracy_ratio=min_acc, force=True, **vopts,
                   **recipe.ssh)))
     return runs
+
+
+def _prune_and_distill(recipe: Recipe, out: Path, state: RunState, stage, source: dict, table: Path, reporter,
+                       trust_remote_code: bool) -> tuple:
+    """The prune stage, then distill unless skipped: (the model directory export reads, the stage that made it)."""
+    import edgeprune
+
+    pruned = out / "pruned"
+    prune_opts = dict(recipe.stages.get("prune") or {})
+    margin = float(prune_opts.pop("margin", 0.0))
+    budget = _with_margin(recipe.budget, margin)
+    stage("prune", _key({"table": state.output_id("profile"), "source": source, "budget": recipe.budget,
+                         "margin": margin, "data": recipe.data, "options": prune_opts}), pruned,
+          lambda: _summary_prune(edgeprune.prune(
+              recipe.model, table, pruned, budget=budget, weights=recipe.weights, model_args=recipe.model_args,
+              input_shape=recipe.input_shape, seq_len=recipe.seq_len, regime=recipe.regime, host=recipe.host,
+              calib=recipe.data,  # BatchNorm re-estimation, measured option values and data criteria all read it
+              reporter=reporter, force=True, trust_remote_code=trust_remote_code, **prune_opts, **recipe.ssh)))
+
+    model_dir, made_by = pruned, "prune"
+    dopts = recipe.stages.get("distill")
+    if dopts is not False:
+        distilled = out / "distilled"
+        stage("distill", _key({"student": state.output_id("prune"), "source": source, "data": recipe.data,
+                               "options": dopts}), distilled,
+              lambda: _summary_distill(edgeprune.distill(
+                  pruned, recipe.model, recipe.data, distilled, teacher_weights=recipe.weights,
+                  teacher_args=recipe.model_args, cache_dir=out / "teacher-cache", force=True,
+                  trust_remote_code=trust_remote_code, **dopts)))
+        model_dir, made_by = distilled, "distill"
+    return model_dir, made_by
 
 
 def _run_stage(state: RunState, runs: list, say, force: bool, name: str, key: str, output: Path, work) -> None:
@@ -668,6 +754,14 @@ def _summary_grow(done) -> dict:
     r = done.result
     return {"policy": r.policy, "growth_epochs": r.growth_epochs, "train_s": r.train_s,
             "test_accuracy": done.test_accuracy}
+
+
+def _summary_adapt(done) -> dict:
+    r, g = done.pruned, done.model
+    return {"predicted_ms": r.predicted_ms, "dense_predicted_ms": r.dense_predicted_ms, "budget_ms": r.budget_ms,
+            "measured": r.measured, "g": {"proxies": list(g.proxies), "r2": g.r2, "loo_spearman": g.loo_spearman,
+                                          "flat_fallback": done.record["g_flat_fallback"]},
+            "fit_runs": len(done.fit_runs), "train_s": done.distill.train_s, "notes": r.notes}
 
 
 def _summary_profile(result) -> dict:

@@ -32,6 +32,9 @@ def _proxies(ctx: click.Context, param: click.Parameter, value: str) -> tuple:
               help="Real prune-and-fine-tune runs g is fitted on.")
 @click.option("--fit-epochs", type=click.IntRange(1), default=1, show_default=True,
               help="Fine-tune epochs of each fit run.")
+@click.option("--fit-target", type=click.Choice(["kl", "agreement"]), default="kl", show_default=True,
+              help="What each fit run is scored by on P against the adapted teacher: -KL (continuous) or top-1 "
+                   "agreement (coarse).")
 @click.option("--g-from", type=click.Path(file_okay=False, exists=True), default=None,
               help="Reuse g from an earlier adapt output of the same model (no fit runs).")
 @click.option("--epochs", type=click.IntRange(1), default=5, show_default=True, help="Final fine-tune epochs.")
@@ -58,8 +61,8 @@ def _proxies(ctx: click.Context, param: click.Parameter, value: str) -> tuple:
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 @click.pass_obj
 def adapt(out_obj, model, weights, model_arg, input_shape, seq_len, regime, trust_remote_code, table_path, budget,
-          data, probe_samples, finetune_samples, proxies, fit_runs, fit_epochs, g_from, epochs, temperature, lr,
-          batch_size, criterion, sensitivity_points, min_keep, ignore, threads, no_measure, cache_dir, device, host,
+          data, probe_samples, finetune_samples, proxies, fit_runs, fit_epochs, fit_target, g_from, epochs, temperature,
+          lr, batch_size, criterion, sensitivity_points, min_keep, ignore, threads, no_measure, cache_dir, device, host,
           ssh, seed, cache_path, out, force):
     """Prune MODEL to --budget and fine-tune it on unlabeled --data of its new domain (TT-MPD, docs/ttmpd.md)."""
     from edgeprune.api import adapt as run_adapt
@@ -72,7 +75,8 @@ def adapt(out_obj, model, weights, model_arg, input_shape, seq_len, regime, trus
     with RichReporter(enabled=not out_obj.quiet) as reporter:
         done = run_adapt(model, table_path, data, out, budget=budget, probe_samples=probe_samples,
                          finetune_samples=finetune_samples, proxies=proxies, fit_runs=fit_runs,
-                         fit_epochs=fit_epochs, g_from=g_from, epochs=epochs, temperature=temperature, lr=lr,
+                         fit_epochs=fit_epochs, fit_target=fit_target, g_from=g_from, epochs=epochs,
+                         temperature=temperature, lr=lr,
                          batch_size=batch_size, criterion=criterion, sensitivity_points=sensitivity_points,
                          min_keep=min_keep, ignore=ignore, threads=threads, measure=not no_measure,
                          cache_dir=cache_dir, device=device, host=host, weights=weights, model_args=model_arg,

@@ -45,6 +45,12 @@ PROXIES = {
     "kl": ("KL(adapted teacher ‖ candidate), per sample", 1.0),
 }
 DEFAULT_PROXIES = ("feature", "entropy")
+# what a fit run is scored by, on P, against the adapted teacher (no labels exist): name -> what it is
+FIT_TARGETS = {
+    "kl": "−KL(adapted teacher ‖ fit run) per sample: continuous, so every run scores differently",
+    "agreement": "top-1 agreement with the adapted teacher: coarse (steps of 1/|P|), often the same for every run",
+}
+DEFAULT_FIT_TARGET = "kl"
 
 
 @dataclass
@@ -57,6 +63,7 @@ class AdaptOptions:
     proxies: tuple = DEFAULT_PROXIES
     fit_runs: int = 6  # real prune-and-fine-tune runs g is fitted on
     fit_epochs: int = 1  # each fit run's fine-tune length
+    fit_target: str = DEFAULT_FIT_TARGET  # FIT_TARGETS: what g predicts
     epochs: int = 5  # the final fine-tune
     temperature: float = 4.0
     lr: float = 1e-3
@@ -229,7 +236,10 @@ def measure_proxies(scorer: ProxyScorer, groups: list, options: dict, points: in
 # -- g: predicted fine-tuned accuracy from the proxies -----------------------------------------------------
 @dataclass
 class AccuracyModel:
-    """Â = intercept − Σ_k weight_k · sign_k · proxy_k, every weight ≥ 0 (more damage never predicts more accuracy)."""
+    """Â = intercept − Σ_k weight_k · sign_k · proxy_k, every weight ≥ 0 (more damage never predicts more accuracy).
+
+    Â is in the units of `target` (FIT_TARGETS): the fine-tuned candidate's score against the adapted teacher.
+    """
 
     proxies: tuple
     intercept: float
@@ -237,20 +247,22 @@ class AccuracyModel:
     r2: float | None = None
     loo_spearman: float | None = None
     points: list = field(default_factory=list)  # the fit runs: {"proxies", "accuracy", ...}
+    target: str = "agreement"  # what the fit runs were scored by (older provenance files: agreement)
 
     def predict(self, values: dict) -> float:
         return self.intercept - sum(w * PROXIES[p][1] * float(values[p]) for p, w in zip(self.proxies, self.weights))
 
     def to_dict(self) -> dict:
         return {"proxies": list(self.proxies), "intercept": self.intercept, "weights": list(self.weights),
-                "r2": self.r2, "loo_spearman": self.loo_spearman, "points": self.points,
+                "r2": self.r2, "loo_spearman": self.loo_spearman, "points": self.points, "target": self.target,
                 "form": "A = intercept - sum(weight_k * sign_k * proxy_k), weight_k >= 0",
                 "signs": {p: PROXIES[p][1] for p in self.proxies}}
 
     @classmethod
     def from_dict(cls, data: dict) -> AccuracyModel:
         return cls(tuple(data["proxies"]), float(data["intercept"]), [float(w) for w in data["weights"]],
-                   data.get("r2"), data.get("loo_spearman"), list(data.get("points", [])))
+                   data.get("r2"), data.get("loo_spearman"), list(data.get("points", [])),
+                   str(data.get("target", "agreement")))
 
 
 def check_proxies(names) -> tuple:
@@ -260,6 +272,17 @@ def check_proxies(names) -> tuple:
         raise BadInputError(f"proxies {', '.join(names) or '(none)'}: each must be one of {', '.join(PROXIES)}, "
                             "without repeats", "e.g. --proxies feature,entropy")
     return names
+
+
+def check_fit_target(name: str) -> str:
+    if name not in FIT_TARGETS:
+        raise BadInputError(f"fit target {name}: must be one of {', '.join(FIT_TARGETS)}", "e.g. --fit-target kl")
+    return name
+
+
+def fit_score(target: str, logits, reference) -> float:
+    """A fit run's score on P against the adapted teacher's logits there; higher is better."""
+    return agreement(logits, reference) if target == "agreement" else -mean_kl(logits, reference)
 
 
 def _solve(points: list, y: np.ndarray, names: tuple) -> tuple:
@@ -273,7 +296,7 @@ def _solve(points: list, y: np.ndarray, names: tuple) -> tuple:
 
 
 def fit_accuracy_model(points: list, accuracies: list, names=DEFAULT_PROXIES,
-                       records: list | None = None) -> AccuracyModel:
+                       records: list | None = None, target: str = "agreement") -> AccuracyModel:
     """Least squares with sign-constrained weights on (proxies, accuracy) points; R² and leave-one-out Spearman."""
     from scipy.stats import spearmanr
 
@@ -284,7 +307,7 @@ def fit_accuracy_model(points: list, accuracies: list, names=DEFAULT_PROXIES,
     intercept, weights = _solve(points, y, names)
     model = AccuracyModel(names, intercept, weights, points=records if records is not None else
                           [{"proxies": {n: float(p[n]) for n in names}, "accuracy": float(a)}
-                           for p, a in zip(points, y)])
+                           for p, a in zip(points, y)], target=target)
     pred = np.array([model.predict(p) for p in points])
     total = float(((y - y.mean()) ** 2).sum())
     model.r2 = 1.0 - float(((y - pred) ** 2).sum()) / total if total > 0 else None
@@ -389,6 +412,7 @@ def adapt_model(loaded, table, samples, options: AdaptOptions, *, session=None, 
 
     reporter = reporter or Reporter()
     names = check_proxies(reuse.proxies if reuse is not None else options.proxies)
+    check_fit_target(options.fit_target)
     if loaded.family != "vision":
         raise BadInputError(f"TT-MPD adapts image classifiers; {loaded.spec} is a {loaded.family} model",
                             "use edgeprune prune --calib and edgeprune distill for language models")
@@ -434,13 +458,16 @@ def adapt_model(loaded, table, samples, options: AdaptOptions, *, session=None, 
                                                                   temperature=options.temperature,
                                                                   seed=options.seed), cache=pseudo_labels(),
                               reporter=Reporter())
-                acc = agreement(_cat(outputs(candidate, probe_batches)), _cat(scorer.reference))
+                logits = _cat(outputs(candidate, probe_batches))
                 runs.append({"group": groups[i].name, "width": w, "dense_width": groups[i].units,
-                             "proxies": {k: float(v) for k, v in prox.items()}, "accuracy": acc,
+                             "proxies": {k: float(v) for k, v in prox.items()},
+                             "score": fit_score(options.fit_target, logits, _cat(scorer.reference)),
+                             "agreement": agreement(logits, _cat(scorer.reference)),
                              "wall_s": time.time() - started})
                 bar({"progress": n + 1})
             reporter.done("fit runs")
-            model = fit_accuracy_model([r["proxies"] for r in runs], [r["accuracy"] for r in runs], names, runs)
+            model = fit_accuracy_model([r["proxies"] for r in runs], [r["score"] for r in runs], names, runs,
+                                       options.fit_target)
         else:
             model = reuse
         used = model

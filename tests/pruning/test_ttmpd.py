@@ -126,6 +126,37 @@ def test_a_flat_g_falls_back_to_equal_weights_on_standardised_proxies():
         [3.25, 1.25])
 
 
+def test_fit_targets_score_a_run_by_hand_and_old_records_read_as_agreement():
+    logits = torch.tensor([[0.0, 0.0], [0.0, math.log(3.0)]])
+    reference = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    assert ttmpd.fit_score("agreement", logits, reference) == 0.5
+    assert ttmpd.fit_score("kl", logits, reference) == pytest.approx(-ttmpd.mean_kl(logits, reference))
+    assert ttmpd.fit_score("kl", reference, reference) == pytest.approx(0.0, abs=1e-7)  # the teacher itself: best
+    from edgeprune.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="fit target accuracy: must be one of kl, agreement"):
+        ttmpd.check_fit_target("accuracy")
+    g = ttmpd.fit_accuracy_model([{"feature": f} for f in (0.1, 0.2, 0.3)], [-0.1, -0.2, -0.3], ("feature",),
+                                 target="kl")
+    assert g.to_dict()["target"] == "kl" and ttmpd.AccuracyModel.from_dict(g.to_dict()).target == "kl"
+    old = {k: v for k, v in g.to_dict().items() if k != "target"}  # written before the fit target existed
+    assert ttmpd.AccuracyModel.from_dict(old).target == "agreement"
+
+
+def test_the_kl_target_separates_fit_runs_that_top1_agreement_ties():
+    """On a small probe set the runs' top-1 agreements tie and g is flat; their KLs still differ and rank them."""
+    reference = torch.tensor([[4.0, 0.0], [4.0, 0.0], [0.0, 4.0], [0.0, 4.0]])
+    runs = [reference * s for s in (1.0, 0.6, 0.3)]  # same argmax everywhere, ever flatter outputs
+    proxies = [{"entropy": ttmpd.mean_entropy(r)} for r in runs]
+    agree = [ttmpd.fit_score("agreement", r, reference) for r in runs]
+    assert agree == [1.0, 1.0, 1.0]
+    assert ttmpd.fit_accuracy_model(proxies, agree, ("entropy",)).weights == [0.0]  # flat: the fallback's case
+    kl = [ttmpd.fit_score("kl", r, reference) for r in runs]
+    assert kl[0] > kl[1] > kl[2]
+    g = ttmpd.fit_accuracy_model(proxies, kl, ("entropy",), target="kl")
+    assert g.weights[0] > 0 and g.r2 > 0.9  # more entropy, more KL: g now weighs the proxy
+
+
 def test_fit_candidates_span_light_to_deep_cuts():
     table = ttmpd.ProxyTable(["a"], [[1, 2, 3, 4, 5]], [[{"feature": f, "entropy": f / 2} for f in
                                                           (0.5, 0.4, 0.3, 0.2, 0.1)]], {"feature": 0, "entropy": 0})
@@ -180,6 +211,8 @@ def test_adapt_meets_the_budget_and_beats_the_unadapted_pruned_model_on_the_shif
     adapted_acc, plain_acc = accuracy(done.pruned.module, test), accuracy(plain.module, test)
     assert adapted_acc > plain_acc + 0.2, (adapted_acc, plain_acc)
     assert len(done.fit_runs) == 4 and done.model.r2 is not None
+    assert done.model.target == "kl" and len({r["score"] for r in done.fit_runs}) == 4  # no two runs tie
+    assert not done.record["g_flat_fallback"]  # a continuous target gives g a slope (top-1 agreement often did not)
     reloaded = edgeprune.load(out, base=TinyCNN())
     x = test.inputs[:8]
     with torch.no_grad():
@@ -193,6 +226,22 @@ def test_adapt_meets_the_budget_and_beats_the_unadapted_pruned_model_on_the_shif
                             cache_dir=out.parent / "adapted.teacher-cache")
     assert again.fit_runs == [] and again.teacher_cache.reused  # g and the pseudo-labels are both reused
     assert again.model.to_dict() == done.model.to_dict()
+
+
+def test_a_flat_g_still_prunes_to_the_budget_through_the_equal_weight_fallback(trained_tiny, tiny_table,
+                                                                                formula_device, monkeypatch):
+    """Every fit run scoring the same (what top-1 agreement on a small P did) must not make every cut look free."""
+    import edgeprune
+
+    monkeypatch.setattr(ttmpd, "fit_score", lambda target, logits, reference: 0.875)
+    done = edgeprune.adapt(copy.deepcopy(trained_tiny), tiny_table[1], "digits-shifted:train", None, budget="1.5x",
+                           probe_samples=32, finetune_samples=64, fit_runs=3, fit_target="agreement", epochs=1)
+    assert done.model.weights == [0.0, 0.0] and done.model.target == "agreement"
+    assert done.record["g_flat_fallback"]
+    assert any(n.startswith("warning: g is flat") for n in done.notes)
+    assert done.pruned.predicted_ms <= done.pruned.budget_ms
+    losses = [loss for group in done.record["predicted_drop"] for loss in group]
+    assert losses and max(losses) > 0  # the cuts still carry their standardised damage
 
 
 @pytest.mark.parametrize("data, extra, message", [
