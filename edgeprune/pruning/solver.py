@@ -254,15 +254,22 @@ def uniform_units(groups: list, scores: list, ratio: float, round_to: int | None
 
 def global_units(groups: list, scores: list, ratio: float, round_to: int | None = None,
                  max_group_ratio: float = 0.9) -> list:
-    """Remove the globally lowest-scoring `ratio` of all prunable units (scores already normalised per group)."""
+    """Remove the globally lowest-scoring `ratio` of all prunable units (scores already normalised per group).
+
+    A group never loses more than `max_group_ratio` of its units; a removal its cap refuses goes to the next
+    lowest unit elsewhere, so the ratio asked for is the ratio removed whenever the caps allow it.
+    """
     pool = [(float(v), i) for i, s in enumerate(scores) if s is not None and groups[i].units > 1 for v in s]
-    total = len(pool)
-    drop = int(round(ratio * total))
+    drop = int(round(ratio * len(pool)))
     pool.sort()
     removed = [0] * len(groups)
-    for _, i in pool[:drop]:
+    done = 0
+    for _, i in pool:
+        if done >= drop:
+            break
         if removed[i] < int(max_group_ratio * groups[i].units):
             removed[i] += 1
+            done += 1
     return [_rounded(g, g.units - removed[i], round_to)
             if scores[i] is not None and g.units > 1 else g.units for i, g in enumerate(groups)]
 

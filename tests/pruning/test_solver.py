@@ -65,6 +65,15 @@ def test_round_to_and_uniform_global_modes():
     assert ratio_for(lambda r: 1 - r, 0.25) == pytest.approx(0.75, abs=1e-6)
 
 
+def test_global_mode_passes_a_capped_removal_to_the_next_lowest_unit():
+    """Group A's 10 units all score below group B's 10: half of 20 is 10 removals, but A may lose at most 9
+    (90 %), so the 10th goes to B's lowest unit instead of being dropped."""
+    groups = [fake_group(10), fake_group(10)]
+    scores = [np.arange(10, dtype=float) * 0.01, 1 + np.arange(10, dtype=float)]
+    assert global_units(groups, scores, 0.5) == [1, 9]
+    assert global_units(groups, scores, 0.95) == [1, 1]  # asked for 19, both caps allow 18: as many as allowed
+
+
 def test_latency_solve_meets_the_budget_and_keeps_more_importance_than_uniform(tiny_cost):
     cost, groups, table = tiny_cost
     rng = np.random.default_rng(0)
