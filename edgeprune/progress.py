@@ -14,7 +14,10 @@ LABELS = {"cells": "measuring table cells", "variants": "building held-out varia
           "models": "timing whole models (interleaved)", "structure": "probing the model's structure",
           "scores": "scoring channel groups", "measure": "measuring candidates on the device",
           "train": "training the example model", "teacher": "caching the teacher's outputs",
-          "distill": "distilling into the pruned model", "validate": "running the bundles on the device"}
+          "distill": "distilling into the pruned model", "validate": "running the bundles on the device",
+          "sensitivity": "measuring what each cut costs (calibration loss)",
+          "search": "searching whole candidates", "proxies": "scoring cuts by their proxies (TT-MPD)",
+          "grow": "training while growing (FRAGrow)"}
 
 _ACTIVE: ContextVar = ContextVar("edgeprune_reporter", default=None)
 

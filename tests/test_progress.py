@@ -61,3 +61,16 @@ def test_active_reporter_is_the_enclosing_block_else_silent():
         assert active_reporter() is rep
     assert active_reporter() is not rep
     assert active_reporter().stage("train", 3)({"progress": 1}) is None  # silent: draws nothing, raises nothing
+
+
+def test_every_stage_the_library_reports_has_a_label():
+    """A bar's text is its label; a stage without one shows its bare internal name (e.g. `grow`)."""
+    import re
+    from pathlib import Path
+
+    import edgeprune
+    from edgeprune.progress import LABELS
+
+    root = Path(edgeprune.__file__).parent
+    used = {m for path in root.rglob("*.py") for m in re.findall(r'\.stage\("([a-z_]+)"', path.read_text())}
+    assert used and used <= set(LABELS), sorted(used - set(LABELS))
