@@ -11,10 +11,11 @@ judged by two variables that cost a forward pass, and the model is fine-tuned on
    place, BatchNorm re-estimated on P) and two proxies are read (`PROXIES`): by default a feature-side one,
    the relative reconstruction error of the layers that consume the cut channels, and an output-side one, the
    candidate's prediction entropy. docs/ttmpd.md gives the measurements behind that choice.
-3. Â = g(proxies) predicts a candidate's accuracy after fine-tuning. g is linear in the proxies, each weight
+3. Â = g(proxies) predicts how good a candidate is after fine-tuning. g is linear in the proxies, each weight
    constrained to the side where more damage means less accuracy, and fitted on a few real prune-and-fine-tune
    runs of this model (single cuts spread over the proxies' range, each fine-tuned briefly on the cache and
-   scored by top-1 agreement with the adapted teacher on P, which no run trains on). Its fit (R²) and
+   scored against the adapted teacher on P, which no run trains on: by default −KL, continuous, because top-1
+   agreement on a few dozen samples tied every run and left g flat; FIT_TARGETS). Its fit (R²) and
    leave-one-out Spearman are reported and it is stored in provenance.json, reusable at other budgets.
 4. The predicted drop g(dense) − g(cut) of each measured width becomes the group's concave option value
    (sensitivity.concave_value), fed to the existing latency knapsack and measure-and-correct loop
