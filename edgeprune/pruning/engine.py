@@ -310,6 +310,7 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
     target_ms, rounds, measured, searched = budget_ms, [], None, None
     chosen = None  # (round index, candidate, kept, measured) of the met round closest to the budget
     met_target = missed_target = None  # the loosest internal budget that met, the tightest that missed
+    loosened = False  # the last correction raised the internal budget
     for round_index in range(options.max_rounds if measuring else 1):
         try:
             units = solve(options, cost, widths, groups, scores.normalized, target_ms, step, dense_macs, values)
@@ -324,6 +325,11 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
             # thing to try
             notes.append(f"round {round_index + 1}: {target_ms:.3g} ms is unreachable; trying the fastest widths")
             units, target_ms = fastest_units(groups, scores.normalized, step, options.min_keep), floor
+        if loosened and any(r["units"] == units for r in rounds):
+            # the loosened budget solved to widths already measured: measuring them again would only repeat
+            notes.append(f"round {round_index + 1}: the internal budget {target_ms:.3g} ms solves to round "
+                         f"{next(i for i, r in enumerate(rounds) if r['units'] == units) + 1}'s widths; stopping")
+            break
         candidate, kept = slim_copy(pristine, space, units, scores)
         record = {"round": round_index, "target_ms": target_ms, "units": units,
                   "predicted_ms": cost.predict(units) if cost else None,
@@ -363,8 +369,11 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
             # faster than asked by more than the noise: the table over-predicted and accuracy was given away
             if target_ms >= dense_pred * (1 - 1e-9):
                 break
-            target_ms = min(step_to, dense_pred) if missed_target is None or step_to < missed_target \
+            # half the proportional step (in log): one optimistic reading must not send the solve to the dense model
+            step_to = min(math.sqrt(target_ms * step_to), dense_pred)
+            target_ms = step_to if missed_target is None or step_to < missed_target \
                 else math.sqrt(target_ms * missed_target)  # never back to a budget already seen to miss
+            loosened = True
             notes.append(f"round {round_index + 1}: {what} is {1 - judged / limit:.0%} under {limit:.3g} ms; "
                          f"loosening the internal budget to {target_ms:.3g} ms to keep more of the model")
         else:
@@ -372,6 +381,7 @@ def prune_model(loaded, table, options: PruneOptions, session=None, cache=None, 
                 notes.append(f"round {round_index + 1}: measured {measured['pruned_ms']:.3g} ms misses "
                              f"{limit:.3g} ms and the solve is already at the fastest reachable widths")
                 break
+            loosened = False
             target_ms = max(step_to, floor) if met_target is None or step_to > met_target \
                 else math.sqrt(target_ms * met_target)  # tightening never asks the impossible
             notes.append(f"round {round_index + 1}: {what} misses {limit:.3g} ms; "
