@@ -181,7 +181,9 @@ def validate(bundles: list, device: str | None = None, host: str | None = None, 
             report.update(bundle=str(path), manifest_id=manifest["id"], device=session.spec.name,
                           where=session.target.where, predicted_ms=manifest.get("predicted_ms"))
     baseline_report = reports.pop() if baseline else None
-    paired = int(estimator.get("passes", 3))
+    from edgeprune.profilers.timing import Estimator
+
+    paired = Estimator.from_dict(estimator).passes  # the passes every bundle ran; extra ones do not pair up
     for report in reports + ([baseline_report] if baseline_report else []):
         add_intervals(report["latency"], baseline_report["latency"] if baseline_report else None, paired)
     failed, skipped = [], []

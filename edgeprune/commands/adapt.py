@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import measuring_device_options, model_options
+from .options import cache_option, measuring_device_options, model_options
 
 
 def _proxies(ctx: click.Context, param: click.Parameter, value: str) -> tuple:
@@ -55,8 +55,7 @@ def _proxies(ctx: click.Context, param: click.Parameter, value: str) -> tuple:
               help="Teacher cache directory (default: OUT.teacher-cache beside --out).")
 @measuring_device_options
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--cache", "cache_path", type=click.Path(dir_okay=False), envvar="EDGEPRUNE_CACHE",
-              help="SQLite measurement cache (default: the user cache dir; env EDGEPRUNE_CACHE).")
+@cache_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Pruned-model directory to write.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 @click.pass_obj

@@ -62,6 +62,11 @@ def measuring_device_options(func: Callable) -> Callable:
     return device_options(func, required=False)
 
 
+cache_option = click.option(  # every command that measures reads and fills the same SQLite cache
+    "--cache", "cache_path", type=click.Path(dir_okay=False), envvar="EDGEPRUNE_CACHE",
+    help="SQLite measurement cache (default: the user cache dir; env EDGEPRUNE_CACHE).")
+
+
 def _model_args(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict:
     from ..models import parse_model_args
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import device_options, model_options
+from .options import cache_option, device_options, model_options
 
 
 @click.command()
@@ -29,8 +29,7 @@ from .options import device_options, model_options
 @click.option("--state-tolerance", default=0.15, show_default=True, type=click.FloatRange(0.01, 100),
               help="How far the machine's speed (a reference cell) may move before cached timings are measured "
                    "again and a busy machine is reported.")
-@click.option("--cache", "cache_path", type=click.Path(dir_okay=False), envvar="EDGEPRUNE_CACHE",
-              help="SQLite measurement cache (default: the user cache dir; env EDGEPRUNE_CACHE).")
+@cache_option
 @click.pass_obj
 def profile(out_obj, model, weights, model_arg, input_shape, seq_len, regime, trust_remote_code, device, host, ssh, out,
             force, threads, backend, provider, precision, density, variants, seed, lock_clocks, state_tolerance,

@@ -269,25 +269,37 @@ def _channel_weights(group, removed: list) -> list:
     return out
 
 
-def measure_sensitivity(scorer: CandidateScorer, groups: list, options: dict, points: int = 4,
-                        on_progress: Callable[[int, int], None] | None = None) -> Sensitivity:
-    """Cut each group alone to up to `points` of its allowed widths (`options`: group index -> widths)."""
-    started = time.time()
+def single_cuts(groups: list, options: dict, points: int, evaluate: Callable[[list, int | None], object],
+                on_progress: Callable[[int, int], None] | None = None) -> tuple:
+    """Evaluate the dense widths, then each group cut alone to up to `points` of its allowed widths.
+
+    `options`: group index -> widths; `evaluate(units, index)` (index None for the dense widths). Returns
+    (widths, values, dense value, evaluations), widths and values per group ([] for a group not probed).
+    """
     dense = [g.units for g in groups]
     plan = {i: probe_widths(options[i], points) for i in options}
     total = sum(len(v) for v in plan.values()) + 1
-    widths, losses = [[] for _ in groups], [[] for _ in groups]
-    dense_loss = scorer(dense)
+    widths, values = [[] for _ in groups], [[] for _ in groups]
+    base = evaluate(dense, None)
     done = 1
     for i, probes in plan.items():
         for w in probes:
             units = list(dense)
             units[i] = w
             widths[i].append(w)
-            losses[i].append(scorer(units))
+            values[i].append(evaluate(units, i))
             done += 1
             if on_progress is not None:
                 on_progress(done, total)
+    return widths, values, base, total
+
+
+def measure_sensitivity(scorer: CandidateScorer, groups: list, options: dict, points: int = 4,
+                        on_progress: Callable[[int, int], None] | None = None) -> Sensitivity:
+    """Cut each group alone to up to `points` of its allowed widths (`options`: group index -> widths)."""
+    started = time.time()
+    widths, losses, dense_loss, total = single_cuts(groups, options, points, lambda units, _: scorer(units),
+                                                    on_progress)
     return Sensitivity([g.name for g in groups], widths, losses, dense_loss, time.time() - started, evaluations=total)
 
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from edgeprune.errors import BadInputError
 
-from .sensitivity import CandidateScorer, Sensitivity, _logits, probe_widths
+from .sensitivity import CandidateScorer, Sensitivity, _logits, single_cuts
 
 # name -> (what it is, damage sign): accuracy after fine-tuning falls as sign · proxy grows
 PROXIES = {
@@ -216,21 +216,7 @@ class ProxyTable:
 def measure_proxies(scorer: ProxyScorer, groups: list, options: dict, points: int, on_progress=None) -> ProxyTable:
     """Cut each group alone to up to `points` of its allowed widths (`options`: group index -> widths)."""
     started = time.time()
-    dense = [g.units for g in groups]
-    plan = {i: probe_widths(options[i], points) for i in options}
-    total = sum(len(v) for v in plan.values()) + 1
-    widths, proxies = [[] for _ in groups], [[] for _ in groups]
-    base = scorer.proxies(dense)
-    done = 1
-    for i, probes in plan.items():
-        for w in probes:
-            units = list(dense)
-            units[i] = w
-            widths[i].append(w)
-            proxies[i].append(scorer.proxies(units, i))
-            done += 1
-            if on_progress is not None:
-                on_progress(done, total)
+    widths, proxies, base, total = single_cuts(groups, options, points, scorer.proxies, on_progress)
     return ProxyTable([g.name for g in groups], widths, proxies, base, time.time() - started, total)
 
 
