@@ -2,9 +2,17 @@
 
 One definition serves the exporter's check (ONNX Runtime vs PyTorch) and the device's check of a bundle
 against its reference outputs.
+
+An output passes when every element is within `atol * max(1, scale / SCALE_REF) + rtol * |ref|`, where scale is
+the output's largest magnitude: float32 rounding grows with the magnitudes a model computes, so a randomly
+initialised deep network whose outputs reach 1e7 differs from the reference by ~5 (5e-7 of its scale, measured
+on torchvision resnet152) without any op being mistranslated. For outputs up to SCALE_REF (typical logits)
+`atol` is absolute, as usual.
 """
 
 import numpy as np
+
+SCALE_REF = 10.0  # above this output magnitude, atol grows in proportion
 
 
 def compare_outputs(reference, actual, atol, rtol):
@@ -18,12 +26,13 @@ def compare_outputs(reference, actual, atol, rtol):
                          "max_rel": float("inf"), "cosine": 0.0, "needed_atol": float("inf")}
             continue
         diff = np.abs(ref - got)
+        grow = max(1.0, float(np.abs(ref).max(initial=0.0)) / SCALE_REF)
         denom = np.linalg.norm(ref) * np.linalg.norm(got)
         out[name] = {
-            "ok": bool(np.all(diff <= atol + rtol * np.abs(ref))),
+            "ok": bool(np.all(diff <= atol * grow + rtol * np.abs(ref))),
             "max_abs": float(diff.max(initial=0.0)),
             "max_rel": float((diff / np.maximum(np.abs(ref), 1e-12)).max(initial=0.0)),
             "cosine": float((ref * got).sum() / denom) if denom > 0 else 1.0,
-            "needed_atol": float(np.maximum(diff - rtol * np.abs(ref), 0).max(initial=0.0)),
+            "needed_atol": float(np.maximum(diff - rtol * np.abs(ref), 0).max(initial=0.0)) / grow,
         }
     return out

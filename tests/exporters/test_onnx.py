@@ -155,6 +155,20 @@ def test_compare_hand_made_arrays():
     assert not compare(ref, got, atol=0.479, rtol=0.01)
 
 
+def test_compare_judges_large_outputs_by_their_own_scale():
+    # a deep random-weight network's outputs reach 1e7; float32 rounding alone then differs by ~5
+    ref = {"y": np.array([1.0e7, -3.0, 0.5])}
+    # atol grows by 1e7 / 10: 1e-4 -> 100 absolute, for every element (small ones ride on the large ones' error)
+    assert compare(ref, {"y": np.array([1.0e7 + 5.0, -3.0, 0.5 + 90.0])}, atol=1e-4, rtol=1e-3)
+    parity = compare(ref, {"y": np.array([1.0e7, -3.0, 0.5 + 200.0])}, atol=1e-4, rtol=1e-3)
+    assert not parity
+    assert parity.needed_atol == pytest.approx((200.0 - 1e-3 * 0.5) / 1e6)  # in atol's units at scale 10
+    # logits up to magnitude 10: atol is absolute
+    logits = {"y": np.array([10.0, -4.0, 0.0])}
+    assert not compare(logits, {"y": np.array([10.0, -4.0, 2e-4])}, atol=1e-4, rtol=1e-3)
+    assert compare(logits, {"y": np.array([10.0, -4.0, 9e-5])}, atol=1e-4, rtol=1e-3)
+
+
 def test_compare_identical_and_zero_outputs():
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     parity = compare({"a": a, "z": np.zeros(3)}, {"a": a.copy(), "z": np.zeros(3)}, atol=0.0, rtol=0.0)

@@ -39,6 +39,11 @@ def hf_dir(tmp_path, family: str):
 
 
 def ort_max_diff(loaded, module, path) -> float:
+    return ort_parity(loaded, module, path)[0]
+
+
+def ort_parity(loaded, module, path) -> tuple:
+    """(max abs difference, largest reference magnitude) between ONNX Runtime and PyTorch on the first output."""
     import onnxruntime as ort
     from edgeprune.exporters.onnx import export_onnx
 
@@ -50,8 +55,8 @@ def ort_max_diff(loaded, module, path) -> float:
     got = session.run(None, feeds)[0]
     with torch.no_grad():
         ref = wrapped(*example)
-    ref = getattr(ref, "logits", ref)
-    return float(np.abs(got - ref.numpy()).max())
+    ref = getattr(ref, "logits", ref).numpy()
+    return float(np.abs(got - ref).max()), float(np.abs(ref).max())
 
 
 def check_round_trip(loaded, result, out, tmp_path):
