@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import cache_option, measuring_device_options, model_options
+from .options import model_options, pruned_output_options
 
 
 def _proxies(ctx: click.Context, param: click.Parameter, value: str) -> tuple:
@@ -45,19 +45,9 @@ def _proxies(ctx: click.Context, param: click.Parameter, value: str) -> tuple:
               help="Which units of a group go first (l1, l2, bn_scale, random); g decides how many.")
 @click.option("--sensitivity-points", type=click.IntRange(1, 16), default=4, show_default=True,
               help="Widths per group at which the proxies are read.")
-@click.option("--min-keep", type=click.FloatRange(0.01, 1.0), default=0.3, show_default=True,
-              help="Never keep less than this fraction of any group.")
-@click.option("--ignore", multiple=True, metavar="LAYER", help="Keep this layer whole; repeat for several.")
-@click.option("--threads", type=click.IntRange(1, 256), default=None,
-              help="Runtime threads of the target (must be the table's; default: the table's).")
-@click.option("--no-measure", is_flag=True, help="Trust the table; do not time the result on the device.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Teacher cache directory (default: OUT.teacher-cache beside --out).")
-@measuring_device_options
-@click.option("--seed", default=0, show_default=True, type=int)
-@cache_option
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Pruned-model directory to write.")
-@click.option("--force", is_flag=True, help="Replace an existing --out.")
+@pruned_output_options
 @click.pass_obj
 def adapt(out_obj, model, weights, model_arg, input_shape, seq_len, regime, trust_remote_code, table_path, budget,
           data, probe_samples, finetune_samples, proxies, fit_runs, fit_epochs, fit_target, g_from, epochs, temperature,

@@ -67,6 +67,28 @@ cache_option = click.option(  # every command that measures reads and fills the 
     help="SQLite measurement cache (default: the user cache dir; env EDGEPRUNE_CACHE).")
 
 
+def pruned_output_options(func: Callable) -> Callable:
+    """What every command that writes a pruned-model directory against a measured budget takes (prune, adapt):
+    --min-keep, --ignore, --threads, --no-measure, the measuring device, --seed, --cache, --out, --force."""
+    return _apply(func, [
+        click.option("--min-keep", type=click.FloatRange(0.01, 1.0), default=0.3, show_default=True,
+                     help="Never keep less than this fraction of any group."),
+        click.option("--ignore", multiple=True, metavar="LAYER",
+                     help="Keep this layer whole (module name or prefix, e.g. layer1.0.conv1; layers.3.heads for a "
+                          "transformer); repeat for several. For a channel concatenation, ignore the layers feeding "
+                          "it."),
+        click.option("--threads", type=click.IntRange(1, 256), default=None,
+                     help="Runtime threads of the target (must be the table's; default: the table's)."),
+        click.option("--no-measure", is_flag=True, help="Trust the table; do not time the result on the device."),
+        measuring_device_options,
+        click.option("--seed", default=0, show_default=True, type=int),
+        cache_option,
+        click.option("--out", required=True, type=click.Path(file_okay=False),
+                     help="Pruned-model directory to write."),
+        click.option("--force", is_flag=True, help="Replace an existing --out."),
+    ])
+
+
 def _model_args(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict:
     from ..models import parse_model_args
 

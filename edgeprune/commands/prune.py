@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import cache_option, measuring_device_options, model_options
+from .options import model_options, pruned_output_options
 
 
 @click.command()
@@ -32,18 +32,10 @@ from .options import cache_option, measuring_device_options, model_options
 @click.option("--macs", type=click.FloatRange(0.01, 1.0), default=None,
               help="uniform / global: fraction of the dense MACs to keep (ratio found by bisection).")
 @click.option("--round-to", type=click.IntRange(1), default=None, help="uniform / global: round kept channels.")
-@click.option("--min-keep", type=click.FloatRange(0.01, 1.0), default=0.3, show_default=True,
-              help="Never keep less than this fraction of any group.")
-@click.option("--ignore", multiple=True, metavar="LAYER",
-              help="Keep this layer whole (module name or prefix, e.g. layer1.0.conv1; layers.3.heads for a "
-                   "transformer); repeat for several. For a channel concatenation, ignore the layers feeding it.")
 @click.option("--search", type=click.IntRange(0), default=24, show_default=True,
               help="With --calib: whole candidates scored by calibration loss after the knapsack (0: knapsack only).")
 @click.option("--sensitivity-points", type=click.IntRange(1, 16), default=4, show_default=True,
               help="With --calib: widths per group at which cutting that group alone is measured.")
-@click.option("--threads", type=click.IntRange(1, 256), default=None,
-              help="Runtime threads of the target (must be the table's; default: the table's).")
-@click.option("--no-measure", is_flag=True, help="Trust the table; do not time the result on the device.")
 @click.option("--confidence", type=click.FloatRange(0.5, 1.0, max_open=True), default=None,
               help="Meet the budget only when this interval of the measured speedup (e.g. 0.95) clears it; "
                    "without it the speedup is reported with a 90 % interval and judged on its point estimate.")
@@ -51,11 +43,7 @@ from .options import cache_option, measuring_device_options, model_options
               help="Interleaved rounds of dense and pruned model on the device [default: 3; 5 with --confidence].")
 @click.option("--no-bn-recalibrate", is_flag=True,
               help="Keep the dense model's BatchNorm statistics (default: re-estimated on --calib when given).")
-@measuring_device_options
-@click.option("--seed", default=0, show_default=True, type=int)
-@cache_option
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Pruned-model directory to write.")
-@click.option("--force", is_flag=True, help="Replace an existing --out.")
+@pruned_output_options
 @click.pass_obj
 def prune(out_obj, model, weights, model_arg, input_shape, seq_len, regime, trust_remote_code, table_path, budget,
           criterion, calib, calib_samples, mode, ratio, macs, round_to, min_keep, ignore, search, sensitivity_points,
