@@ -320,6 +320,35 @@ BUILDERS = {
 }
 
 
+def weight_elems(signature, c_in, c_out):
+    """Parameters a block holds at these widths: what a whole model reads from memory for it on every run.
+
+    Conv and linear weights with their biases, attention and MLP projections, norm scales. Pools and
+    element-wise ops hold none. Helper constants of a cell (RoPE tables, the causal mask, shapes) are not
+    parameters of the model's block, so they are not counted.
+    """
+    kind = signature.get("kind")
+    c_in, c_out = int(c_in), int(c_out)
+    if kind == "conv":
+        kh, kw = signature["kernel"]
+        groups = c_in if signature.get("groups", 1) == "depthwise" else int(signature.get("groups", 1))
+        return c_out * (c_in // groups) * kh * kw + c_out
+    if kind == "gemm":
+        return c_in * c_out + (c_out if signature.get("bias", True) else 0)
+    if kind == "attention":
+        hd = int(signature["head_dim"])
+        kv = c_out // int(signature.get("kv_groups", 1))
+        bias = (c_out + 2 * kv) * hd + c_in if signature.get("bias", False) else 0
+        return 2 * c_in * c_out * hd + 2 * c_in * kv * hd + bias
+    if kind == "mlp":
+        n = 3 if signature.get("act", "swiglu") == "swiglu" else 2
+        bias = (n - 1) * c_out + c_in if signature.get("bias", False) else 0
+        return n * c_in * c_out + bias
+    if kind == "norm":
+        return 2 * c_in if signature.get("type") == "layer_fused" else c_in
+    return 0
+
+
 def build_cell(signature, c_in, c_out, seed=0):
     """The micro-ONNX ModelProto for one cell."""
     kind = signature.get("kind")

@@ -9,6 +9,7 @@ Keys of `collect()`:
     format_version, python_version, python_implementation, python_executable,
     system, release, kernel, platform, machine, os_release,
     cpu_model, cpu_flags (list), cpu_count, memory_total_bytes,
+    llc_bytes, llc_level, llc_source (the last-level CPU cache: its size, its level, where it was read),
     device_tree_model, device_tree_compatible (list), nv_tegra_release,
     numpy_version, onnx_version, onnxruntime_version, onnxruntime_providers (list), tensorrt_version,
     nvidia_gpu (bool), nvidia_gpu_source, nvidia_smi_list,
@@ -28,6 +29,7 @@ import time
 
 FORMAT_VERSION = 1
 CPUFREQ = "/sys/devices/system/cpu/cpu0/cpufreq/"
+CPU_CACHE = "/sys/devices/system/cpu/cpu0/cache"
 
 # /proc/cpuinfo on ARM names no model; "CPU implementer"/"CPU part" do. Only cores edgeprune's devices use.
 _ARM_PARTS = {
@@ -102,6 +104,53 @@ def _memory_total():
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return None
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024 ** 2, "MB": 1024 ** 2,
+               "MIB": 1024 ** 2, "G": 1024 ** 3, "GB": 1024 ** 3, "GIB": 1024 ** 3}
+
+
+def parse_cache_size(text):
+    """Bytes of a cache size as sysfs (`32768K`), lscpu (`8 MiB`) or getconf (`1048576`) writes it; else None.
+
+    Sizes are binary (the kernel's `K` is KiB). Zero, an empty string and anything unparsable are unknown.
+    """
+    if text is None:
+        return None
+    parts = text.strip().upper().replace(" ", "")
+    number = parts.rstrip("KMGIB")
+    unit = parts[len(number):]
+    try:
+        value = int(number) * _SIZE_UNITS[unit]
+    except (ValueError, KeyError):
+        return None
+    return value if value > 0 else None
+
+
+def last_level_cache(root=CPU_CACHE):
+    """(bytes, level, source) of cpu0's last-level data cache, or (None, None, None) when nothing says.
+
+    sysfs first (`index*/level`, `type`, `size`: x86 and ARM kernels alike, where firmware describes the caches);
+    instruction caches are skipped. `getconf LEVEL3_CACHE_SIZE` (then LEVEL2) is the fallback: glibc reads it
+    from cpuid, which on a virtual machine can report the host socket's cache (320 MB on this project's
+    2-vCPU VM, whose sysfs says 32 MB), so it is only used when sysfs has nothing.
+    """
+    best = None
+    for index in sorted(glob.glob(os.path.join(root, "index*"))):
+        kind = (_read(os.path.join(index, "type")) or "").strip()
+        level = _read_int(os.path.join(index, "level"))
+        size = parse_cache_size(_read(os.path.join(index, "size")))
+        if kind == "Instruction" or level is None or size is None:
+            continue
+        if best is None or level > best[1]:
+            best = (size, level, "sysfs " + os.path.basename(index))
+    if best is not None:
+        return best
+    for level in (3, 2):
+        size = parse_cache_size(_run(["getconf", "LEVEL%d_CACHE_SIZE" % level]))
+        if size is not None:
+            return size, level, "getconf LEVEL%d_CACHE_SIZE" % level
+    return None, None, None
 
 
 def _os_release():
@@ -192,6 +241,7 @@ def collect():
     tegra = _read("/etc/nv_tegra_release")
     present, source, listing = _nvidia_gpu()
     state = device_state()
+    llc_bytes, llc_level, llc_source = last_level_cache()
     return {
         "format_version": FORMAT_VERSION,
         "python_version": platform.python_version(),
@@ -207,6 +257,9 @@ def collect():
         "cpu_flags": flags,
         "cpu_count": count,
         "memory_total_bytes": _memory_total(),
+        "llc_bytes": llc_bytes,
+        "llc_level": llc_level,
+        "llc_source": llc_source,
         "device_tree_model": dt_model.replace("\x00", "").strip() if dt_model else None,
         "device_tree_compatible": [e for e in dt_compatible.split("\x00") if e] if dt_compatible else None,
         "nv_tegra_release": tegra,

@@ -26,11 +26,19 @@ from .cache import MeasurementCache, fingerprint_key
 from .fidelity import choose_calibration, error_figures, noise_ceiling
 from .grid import plan_signature
 from .result import STATS, check_result
-from .table import LatencyTable, cell_record
+from .table import BYTES_PER_WEIGHT, LatencyTable, block_weight_elems, cell_record
 
 PLAN_VERSION = 1
 VARIANT_BUILDER = 3  # bump when pruning.variants builds different models for the same seed (cached variants)
 LOW_FIDELITY = 0.80
+# Two-state tables (docs/profiling.md, "Weight-bandwidth-bound models"): a candidate whose weights exceed
+# COLD_ABOVE × the last-level cache is predicted from cold cells, one below WARM_BELOW × LLC from warm ones,
+# linearly between. Chosen by measurement (bench/two_state_bench.py: this blend had the lowest MAPE on seed 0 and
+# again on seed 1, against hard switches at 0.5-1.25 × LLC and wider blends). Cold cells are measured only when
+# the dense model's weights exceed WARM_BELOW × LLC: below that no candidate (never larger than the dense model)
+# is predicted cold.
+WARM_BELOW = 0.75
+COLD_ABOVE = 1.25
 
 
 @dataclass
@@ -53,6 +61,9 @@ class ProfileOptions:
     state_tolerance: float = 0.15
     # Cells: 50 warm-up runs or 50 ms, whichever comes first (measured: estimates indistinguishable from a
     # 2 s warm-up, because each estimate is built from per-pass minima; docs/profiling.md).
+    # Cold cells (weights from memory): "auto" when the dense model's weights exceed WARM_BELOW × the device's
+    # last-level cache, "never", or "always" (when the device reports its cache size).
+    cold: str = "auto"
     estimator: dict = field(default_factory=lambda: {"passes": 3, "runs": 20, "warmup_runs": 50, "warmup_s": 0.05,
                                                      "pass_s": 0.02, "max_spread": 0.10, "extra_passes": 2})
     # Whole models get longer passes: one noise burst must not decide a fidelity figure.
@@ -340,6 +351,52 @@ def plan_cells(graph: GraphBlocks, step: int, density: str) -> tuple:
     return signatures, cells, reference
 
 
+def memory_rule(blocks: list, facts: dict, precision: str, cold: str = "auto") -> dict:
+    """The two-state table's `memory` section, or {} when cold cells are not worth measuring.
+
+    They are measured when the device reports its last-level cache and the dense model's weights exceed
+    WARM_BELOW × that cache (`cold="auto"`): a smaller model, and every candidate pruned from it, keeps its
+    weights in the cache, as the warm cells do. `cold="always"` measures them whenever the cache is known.
+    """
+    from edgeprune.profilers.measure import MAX_COPIES
+
+    llc = facts.get("llc_bytes")
+    per = BYTES_PER_WEIGHT.get(precision, 4)
+    dense = sum(block_weight_elems(b) for b in blocks) * per
+    if cold == "never" or not llc or (cold == "auto" and dense <= WARM_BELOW * llc):
+        return {}
+    return {"llc_bytes": int(llc), "llc_source": facts.get("llc_source"), "bytes_per_weight": per,
+            "dense_weight_bytes": int(dense), "warm_below": WARM_BELOW, "cold_above": COLD_ABOVE,
+            "cold_min_bytes": int(llc) // MAX_COPIES}
+
+
+def cold_twins(cells: list, memory: dict) -> list:
+    """The cold reading of every planned cell holding at least `cold_min_bytes` of weights: key `…#cold`.
+
+    A smaller cell would need more than MAX_COPIES copies to fill the cache (each costs a session start) and its
+    memory read is at most LLC / MAX_COPIES per run, so it reads the same in both states (LatencyTable._values).
+    """
+    from edgeprune.profilers.synth import weight_elems
+
+    least = max(1, memory.get("cold_min_bytes", 0))
+    return [dict(c, key=c["key"] + COLD_KEY, state="cold") for c in cells
+            if weight_elems(c["signature"], c["c_in"], c["c_out"]) * memory["bytes_per_weight"] >= least]
+
+
+COLD_KEY = "#cold"  # a cold reading's key in plans and in the measurement cache: never mistaken for the warm one
+
+
+def table_cells(cells: list, stats: dict) -> dict:
+    """The table's cell records: each warm reading, with its cold twin's reading where one was measured."""
+    out = {}
+    for cell in cells:
+        cold = stats.get(cell["key"] + COLD_KEY)
+        key, record = cell_record(cell["kind"], cell["sig_key"], cell["c_in"], cell["c_out"], stats[cell["key"]],
+                                  cold)
+        out[key] = record
+    return out
+
+
 def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, cache: MeasurementCache,
                   reporter: Reporter | None = None, step: int | None = None) -> ProfileResult:
     """Measure a latency table for `loaded` on `device` through `target`, then its fidelity."""
@@ -385,11 +442,23 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
             stats.update(again)
         remeasured = len(suspects)
         reporter.done("cells")
+        memory = memory_rule(graph.blocks, facts, options.precision, options.cold)
+        cold, cold_cached, cold_s = [], 0, 0.0
+        if memory:  # weights beyond the cache: every cell with weights is timed cold too
+            t_cold = time.time()
+            cold = cold_twins(cells, memory)
+            cold_stats, cold_cached = measurer.cells(cold, reference, options.batch_cells,
+                                                     reporter.stage("cold cells", len(cold)))
+            stats.update(cold_stats)
+            suspects = implausible(cold, stats, step)
+            if suspects:
+                again, _ = measurer.cells(suspects, reference, options.batch_cells, reporter.stage("cold cells"),
+                                          fresh=True)
+                stats.update(again)
+            remeasured += len(suspects)
+            reporter.done("cold cells")
+            cold_s = time.time() - t_cold
         table_s = time.time() - t0
-        table_cells = {}
-        for cell in cells:
-            key, record = cell_record(cell["kind"], cell["sig_key"], cell["c_in"], cell["c_out"], stats[cell["key"]])
-            table_cells[key] = record
         layers = {b.name: {"kind": b.kind, "c_in": b.c_in, "c_out": b.c_out, "signature": b.sig_key,
                            "cell": f"{b.sig_key}@{b.c_in}x{b.c_out}", "in_fixed": b.in_fixed,
                            "out_fixed": b.out_fixed, "macs": b.macs} for b in graph.blocks}
@@ -400,8 +469,8 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
                    "seq_len": loaded.seq_len, "regime": loaded.regime},
             estimator=dict(options.estimator, name="median_of_pass_min", models=options.model_estimator),
             step=step, signatures=signatures,
-            cells=table_cells, layers=layers, uncovered=dict(graph.uncovered), layout_ops=dict(graph.layout_ops),
-            notes=warnings)
+            cells=table_cells(cells, stats), layers=layers, uncovered=dict(graph.uncovered),
+            layout_ops=dict(graph.layout_ops), notes=warnings, memory=memory)
         # The table is frozen here: nothing below adds or changes a cell.
         t1 = time.time()
         fidelity_models, variant_info = _variant_models(loaded, options, step, workdir, dense_path, measurer,
@@ -412,11 +481,11 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
                                    reference=reference)
         reporter.done("models")
         models_s = time.time() - t2
-        state, state_warnings = check_machine_state(measurer, cells, stats, reference, options, reporter)
+        state, state_warnings = check_machine_state(measurer, cells + cold, stats, reference, options, reporter)
         warnings += state_warnings
-        for key in state.get("remeasured", []):  # the cells now match the state the whole models ran in
-            cell = next(c for c in cells if c["key"] == key)
-            table.cells.update([cell_record(cell["kind"], cell["sig_key"], cell["c_in"], cell["c_out"], stats[key])])
+        if state.get("remeasured"):  # the cells now match the state the whole models ran in
+            table.cells = table_cells(cells, stats)
+            table.forget_values()
         _calibrate_and_score(table, graph, measured, variant_info, options)
         table.profile = {"wall_s": time.time() - started, "table_s": table_s, "variants_export_s": export_s,
                          "models_s": models_s, "models_measured": measurer.models_measured,
@@ -424,6 +493,7 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
                          "variants_built": sum(p is not None for p in fidelity_models.values()) - 1,
                          "cells": len(cells), "device_state": measurer.device_state, "cached_cells": cached,
                          "measured_cells": len(cells) - cached, "device_jobs": measurer.jobs,
+                         "cold_cells": len(cold), "cold_cached_cells": cold_cached, "cold_s": cold_s,
                          "regrouped": sum(d["attempts"] > 1 for d in measurer.drift),
                          "implausible_remeasured": remeasured,
                          "max_drift": max((d["drift"] for d in measurer.drift), default=0.0),
@@ -607,7 +677,11 @@ def _calibrate_and_score(table: LatencyTable, graph: GraphBlocks, measured: dict
     dense_ms = model_ms(measured[info["dense"]])
     calib = [table.features(v["blocks"]) for v in info["calibration"]]
     calib_meas = [model_ms(measured[v["key"]]) for v in info["calibration"]]
-    table.calibration = choose_calibration(table.features(graph.blocks), dense_ms, calib, calib_meas)
+    dense = table.features(graph.blocks)
+    table.calibration = choose_calibration(dense, dense_ms, calib, calib_meas)
+    if table.two_state:  # what the calibration was fitted on, so another state rule can be judged from the table
+        table.memory["calibration_points"] = [{"measured_ms": m, "features": f}
+                                              for f, m in zip([dense] + calib, [dense_ms] + calib_meas)]
     heldout = info["heldout"]
     if not heldout:
         table.fidelity = {"n_variants": 0, "status": "not measured: no slimmable source" if not info["slimmable"]

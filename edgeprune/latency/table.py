@@ -1,4 +1,11 @@
-"""The latency table file: what was measured, where, how, and how well it predicts (DESIGN.md format)."""
+"""The latency table file: what was measured, where, how, and how well it predicts (DESIGN.md format).
+
+format_version 2 is the two-state table: besides its warm reading (`estimate_ms`, weights in cache, as an
+isolated cell runs) each cell with weights carries `cold_ms` (weights read from memory, as a layer of a model too
+big for the last-level cache reads them), and `memory` holds the cache size and the rule that picks the state
+from a candidate's weight footprint. A table without cold cells is written as format_version 1, exactly as before,
+and both versions load.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +17,16 @@ from pathlib import Path
 from edgeprune.atomic import write_json
 from edgeprune.errors import BadInputError
 from edgeprune.profilers.schema import Bool, Const, Either, Int, ListOf, MapOf, Maybe, Num, Obj, Str, Tagged, check
+from edgeprune.profilers.synth import weight_elems
 
 from .blocks import Block, cell_key
 from .grid import Axis
 from .predict import interpolate
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # two-state tables (cold cells and `memory`)
+WARM_ONLY_VERSION = 1  # tables without cold cells are written as before, so their content ids do not change
+READS = (WARM_ONLY_VERSION, FORMAT_VERSION)
+BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "int8": 1}
 
 MS = Num(min=0)
 SHARE = Maybe(Num(min=0, max=1))
@@ -26,6 +37,12 @@ CALIBRATION = Either(Const({}), Tagged("kind", {
     "ratio": Obj({"value": Num(min=0)}), "additive": Obj({"value": Num()}),
     "layout": Obj({"value": Num(), "layout_on_step_ms_per_m": Num(), "layout_off_step_ms_per_m": Num()})}),
     what="an object")
+# Two-state tables: the candidate's weight bytes F against the last-level cache C give its cold share
+# α = clamp((F/C − warm_below) / (cold_above − warm_below), 0, 1); warm_below == cold_above is a hard switch.
+# Cells holding less than `cold_min_bytes` of weights have no cold reading and read the same in both states.
+MEMORY = Obj({"llc_bytes": Int(min=1), "bytes_per_weight": Int(min=1), "warm_below": Num(min=0),
+              "cold_above": Num(min=0)}, {"dense_weight_bytes": Int(min=0), "cold_min_bytes": Int(min=0),
+                                          "calibration_points": ListOf(Obj())})
 TABLE = Obj({
     "fingerprint": Obj({}, {"device": Maybe(Str()), "threads": Maybe(Int(min=1))}),
     "runtime": Obj({"backend": Str(), "threads": Int(min=1)},
@@ -36,7 +53,8 @@ TABLE = Obj({
     "step": Int(min=1),
     "signatures": MapOf(Obj({"signature": Obj(), "c_in": AXIS, "c_out": AXIS, "tied": Bool()})),
     "cells": MapOf(Obj({"kind": Str(), "signature": Str(), "c_in": WIDTH, "c_out": WIDTH, "estimate_ms": MS,
-                        "min_ms": MS, "median_ms": MS, "p90_ms": MS, "mad_ms": MS, "n": Int(min=0)})),
+                        "min_ms": MS, "median_ms": MS, "p90_ms": MS, "mad_ms": MS, "n": Int(min=0)},
+                       {"cold_ms": MS, "cold_copies": Int(min=1)})),
     "layers": MapOf(Obj({"kind": Str(), "c_in": WIDTH, "c_out": WIDTH},
                         {"signature": Str(), "cell": Str(), "in_fixed": Bool(), "out_fixed": Bool(),
                          "macs": Num(min=0)})),
@@ -45,6 +63,7 @@ TABLE = Obj({
     "fidelity": Obj({}, {"within_10": SHARE, "within_5": SHARE, "mape": Maybe(Num(min=0)),
                          "noise_ceiling": SHARE, "exact_cell_share": SHARE, "n_variants": Int(min=0)}),
     "uncovered": MapOf(Int(min=0)), "layout_ops": MapOf(Int(min=0)), "notes": ListOf(Str()), "profile": Obj(),
+    "memory": MEMORY,
 })
 
 
@@ -72,16 +91,25 @@ class LatencyTable:
     layout_ops: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
     profile: dict = field(default_factory=dict)  # wall times, cache hits, drift
+    memory: dict = field(default_factory=dict)  # two-state tables: cache size and the state rule (MEMORY)
+
+    @property
+    def two_state(self) -> bool:
+        """Whether the table holds cold cells and a rule to choose between them and the warm ones."""
+        return bool(self.memory)
 
     def to_dict(self) -> dict:
         data = {
-            "format_version": FORMAT_VERSION, "kind": "latency_table", "fingerprint": self.fingerprint,
+            "format_version": FORMAT_VERSION if self.two_state else WARM_ONLY_VERSION, "kind": "latency_table",
+            "fingerprint": self.fingerprint,
             "runtime": self.runtime, "model": self.model, "estimator": self.estimator, "step": self.step,
             "interpolation": "regime-bilinear (see edgeprune/latency/predict.py)",
             "signatures": self.signatures, "cells": self.cells, "layers": self.layers,
             "calibration": self.calibration, "fidelity": self.fidelity, "uncovered": self.uncovered,
             "layout_ops": self.layout_ops, "notes": self.notes, "profile": self.profile,
         }
+        if self.two_state:
+            data["memory"] = self.memory
         data["id"] = content_id(data)
         return data
 
@@ -94,7 +122,7 @@ class LatencyTable:
         return cls(data["fingerprint"], data["runtime"], data["model"], data["estimator"], data["step"],
                    data["signatures"], data["cells"], data["layers"], data.get("calibration", {}),
                    data.get("fidelity", {}), data.get("uncovered", {}), data.get("layout_ops", {}),
-                   data.get("notes", []), data.get("profile", {}))
+                   data.get("notes", []), data.get("profile", {}), data.get("memory", {}))
 
     def save(self, path: str | Path) -> str:
         data = self.to_dict()
@@ -112,13 +140,16 @@ class LatencyTable:
             raise BadInputError(f"latency table {path} is not valid JSON ({err})", "re-run edgeprune profile") from None
         if not isinstance(data, dict) or data.get("kind") != "latency_table":
             raise BadInputError(f"{path} is not an edgeprune latency table", "give the file edgeprune profile wrote")
-        if data.get("format_version") != FORMAT_VERSION:
+        if data.get("format_version") not in READS:
             raise BadInputError(f"latency table {path} has format_version {data.get('format_version')}, "
-                                f"this edgeprune reads {FORMAT_VERSION}", "re-run edgeprune profile")
+                                f"this edgeprune reads {' and '.join(map(str, READS))}", "re-run edgeprune profile")
         if data.get("id") != content_id(data):
             raise BadInputError(f"latency table {path} was modified after it was written (id mismatch)",
                                 "re-run edgeprune profile instead of editing the table")
         check(data, TABLE, lambda bad: BadInputError(f"latency table {path}: {bad}", "re-run edgeprune profile"))
+        if data["format_version"] == FORMAT_VERSION and not data.get("memory"):
+            raise BadInputError(f"latency table {path}: format_version 2 without its memory section",
+                                "re-run edgeprune profile")
         for name, layer in data["layers"].items():  # a layer must point at a measured signature
             if "signature" in layer and layer["signature"] not in data["signatures"]:
                 raise BadInputError(f"latency table {path}: layers[{name!r}].signature {layer['signature']!r} "
@@ -126,22 +157,59 @@ class LatencyTable:
         return cls.from_dict(data)
 
     # -- prediction ---------------------------------------------------------------------------------
-    def _values(self, sig_key: str) -> dict:
-        cache = self.__dict__.setdefault("_value_cache", {})
-        if sig_key not in cache:
-            cache[sig_key] = {(c["c_in"], c["c_out"]): c["estimate_ms"] for c in self.cells.values()
-                              if c["signature"] == sig_key}
-        return cache[sig_key]
+    def _values(self, sig_key: str, state: str = "warm") -> dict:
+        """{(c_in, c_out): ms} of a signature's cells in one state.
 
-    def block_ms(self, block: Block) -> tuple:
-        """(raw ms before calibration, exact) for one block at its widths."""
+        Cold, a cell holding less than `memory.cold_min_bytes` of weights (none: a pool, an element-wise op)
+        reads as it does warm; a larger cell without a cold reading is left out, so a prediction that needs it
+        fails as a missing cell.
+        """
+        cache = self.__dict__.setdefault("_value_cache", {})
+        if (sig_key, state) not in cache:
+            cells = [c for c in self.cells.values() if c["signature"] == sig_key]
+            if state == "cold":
+                signature = self.signatures[sig_key]["signature"]
+                least = max(1, self.memory.get("cold_min_bytes", 0)) / self.memory.get("bytes_per_weight", 4)
+                values = {(c["c_in"], c["c_out"]): c.get("cold_ms", c["estimate_ms"]) for c in cells
+                          if "cold_ms" in c or weight_elems(signature, c["c_in"], c["c_out"]) < least}
+            else:
+                values = {(c["c_in"], c["c_out"]): c["estimate_ms"] for c in cells}
+            cache[(sig_key, state)] = values
+        return cache[(sig_key, state)]
+
+    def forget_values(self) -> None:
+        """Drop the per-signature values read from `cells` (after cells were re-measured)."""
+        self.__dict__.pop("_value_cache", None)
+
+    def block_ms(self, block: Block, state: str = "warm") -> tuple:
+        """(raw ms before calibration, exact) for one block at its widths, warm (weights in cache) or cold."""
         sig_key = self._signature_of(block)
         if sig_key not in self.signatures:
             raise BadInputError(f"latency table has no block like {block.name} ({block.kind} {sig_key})",
                                 "profile this model (or one with the same block shapes) first")
         entry = self.signatures[sig_key]
-        return interpolate(self._values(sig_key), Axis.from_dict(entry["c_in"]), Axis.from_dict(entry["c_out"]),
-                           entry["tied"], block.c_in, block.c_out, self.step, where=sig_key)
+        return interpolate(self._values(sig_key, state), Axis.from_dict(entry["c_in"]),
+                           Axis.from_dict(entry["c_out"]), entry["tied"], block.c_in, block.c_out, self.step,
+                           where=sig_key)
+
+    def weight_bytes(self, blocks: list) -> int:
+        """Bytes of weights the blocks read per run at their widths (the candidate's footprint)."""
+        per = self.memory.get("bytes_per_weight") or BYTES_PER_WEIGHT.get(self.runtime.get("precision"), 4)
+        return sum(block_weight_elems(b) for b in blocks) * per
+
+    def cold_share(self, weight_bytes: int) -> float:
+        """The share of the cold state in a prediction for a candidate holding `weight_bytes` of weights.
+
+        0 for a warm-only table. Otherwise the footprint against the last-level cache by the table's rule
+        (`memory`): 0 at or below `warm_below` × LLC, 1 above `cold_above` × LLC, linear between.
+        """
+        if not self.two_state:
+            return 0.0
+        ratio = weight_bytes / self.memory["llc_bytes"]
+        lo, hi = self.memory["warm_below"], self.memory["cold_above"]
+        if hi <= lo:
+            return 1.0 if ratio > lo else 0.0
+        return min(1.0, max(0.0, (ratio - lo) / (hi - lo)))
 
     def _signature_of(self, block: Block) -> str:
         """The block's signature, or its layer's in this table when both are one op written two ways: a grouped
@@ -160,13 +228,25 @@ class LatencyTable:
         return layer["signature"] if same and count(known) == count(block.signature) else block.sig_key
 
     def raw_ms(self, blocks: list) -> tuple:
-        """(Σ cells in ms, share of blocks that hit a measured cell exactly)."""
-        total, exact = 0.0, 0
+        """(Σ cells in ms, share of blocks that hit a measured cell exactly), in the candidate's state."""
+        sums = self._sums(blocks)
+        return sums["cells_ms"], sums["exact_share"]
+
+    def _sums(self, blocks: list) -> dict:
+        """Σ cells warm and cold, the blocks' weight bytes, their cold share and Σ cells in that state."""
+        warm, exact = 0.0, 0
         for block in blocks:
             ms, hit = self.block_ms(block)
-            total += ms
+            warm += ms
             exact += hit
-        return total, (exact / len(blocks) if blocks else 1.0)
+        out = {"cells_ms": warm, "exact_share": exact / len(blocks) if blocks else 1.0}
+        if self.two_state:
+            cold = sum(self.block_ms(block, "cold")[0] for block in blocks)
+            footprint = self.weight_bytes(blocks)
+            share = self.cold_share(footprint)
+            out.update(cells_ms=(1 - share) * warm + share * cold, cells_warm_ms=warm, cells_cold_ms=cold,
+                       weight_bytes=footprint, cold_share=share)
+        return out
 
     def features(self, blocks: list) -> dict:
         """What calibration reads: Σ cells, and the elements convs move through layout changes, in millions.
@@ -174,10 +254,11 @@ class LatencyTable:
         A micro-model pays its input/output layout conversion (e.g. ONNX Runtime's NCHW <-> NCHWc reorders)
         that an on-step conv inside the whole model does not, while an off-step conv pays them in the model too.
         """
-        raw, exact = self.raw_ms(blocks)
-        on = sum(b.io_elems for b in blocks if b.kind == "conv" and b.on_step(self.step)) / 1e6
-        off = sum(b.io_elems for b in blocks if b.kind == "conv" and not b.on_step(self.step)) / 1e6
-        return {"cells_ms": raw, "exact_share": exact, "layout_on_step_m": on, "layout_off_step_m": off}
+        out = dict(self._sums(blocks))
+        out["layout_on_step_m"] = sum(b.io_elems for b in blocks if b.kind == "conv" and b.on_step(self.step)) / 1e6
+        out["layout_off_step_m"] = sum(b.io_elems for b in blocks
+                                       if b.kind == "conv" and not b.on_step(self.step)) / 1e6
+        return out
 
     def calibrate(self, raw: float, layout_on_step_m: float = 0.0, layout_off_step_m: float = 0.0) -> float:
         """Apply the table's calibration to Σ cells (and, for the `layout` kind, the layout features)."""
@@ -201,8 +282,17 @@ def apply_calibration(cal: dict, raw: float, layout_on_step_m: float = 0.0, layo
         + cal["layout_off_step_ms_per_m"] * layout_off_step_m
 
 
-def cell_record(block_kind: str, sig_key: str, c_in: int, c_out: int, stats: dict) -> tuple:
+def block_weight_elems(block: Block) -> int:
+    """Weights a block holds at its widths (profilers/synth.py counts them the way it builds the cells)."""
+    return weight_elems(block.signature, block.c_in, block.c_out)
+
+
+def cell_record(block_kind: str, sig_key: str, c_in: int, c_out: int, stats: dict, cold: dict | None = None
+                ) -> tuple:
+    """(key, table record) of a measured cell; `cold` adds its cold reading (`cold_ms`, `cold_copies`)."""
     key = cell_key(sig_key, c_in, c_out)
     record = {"kind": block_kind, "signature": sig_key, "c_in": c_in, "c_out": c_out}
     record.update({k: stats[k] for k in ("estimate_ms", "min_ms", "median_ms", "p90_ms", "mad_ms", "n")})
+    if cold is not None:
+        record.update(cold_ms=cold["estimate_ms"], cold_copies=cold.get("copies", 1))
     return key, record

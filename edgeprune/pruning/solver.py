@@ -38,7 +38,12 @@ class Solution:
 
 
 class CostModel:
-    """Calibrated latency of the model at any unit counts, as constant + Σ per-block terms (table + widths)."""
+    """Calibrated latency of the model at any unit counts, as constant + Σ per-block terms (table + widths).
+
+    On a two-state table (latency/table.py) each block has a warm and a cold term, and the candidate's weight
+    footprint sets the share of each (`LatencyTable.cold_share`), so one group's change can move every block's
+    term: `delta` then prices it from the sums over all blocks, still touching only the blocks the group sets.
+    """
 
     def __init__(self, table, widths):
         self.table, self.widths = table, widths
@@ -46,9 +51,12 @@ class CostModel:
         self.kind = cal.get("kind", "ratio" if cal else "none")
         self.cal = cal
         self.constant = cal.get("value", 0.0) if self.kind == "additive" else 0.0
+        self.two_state = table.two_state
+        self._parts = {}  # (block index, c_in, c_out) -> (warm term, cold term, weight bytes)
+        self._sums = None  # (units, Σ warm terms, Σ cold terms, Σ weight bytes) of the last `terms` call
 
-    def term(self, block) -> float:
-        ms, _ = self.table.block_ms(block)
+    def term(self, block, state: str = "warm") -> float:
+        ms, _ = self.table.block_ms(block, state)
         if self.kind == "ratio":
             return ms * self.cal["value"]
         if self.kind == "layout":
@@ -60,8 +68,22 @@ class CostModel:
             return term
         return ms
 
+    def parts(self, i: int, units: list) -> tuple:
+        """(warm term, cold term, weight bytes) of block i at `units` (two-state tables)."""
+        block = self.widths.block(i, units)
+        key = (i, block.c_in, block.c_out)
+        if key not in self._parts:
+            self._parts[key] = (self.term(block), self.term(block, "cold"), self.table.weight_bytes([block]))
+        return self._parts[key]
+
     def terms(self, units: list) -> np.ndarray:
-        return np.array([self.term(self.widths.block(i, units)) for i in range(len(self.widths.rules))])
+        if not self.two_state:
+            return np.array([self.term(self.widths.block(i, units)) for i in range(len(self.widths.rules))])
+        parts = np.array([self.parts(i, units) for i in range(len(self.widths.rules))]).reshape(-1, 3)
+        warm, cold, weights = parts.sum(axis=0)
+        self._sums = (list(units), warm, cold, weights)
+        share = self.table.cold_share(weights)
+        return (1 - share) * parts[:, 0] + share * parts[:, 1]
 
     def predict(self, units: list) -> float:
         return self.constant + float(self.terms(units).sum())
@@ -70,7 +92,17 @@ class CostModel:
         """Change of the prediction when `group` alone moves to `width` units."""
         trial = list(units)
         trial[group] = width
-        return sum(self.term(self.widths.block(i, trial)) - terms[i] for i in self.widths.affected(group))
+        affected = self.widths.affected(group)
+        if not self.two_state:
+            return sum(self.term(self.widths.block(i, trial)) - terms[i] for i in affected)
+        if self._sums is None or self._sums[0] != list(units):
+            self.terms(units)
+        _, warm, cold, weights = self._sums
+        for i in affected:
+            new, old = self.parts(i, trial), self.parts(i, units)
+            warm, cold, weights = warm + new[0] - old[0], cold + new[1] - old[1], weights + new[2] - old[2]
+        share = self.table.cold_share(weights)
+        return (1 - share) * warm + share * cold - float(terms.sum())
 
 
 def candidate_units(group, step: int, min_keep: float) -> list:

@@ -34,6 +34,20 @@ class Runner(object):
             raise RuntimeError("runner for %s is not active" % self.model_path)
         return self.outputs_impl()
 
+    def copy(self):
+        """An inactive runner of the same model and settings (a cold cell rotates over such copies)."""
+        return type(self)(self.model_path, self.threads, self.provider, self.precision, self.inputs, self.spinning)
+
+    def share_io(self, other):
+        """Run on `other`'s input and output buffers (same I/O spec); False where the backend cannot.
+
+        A cold cell rotates over copies of its weights (profilers/measure.py): with shared buffers its
+        activations stay as warm as a layer's inside a whole model, so only the weights come from memory.
+        """
+        if not (self.active and other.active):
+            raise RuntimeError("share_io needs two active runners")
+        return self.share_io_impl(other)
+
     def deactivate(self):
         if self.active:
             self.deactivate_impl()
@@ -54,6 +68,9 @@ class Runner(object):
 
     def outputs_impl(self):
         raise NotImplementedError
+
+    def share_io_impl(self, other):
+        return False
 
     def deactivate_impl(self):
         raise NotImplementedError

@@ -7,13 +7,15 @@ import platform
 import subprocess
 import sys
 
+import pytest
+
 from profilers import sysinfo
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KEYS = {
     "format_version", "python_version", "python_implementation", "python_executable", "system", "release",
     "kernel", "platform", "machine", "os_release", "cpu_model", "cpu_flags", "cpu_count",
-    "memory_total_bytes", "device_tree_model", "device_tree_compatible", "nv_tegra_release", "numpy_version", "onnx_version",
+    "memory_total_bytes", "llc_bytes", "llc_level", "llc_source", "device_tree_model", "device_tree_compatible", "nv_tegra_release", "numpy_version", "onnx_version",
     "onnxruntime_version", "onnxruntime_providers", "tensorrt_version", "nvidia_gpu", "nvidia_gpu_source",
     "nvidia_smi_list", "nvpmodel", "cpu_governor", "cpu_cur_freq_khz", "cpu_max_freq_khz",
     "cpu_scaling_min_freq_khz", "cpu_scaling_max_freq_khz", "gpu_devfreq", "thermal",
@@ -123,3 +125,57 @@ def test_a_host_that_goes_away_ends_the_device_job_quietly():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+# Cache sizes as the kernel, lscpu and getconf print them (this project's VM: sysfs index3/size "32768K",
+# getconf LEVEL3_CACHE_SIZE "335544320", which is the host socket's, not the VM's).
+@pytest.mark.parametrize("text, expected", [
+    ("32768K\n", 32 << 20), ("1024K", 1 << 20), ("8M", 8 << 20), ("8 MiB", 8 << 20), ("2048 KB", 2 << 20),
+    ("335544320\n", 335544320), ("0\n", None), ("", None), ("\n", None), (None, None), ("unknown", None),
+    ("-1", None),
+])
+def test_parse_cache_size(text, expected):
+    assert sysinfo.parse_cache_size(text) == expected
+
+
+def _cache_tree(root, entries):
+    for index, (level, kind, size) in enumerate(entries):
+        folder = root / ("index%d" % index)
+        folder.mkdir(parents=True)
+        (folder / "level").write_text("%d\n" % level)
+        (folder / "type").write_text(kind + "\n")
+        (folder / "size").write_text(size + "\n")
+    return str(root)
+
+
+@pytest.mark.parametrize("entries, expected", [
+    # x86 (this VM: AMD EPYC, 2 vCPUs)
+    ([(1, "Data", "32K"), (1, "Instruction", "32K"), (2, "Unified", "1024K"), (3, "Unified", "32768K")],
+     (32 << 20, 3, "sysfs index3")),
+    # a Jetson Orin's Cortex-A78AE cluster: L3 2 MB
+    ([(1, "Data", "64K"), (1, "Instruction", "64K"), (2, "Unified", "256K"), (3, "Unified", "2048K")],
+     (2 << 20, 3, "sysfs index3")),
+    # a Raspberry Pi 4 (Cortex-A72): no L3, the L2 is the last level
+    ([(1, "Data", "32K"), (1, "Instruction", "48K"), (2, "Unified", "1024K")], (1 << 20, 2, "sysfs index2")),
+    # an instruction cache is never the data's last level; a size the kernel leaves empty is unknown
+    ([(1, "Data", "32K"), (2, "Instruction", "512K"), (3, "Unified", "")], (32 << 10, 1, "sysfs index0")),
+])
+def test_last_level_cache_from_sysfs(tmp_path, entries, expected):
+    assert sysinfo.last_level_cache(_cache_tree(tmp_path / "cache", entries)) == expected
+
+
+def test_last_level_cache_falls_back_to_getconf_then_to_unknown(tmp_path, monkeypatch):
+    answers = {"LEVEL3_CACHE_SIZE": "335544320\n", "LEVEL2_CACHE_SIZE": "1048576\n"}
+    monkeypatch.setattr(sysinfo, "_run", lambda argv, timeout=10: answers.get(argv[1]))
+    empty = str(tmp_path / "none")
+    assert sysinfo.last_level_cache(empty) == (335544320, 3, "getconf LEVEL3_CACHE_SIZE")
+    answers["LEVEL3_CACHE_SIZE"] = "0\n"  # glibc's answer when cpuid says nothing
+    assert sysinfo.last_level_cache(empty) == (1 << 20, 2, "getconf LEVEL2_CACHE_SIZE")
+    answers.clear()
+    assert sysinfo.last_level_cache(empty) == (None, None, None)
+
+
+def test_collect_reads_this_machines_last_level_cache():
+    facts = sysinfo.collect()
+    assert facts["llc_bytes"] is None or (facts["llc_bytes"] > 0 and facts["llc_level"] >= 1
+                                          and facts["llc_source"])
