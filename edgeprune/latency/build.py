@@ -31,12 +31,12 @@ from .table import BYTES_PER_WEIGHT, LatencyTable, block_weight_elems, cell_reco
 PLAN_VERSION = 1
 VARIANT_BUILDER = 3  # bump when pruning.variants builds different models for the same seed (cached variants)
 LOW_FIDELITY = 0.80
-# Two-state tables (docs/profiling.md, "Weight-bandwidth-bound models"): a candidate whose weights exceed
+# Two-state tables (docs/profiling.md, "Weights from memory" and "Two states"): a candidate whose weights exceed
 # COLD_ABOVE × the last-level cache is predicted from cold cells, one below WARM_BELOW × LLC from warm ones,
-# linearly between. Chosen by measurement (bench/two_state_bench.py: this blend had the lowest MAPE on seed 0 and
-# again on seed 1, against hard switches at 0.5-1.25 × LLC and wider blends). Cold cells are measured only when
-# the dense model's weights exceed WARM_BELOW × LLC: below that no candidate (never larger than the dense model)
-# is predicted cold.
+# linearly between. Chosen by measurement (bench/two_state_bench.py: against hard switches at 0.5-1.25 × LLC and
+# wider blends, this blend had the lowest MAPE on the seed it was picked on and on two of three checks). Cold
+# cells are measured only when the dense model's weights exceed WARM_BELOW × LLC: below that no candidate (never
+# larger than the dense model) is predicted cold.
 WARM_BELOW = 0.75
 COLD_ABOVE = 1.25
 
@@ -59,11 +59,11 @@ class ProfileOptions:
     # How far the machine's speed (the reference cell) may move before cached timings are measured again and a
     # changing machine is reported (STATE_LIMIT; docs/profiling.md "A busy machine").
     state_tolerance: float = 0.15
-    # Cells: 50 warm-up runs or 50 ms, whichever comes first (measured: estimates indistinguishable from a
-    # 2 s warm-up, because each estimate is built from per-pass minima; docs/profiling.md).
     # Cold cells (weights from memory): "auto" when the dense model's weights exceed WARM_BELOW × the device's
     # last-level cache, "never", or "always" (when the device reports its cache size).
     cold: str = "auto"
+    # Cells: 50 warm-up runs or 50 ms, whichever comes first (measured: estimates indistinguishable from a
+    # 2 s warm-up, because each estimate is built from per-pass minima; docs/profiling.md).
     estimator: dict = field(default_factory=lambda: {"passes": 3, "runs": 20, "warmup_runs": 50, "warmup_s": 0.05,
                                                      "pass_s": 0.02, "max_spread": 0.10, "extra_passes": 2})
     # Whole models get longer passes: one noise burst must not decide a fidelity figure.
@@ -351,19 +351,25 @@ def plan_cells(graph: GraphBlocks, step: int, density: str) -> tuple:
     return signatures, cells, reference
 
 
-def memory_rule(blocks: list, facts: dict, precision: str, cold: str = "auto") -> dict:
+CPU_PROVIDERS = (None, "CPUExecutionProvider")
+
+
+def memory_rule(blocks: list, facts: dict, precision: str, cold: str = "auto", runtime: dict | None = None) -> dict:
     """The two-state table's `memory` section, or {} when cold cells are not worth measuring.
 
     They are measured when the device reports its last-level cache and the dense model's weights exceed
     WARM_BELOW × that cache (`cold="auto"`): a smaller model, and every candidate pruned from it, keeps its
     weights in the cache, as the warm cells do. `cold="always"` measures them whenever the cache is known.
+    The cache read is the CPU's, so only a runtime on the CPU (ONNX Runtime's CPU EP) gets cold cells; a GPU's
+    own cache is not read.
     """
     from edgeprune.profilers.measure import MAX_COPIES
 
     llc = facts.get("llc_bytes")
     per = BYTES_PER_WEIGHT.get(precision, 4)
     dense = sum(block_weight_elems(b) for b in blocks) * per
-    if cold == "never" or not llc or (cold == "auto" and dense <= WARM_BELOW * llc):
+    on_cpu = runtime is None or (runtime.get("backend") == "onnxruntime" and runtime.get("provider") in CPU_PROVIDERS)
+    if cold == "never" or not llc or not on_cpu or (cold == "auto" and dense <= WARM_BELOW * llc):
         return {}
     return {"llc_bytes": int(llc), "llc_source": facts.get("llc_source"), "bytes_per_weight": per,
             "dense_weight_bytes": int(dense), "warm_below": WARM_BELOW, "cold_above": COLD_ABOVE,
@@ -442,9 +448,9 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
             stats.update(again)
         remeasured = len(suspects)
         reporter.done("cells")
-        memory = memory_rule(graph.blocks, facts, options.precision, options.cold)
+        memory = memory_rule(graph.blocks, facts, options.precision, options.cold, runtime)
         cold, cold_cached, cold_s = [], 0, 0.0
-        if memory:  # weights beyond the cache: every cell with weights is timed cold too
+        if memory:  # weights beyond the cache: every cell holding enough of them is timed cold too
             t_cold = time.time()
             cold = cold_twins(cells, memory)
             cold_stats, cold_cached = measurer.cells(cold, reference, options.batch_cells,

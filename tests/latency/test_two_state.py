@@ -86,6 +86,12 @@ def test_cold_cells_are_planned_only_when_the_dense_weights_exceed_the_cache():
     assert memory_rule(blocks, {"llc_bytes": None}, "fp32") == {}  # the device could not say: warm only
     assert memory_rule(blocks, {"llc_bytes": beyond}, "fp32", cold="never") == {}
     assert memory_rule(blocks, {"llc_bytes": 100 * dense}, "fp32", cold="always")
+    # the cache read is the CPU's: a GPU runtime gets no cold cells
+    cpu = {"backend": "onnxruntime", "provider": "CPUExecutionProvider"}
+    assert memory_rule(blocks, {"llc_bytes": beyond}, "fp32", runtime=cpu)
+    assert memory_rule(blocks, {"llc_bytes": beyond}, "fp32", runtime={"backend": "tensorrt", "provider": None}) == {}
+    assert memory_rule(blocks, {"llc_bytes": beyond}, "fp32",
+                       runtime={"backend": "onnxruntime", "provider": "CUDAExecutionProvider"}) == {}
     # half the bytes per weight at fp16: the same model fits
     assert memory_rule(blocks, {"llc_bytes": fits // 2 + 1}, "fp16") == {}
 
