@@ -403,7 +403,7 @@ def run_seed(name: str, model: dict, conf: dict, seed: int, tmp: Path, session, 
                                reporter=Reporter())
     phases["kd_compare"] = {"wall_s": c.wall, "cpu_s": c.cpu}
     study = {}
-    cuts = round(model["study"] * conf["study_scale"])
+    cuts = conf["study_cuts"] if conf.get("study_cuts") is not None else round(model["study"] * conf["study_scale"])
     with Clock() as c:
         for shift in SHIFTS if cuts else ():
             s_pool, s_test = domain(shape, seed, shift)
@@ -583,7 +583,10 @@ def main() -> None:
                         help="baselines beside ttmpd (default: netadapt halp uniform)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--budgets", type=float, nargs="+", default=None)
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--fit-runs", type=int, default=None, help="TT-MPD's fit runs (default 6)")
+    parser.add_argument("--study", type=int, default=None,
+                        help="proxy-study cuts per shift for every model (default: the model's own, mobilenet_v2 0)")
+    parser.add_argument("--out", default=None, help="results JSON (its stem names the markdown in docs/results/)")
     parser.add_argument("--render", metavar="JSON", default=None,
                         help="only re-derive the summary, the full-run estimate (smoke) and the markdown from a results"
                              " JSON this bench wrote")
@@ -594,13 +597,15 @@ def main() -> None:
         data["summary"] = summary(data["seeds"])
         if smoke:
             data["meta"]["estimate_full"] = estimate_full(data)
-        save(data, Path(args.render), smoke)
+        save(data, Path(args.render))
         return
     conf = dict(SMOKE if args.smoke else FULL)
     conf["models"] = tuple(args.models or conf["models"])
     conf["methods"] = ("ttmpd", *(args.methods or conf["methods"][1:]))
     conf["seeds"] = tuple(args.seeds or conf["seeds"])
     conf["budgets"] = tuple(args.budgets or conf["budgets"])
+    conf["fit_runs"] = args.fit_runs or conf["fit_runs"]
+    conf["study_cuts"] = args.study
 
     def budgets_of(model: str) -> tuple:
         """--budgets, else the smoke run's one budget, else the model's own default (MODELS), else FULL's."""
@@ -644,14 +649,14 @@ def main() -> None:
                     data["meta"]["wall_s"], data["meta"]["cpu_s"] = run.wall, run.cpu
                     if args.smoke:
                         data["meta"]["estimate_full"] = estimate_full(data)
-                    save(data, out_path, args.smoke)
+                    save(data, out_path)
 
 
-def save(data: dict, out_path: Path, smoke: bool) -> None:
+def save(data: dict, out_path: Path) -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
     DOCS.mkdir(parents=True, exist_ok=True)
-    (DOCS / ("ttmpd_smoke.md" if smoke else "ttmpd.md")).write_text(markdown(data))
+    (DOCS / f"{out_path.stem}.md").write_text(markdown(data))
 
 
 if __name__ == "__main__":
