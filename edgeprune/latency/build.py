@@ -390,6 +390,30 @@ def cold_twins(cells: list, memory: dict) -> list:
 
 
 COLD_KEY = "#cold"  # a cold reading's key in plans and in the measurement cache: never mistaken for the warm one
+# The dense model's own cells timed cold must be this much slower than warm for a two-state table: below it the
+# model is compute-bound (resnet18 at 224 px: +7 %, and a two-state table scored 90 % within ±10 % where the
+# warm-only one scored 100 % on the same timings), above it bound by weight bandwidth (at 32 px: +160 %).
+COLD_MATTERS = 0.25
+
+
+def cold_probe(blocks: list, stats: dict) -> dict:
+    """Σ of the dense model's cells warm and cold (each block at its own widths), and the slowdown between them.
+
+    A block whose cell has no cold reading (too few weights, or none) counts the same in both.
+    """
+    warm = cold = 0.0
+    for block in blocks:
+        key = f"{block.sig_key}@{block.c_in}x{block.c_out}"
+        if key not in stats:
+            continue
+        warm += stats[key]["estimate_ms"]
+        cold += stats.get(key + COLD_KEY, stats[key])["estimate_ms"]
+    return {"dense_warm_ms": warm, "dense_cold_ms": cold, "slowdown": cold / warm - 1 if warm > 0 else 0.0}
+
+
+def _warm(stats: dict) -> dict:
+    """`stats` without cold readings (a table that stays warm-only)."""
+    return {k: v for k, v in stats.items() if not k.endswith(COLD_KEY)}
 
 
 def table_cells(cells: list, stats: dict) -> dict:
@@ -450,18 +474,34 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
         reporter.done("cells")
         memory = memory_rule(graph.blocks, facts, options.precision, options.cold, runtime)
         cold, cold_cached, cold_s = [], 0, 0.0
+        cold, cold_cached, cold_s, probe = [], 0, 0.0, {}
         if memory:  # weights beyond the cache: every cell holding enough of them is timed cold too
             t_cold = time.time()
             cold = cold_twins(cells, memory)
-            cold_stats, cold_cached = measurer.cells(cold, reference, options.batch_cells,
-                                                     reporter.stage("cold cells", len(cold)))
+            # first the dense model's own cells: when weights from memory barely slow them, the model is
+            # compute-bound and a second state would only blur the table (COLD_MATTERS)
+            own = {f"{b.sig_key}@{b.c_in}x{b.c_out}{COLD_KEY}" for b in graph.blocks}
+            first = [c for c in cold if c["key"] in own]
+            cold_stats, cold_cached = measurer.cells(first, reference, options.batch_cells,
+                                                     reporter.stage("cold cells (dense widths)", len(first)))
             stats.update(cold_stats)
-            suspects = implausible(cold, stats, step)
-            if suspects:
-                again, _ = measurer.cells(suspects, reference, options.batch_cells, reporter.stage("cold cells"),
-                                          fresh=True)
-                stats.update(again)
-            remeasured += len(suspects)
+            probe = dict(cold_probe(graph.blocks, stats), cells=len(first))
+            if options.cold == "auto" and probe["slowdown"] < COLD_MATTERS:
+                memory, cold = {}, []  # the probe's readings stay in the cache; the table stays warm-only
+            else:
+                rest = [c for c in cold if c["key"] not in cold_stats]
+                more, more_cached = measurer.cells(rest, reference, options.batch_cells,
+                                                   reporter.stage("cold cells", len(rest)))
+                stats.update(more)
+                cold_cached += more_cached
+                suspects = implausible(cold, stats, step)
+                if suspects:
+                    again, _ = measurer.cells(suspects, reference, options.batch_cells,
+                                              reporter.stage("cold cells"), fresh=True)
+                    stats.update(again)
+                remeasured += len(suspects)
+            probe["two_state"] = bool(memory)
+            reporter.done("cold cells (dense widths)")
             reporter.done("cold cells")
             cold_s = time.time() - t_cold
         table_s = time.time() - t0
@@ -475,7 +515,7 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
                    "seq_len": loaded.seq_len, "regime": loaded.regime},
             estimator=dict(options.estimator, name="median_of_pass_min", models=options.model_estimator),
             step=step, signatures=signatures,
-            cells=table_cells(cells, stats), layers=layers, uncovered=dict(graph.uncovered),
+            cells=table_cells(cells, stats if memory else _warm(stats)), layers=layers, uncovered=dict(graph.uncovered),
             layout_ops=dict(graph.layout_ops), notes=warnings, memory=memory)
         # The table is frozen here: nothing below adds or changes a cell.
         t1 = time.time()
@@ -490,7 +530,7 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
         state, state_warnings = check_machine_state(measurer, cells + cold, stats, reference, options, reporter)
         warnings += state_warnings
         if state.get("remeasured"):  # the cells now match the state the whole models ran in
-            table.cells = table_cells(cells, stats)
+            table.cells = table_cells(cells, stats) if memory else table_cells(cells, _warm(stats))
             table.forget_values()
         _calibrate_and_score(table, graph, measured, variant_info, options)
         table.profile = {"wall_s": time.time() - started, "table_s": table_s, "variants_export_s": export_s,
@@ -500,6 +540,7 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
                          "cells": len(cells), "device_state": measurer.device_state, "cached_cells": cached,
                          "measured_cells": len(cells) - cached, "device_jobs": measurer.jobs,
                          "cold_cells": len(cold), "cold_cached_cells": cold_cached, "cold_s": cold_s,
+                         "cold_probe": probe,
                          "regrouped": sum(d["attempts"] > 1 for d in measurer.drift),
                          "implausible_remeasured": remeasured,
                          "max_drift": max((d["drift"] for d in measurer.drift), default=0.0),

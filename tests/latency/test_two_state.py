@@ -16,6 +16,7 @@ from edgeprune.latency.blocks import Block
 from edgeprune.latency.build import (
     COLD_ABOVE,
     COLD_KEY,
+    COLD_MATTERS,
     WARM_BELOW,
     ProfileOptions,
     cold_twins,
@@ -268,3 +269,22 @@ def test_profile_measures_cold_cells_only_for_a_model_beyond_the_cache(tmp_path)
     assert again.table.cells == table.cells and again.measured_cells == 0
     assert not any(c.get("state") == "cold" for p in target.plans for c in p.get("cells", []))
     assert np.isfinite(again.table.fidelity["mape"])
+
+
+def test_a_compute_bound_model_keeps_a_warm_only_table_after_the_dense_cells_probe(tmp_path):
+    """Cold cells that barely differ from warm ones (a compute-bound model) would only blur the table."""
+    slightly = 1 + COLD_MATTERS / 2
+    a_little = lambda kind, key, ms: slightly * ms if key.endswith(COLD_KEY) else ms  # noqa: E731
+    result, target = profile_tiny(tmp_path, 256, scale=a_little)
+    table = result.table
+    probe = table.profile["cold_probe"]
+    assert not table.two_state and table.to_dict()["format_version"] == 1
+    assert not any("cold_ms" in c for c in table.cells.values())
+    assert probe["two_state"] is False and probe["slowdown"] == pytest.approx(slightly - 1, rel=0.2)
+    timed = [c for p in target.plans for c in p.get("cells", []) if c.get("state") == "cold"]
+    own = {f"{name}" for name in (layer["signature"] + "@%dx%d" % (layer["c_in"], layer["c_out"])
+                                  for layer in table.layers.values())}
+    assert timed and probe["cells"] == len({c["key"] for c in timed})
+    assert {c["key"][:-len(COLD_KEY)] for c in timed} <= own  # only the dense model's own cells were timed cold
+    forced, _ = profile_tiny(tmp_path, 256, cold="always", scale=a_little)  # "always" keeps both states
+    assert forced.table.two_state and forced.measured_cells == 0  # its warm cells came from the cache
