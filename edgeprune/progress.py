@@ -10,14 +10,19 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Callable
 
-LABELS = {"cells": "measuring table cells", "variants": "building held-out variants",
+LABELS = {"cells": "measuring table cells",
+          "cold_probe": "timing the dense model's cells with weights from memory (cold)",
+          "cold": "measuring cold table cells (weights from memory)", "variants": "building held-out variants",
           "models": "timing whole models (interleaved)", "structure": "probing the model's structure",
           "scores": "scoring channel groups", "measure": "measuring candidates on the device",
           "train": "training the example model", "teacher": "caching the teacher's outputs",
           "distill": "distilling into the pruned model", "validate": "running the bundles on the device",
           "sensitivity": "measuring what each cut costs (calibration loss)",
           "search": "searching whole candidates", "proxies": "scoring cuts by their proxies (TT-MPD)",
-          "grow": "training while growing (FRAGrow)"}
+          "grow": "training while growing (FRAGrow)",
+          "cells_again": "re-measuring table cells (the machine's state changed)",
+          "adapt_teacher": "adapting the teacher's BatchNorm to the new domain (TT-MPD)",
+          "fit_runs": "fitting g on real prune-and-fine-tune runs (TT-MPD)"}
 
 _ACTIVE: ContextVar = ContextVar("edgeprune_reporter", default=None)
 

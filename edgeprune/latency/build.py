@@ -483,7 +483,7 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
             own = {f"{b.sig_key}@{b.c_in}x{b.c_out}{COLD_KEY}" for b in graph.blocks}
             first = [c for c in cold if c["key"] in own]
             cold_stats, cold_cached = measurer.cells(first, reference, options.batch_cells,
-                                                     reporter.stage("cold cells (dense widths)", len(first)))
+                                                     reporter.stage("cold_probe", len(first)))
             stats.update(cold_stats)
             probe = dict(cold_probe(graph.blocks, stats), cells=len(first))
             if options.cold == "auto" and probe["slowdown"] < COLD_MATTERS:
@@ -491,18 +491,18 @@ def profile_model(loaded, device, facts: dict, target, options: ProfileOptions, 
             else:
                 rest = [c for c in cold if c["key"] not in cold_stats]
                 more, more_cached = measurer.cells(rest, reference, options.batch_cells,
-                                                   reporter.stage("cold cells", len(rest)))
+                                                   reporter.stage("cold", len(rest)))
                 stats.update(more)
                 cold_cached += more_cached
                 suspects = implausible(cold, stats, step)
                 if suspects:
                     again, _ = measurer.cells(suspects, reference, options.batch_cells,
-                                              reporter.stage("cold cells"), fresh=True)
+                                              reporter.stage("cold"), fresh=True)
                     stats.update(again)
                 remeasured += len(suspects)
             probe["two_state"] = bool(memory)
-            reporter.done("cold cells (dense widths)")
-            reporter.done("cold cells")
+            reporter.done("cold_probe")
+            reporter.done("cold")
             cold_s = time.time() - t_cold
         table_s = time.time() - t0
         layers = {b.name: {"kind": b.kind, "c_in": b.c_in, "c_out": b.c_out, "signature": b.sig_key,
@@ -582,7 +582,7 @@ def check_machine_state(measurer: Measurer, cells: list, stats: dict, reference:
            and abs(stats[c["key"]]["reference_ms"] / ref_now - 1) > measurer.state_limit]
     if off:
         again, _ = measurer.cells(off, reference, options.batch_cells,
-                                  reporter.stage("cells (machine state changed)"), fresh=True, keep_faster=False)
+                                  reporter.stage("cells_again"), fresh=True, keep_faster=False)
         stats.update(again)
     readings = [r for r in (stats[c["key"]].get("reference_ms") for c in cells) if r] + now + measurer.states
     readings += [d["reference_ms"] for d in measurer.drift if d.get("reference_ms")]

@@ -406,10 +406,10 @@ def adapt_model(loaded, table, samples, options: AdaptOptions, *, session=None, 
     probe, finetune = split_unlabeled(samples, options.probe_samples, options.finetune_samples, options.seed)
     probe_batches = _batches(probe, options.batch_size)
 
-    reporter.stage("adapt teacher", None)
+    reporter.stage("adapt_teacher", None)
     teacher = copy.deepcopy(loaded.module).eval()
     bn_layers = recalibrate_batchnorm(teacher, probe_batches)
-    reporter.done("adapt teacher")
+    reporter.done("adapt_teacher")
     notes = [f"teacher adapted: BatchNorm statistics of {bn_layers} layers re-estimated on {len(probe)} probe "
              "samples" if bn_layers else "the teacher has no BatchNorm: it is used as it is (no adaptation step)"]
     state: dict = {}
@@ -433,7 +433,7 @@ def adapt_model(loaded, table, samples, options: AdaptOptions, *, session=None, 
         runs = []
         if reuse is None:
             picks = fit_candidates(table_, options.fit_runs, names)
-            bar = reporter.stage("fit runs", len(picks))
+            bar = reporter.stage("fit_runs", len(picks))
             dense = [g.units for g in groups]
             for n, (i, w, prox) in enumerate(picks):
                 units = list(dense)
@@ -452,7 +452,7 @@ def adapt_model(loaded, table, samples, options: AdaptOptions, *, session=None, 
                              "agreement": agreement(logits, _cat(scorer.reference)),
                              "wall_s": time.time() - started})
                 bar({"progress": n + 1})
-            reporter.done("fit runs")
+            reporter.done("fit_runs")
             model = fit_accuracy_model([r["proxies"] for r in runs], [r["score"] for r in runs], names, runs,
                                        options.fit_target)
         else:
