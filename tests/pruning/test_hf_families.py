@@ -351,3 +351,38 @@ def test_family_profiles_and_prunes_to_a_latency_budget(name, dirs, tmp_path, fo
     assert reply["predicted_ms"] <= reply["budget_ms"] + 1e-9
     assert reply["measured"]["dense_ms"] / reply["measured"]["pruned_ms"] >= 1.1 * 0.97
     assert load_model(str(out), seq_len=16).module is not None
+
+
+@pytest.mark.parametrize("name", ["llama", "olmo2"])
+def test_a_decode_table_drives_a_budget_in_ms_per_token(name, dirs, tmp_path, formula_device, cli_in_process):
+    """`--regime decode`: the table times one token with a KV cache; a budget in ms per decoded token prunes to it,
+    an unreachable one says what is reachable; without --regime the model is loaded in the table's regime, and a
+    prefill load of it does not match a decode table."""
+    import json
+    import re
+
+    table, out = tmp_path / "decode.json", tmp_path / "pruned"
+    common = ("--model", dirs(name), "--seq-len", "16", "--regime", "decode")
+    proc = cli_in_process("--json", "profile", "--device", "cpu", *common, "--variants", "2", "--out", str(table),
+                          cache=tmp_path / "c.sqlite")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(table.read_text())["model"]["regime"] == "decode"
+    # a tiny model's decode step is mostly fixed cost: 3x is out of reach, and the line says what is reachable
+    proc = cli_in_process("prune", *common, "--table", str(table), "--budget", "3x", "--min-keep", "0.1",
+                          "--out", str(out), cache=tmp_path / "c.sqlite")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and not out.exists()
+    fastest, dense = (float(x) for x in re.search(r"latency ([\d.]+) ms \(dense ([\d.]+) ms", proc.stderr).groups())
+    assert fastest < dense
+    budget = (fastest + dense) / 2
+    proc = cli_in_process("--json", "prune", *common, "--table", str(table), "--budget", f"{budget:.4f}ms",
+                          "--min-keep", "0.1", "--out", str(out), cache=tmp_path / "c.sqlite")
+    assert proc.returncode == 0, proc.stderr
+    reply = json.loads(proc.stdout)
+    assert reply["predicted_ms"] <= reply["budget_ms"] + 1e-9 and reply["budget_ms"] < dense
+    widths = json.loads((out / "config.json").read_text())
+    assert widths != json.loads((Path(dirs(name)) / "config.json").read_text())  # something was removed
+    proc = cli_in_process("prune", "--model", dirs(name), "--seq-len", "16", "--regime", "prefill", "--table",
+                          str(table), "--budget", f"{budget:.4f}ms", "--out", str(tmp_path / "no"),
+                          cache=tmp_path / "c.sqlite")
+    assert proc.returncode == 2 and "regime decode" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "no").exists()
