@@ -349,7 +349,7 @@ def run_seed(name: str, model: dict, conf: dict, seed: int, tmp: Path, session, 
             with Clock() as c:
                 done = edgeprune.adapt(copy.deepcopy(loaded), table, str(pool_path), None, budget=f"{budget}x",
                                        probe_samples=conf["probe"], finetune_samples=conf["finetune"],
-                                       fit_runs=conf["fit_runs"], proxies=conf.get("proxies", ("feature", "entropy")),
+                                       fit_runs=conf["fit_runs"], proxies=conf["proxies"],
                                        epochs=conf["kd_epochs"], cache_dir=cache_dir,
                                        **common)
         except BadInputError as err:  # a budget this model cannot reach on this machine (runtime overhead)
@@ -585,7 +585,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--budgets", type=float, nargs="+", default=None)
     parser.add_argument("--fit-runs", type=int, default=None, help="TT-MPD's fit runs (default 6)")
-    parser.add_argument("--proxies", default=None, help="TT-MPD's proxies, comma-separated (default feature,entropy)")
+    parser.add_argument("--proxies", default=None,
+                        help="TT-MPD's proxies, comma-separated (default: the library's, feature,kl)")
     parser.add_argument("--study", type=int, default=None,
                         help="proxy-study cuts per shift for every model (default: the model's own, mobilenet_v2 0)")
     parser.add_argument("--out", default=None, help="results JSON (its stem names the markdown in docs/results/)")
@@ -607,7 +608,9 @@ def main() -> None:
     conf["seeds"] = tuple(args.seeds or conf["seeds"])
     conf["budgets"] = tuple(args.budgets or conf["budgets"])
     conf["fit_runs"] = args.fit_runs or conf["fit_runs"]
-    conf["proxies"] = tuple(args.proxies.split(",")) if args.proxies else ("feature", "entropy")
+    from edgeprune.pruning.ttmpd import DEFAULT_PROXIES
+
+    conf["proxies"] = tuple(args.proxies.split(",")) if args.proxies else DEFAULT_PROXIES
     conf["study_cuts"] = args.study
 
     def budgets_of(model: str) -> tuple:

@@ -172,7 +172,7 @@ def prune(model, table=None, out: str | Path | None = None, *, budget: str | Non
 
 
 def adapt(model, table, data: str, out: str | Path | None = None, *, budget: str, probe_samples: int = 64,
-          finetune_samples: int = 256, proxies: tuple | list = ("feature", "entropy"), fit_runs: int = 6,
+          finetune_samples: int = 256, proxies: tuple | list = ("feature", "kl"), fit_runs: int = 6,
           fit_epochs: int = 1, fit_target: str = "kl", epochs: int = 5, temperature: float = 4.0, lr: float = 1e-3,
           batch_size: int = 32, criterion: str = "l2", sensitivity_points: int = 4, min_keep: float = 0.3,
           g_from: str | Path | None = None,

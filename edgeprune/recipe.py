@@ -249,7 +249,7 @@ def _seed_depth(value: str):
 
 
 def _proxies(value: Any, base: Path) -> tuple:
-    """TT-MPD's proxy pair: "feature,entropy" or a list of names."""
+    """TT-MPD's proxy pair: "feature,kl" or a list of names."""
     from .pruning.ttmpd import check_proxies
 
     items = value.split(",") if isinstance(value, str) else value
@@ -347,7 +347,7 @@ SECTIONS: dict[str, dict[str, tuple[Rule, str]]] = {
         "margin": (number(0, 1), "0.1"),
         "probe_samples": (whole(2), "64"),
         "finetune_samples": (whole(2), "256"),
-        "proxies": (_proxies, "feature,entropy"),
+        "proxies": (_proxies, "feature,kl"),
         "fit_runs": (whole(2), "6"),
         "fit_epochs": (whole(1), "1"),
         "fit_target": (one_of("kl", "agreement"), "kl"),

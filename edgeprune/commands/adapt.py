@@ -26,7 +26,7 @@ def _proxies(ctx: click.Context, param: click.Parameter, value: str) -> tuple:
               help="P: samples that adapt the teacher's BatchNorm and score each cut.")
 @click.option("--finetune-samples", type=click.IntRange(2), default=256, show_default=True,
               help="F: samples the adapted teacher labels once (cached) for the fit runs and the fine-tune.")
-@click.option("--proxies", default="feature,entropy", show_default=True, callback=_proxies,
+@click.option("--proxies", default="feature,kl", show_default=True, callback=_proxies,
               help="The variables g predicts fine-tuned accuracy from: feature, entropy, agreement, kl.")
 @click.option("--fit-runs", type=click.IntRange(2), default=6, show_default=True,
               help="Real prune-and-fine-tune runs g is fitted on.")

@@ -45,7 +45,7 @@ PROXIES = {
     "agreement": ("top-1 agreement with the adapted teacher", -1.0),
     "kl": ("KL(adapted teacher ‖ candidate), per sample", 1.0),
 }
-DEFAULT_PROXIES = ("feature", "entropy")
+DEFAULT_PROXIES = ("feature", "kl")
 # what a fit run is scored by, on P, against the adapted teacher (no labels exist): name -> what it is
 FIT_TARGETS = {
     "kl": "−KL(adapted teacher ‖ fit run) per sample: continuous, so every run scores differently",

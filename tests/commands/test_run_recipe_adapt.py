@@ -32,7 +32,7 @@ def test_a_recipe_adapts_instead_of_pruning_and_distilling_and_reruns_only_what_
     assert list(stages) == ["profile", "adapt", "export", "export-dense"]  # no prune, no distill
     assert not any(s["skipped"] for s in stages.values())
     detail = stages["adapt"]["detail"]
-    assert detail["fit_runs"] == 2 and detail["g"]["proxies"] == ["feature", "entropy"]
+    assert detail["fit_runs"] == 2 and detail["g"]["proxies"] == ["feature", "kl"]
     assert detail["predicted_ms"] <= detail["budget_ms"]
     run = tmp_path / "run"
     prov = json.loads((run / "adapted" / "provenance.json").read_text())

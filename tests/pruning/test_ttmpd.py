@@ -117,7 +117,7 @@ def test_the_feature_proxy_is_the_consumer_layers_error_of_the_slimmed_cut():
 def test_a_flat_g_falls_back_to_equal_weights_on_standardised_proxies():
     table = ttmpd.ProxyTable(["a"], [[8, 16]], [[{"feature": 0.4, "entropy": 1.0}, {"feature": 0.2, "entropy": 0.6}]],
                              {"feature": 0.0, "entropy": 0.5})
-    flat = ttmpd.fit_accuracy_model([c[2] for c in table.candidates()] * 2, [1.0] * 4)
+    flat = ttmpd.fit_accuracy_model([c[2] for c in table.candidates()] * 2, [1.0] * 4, ("feature", "entropy"))
     assert flat.weights == [0.0, 0.0]
     used = ttmpd.flat_fallback(flat, table)
     assert used.weights == pytest.approx([1 / (2 * 0.1), 1 / (2 * 0.2)])  # std of (0.4, 0.2) and of (1.0, 0.6)
@@ -218,7 +218,7 @@ def test_adapt_meets_the_budget_and_beats_the_unadapted_pruned_model_on_the_shif
     with torch.no_grad():
         assert torch.allclose(reloaded(x), done.pruned.module.eval()(x), atol=1e-5)
     prov = json.loads((out / "provenance.json").read_text())
-    assert prov["criterion"] == "tt-mpd" and prov["ttmpd"]["g"]["proxies"] == ["feature", "entropy"]
+    assert prov["criterion"] == "tt-mpd" and prov["ttmpd"]["g"]["proxies"] == ["feature", "kl"]
     assert len(prov["ttmpd"]["g"]["points"]) == 4
     assert (out.parent / "adapted.teacher-cache" / "meta.json").is_file()
     again = edgeprune.adapt(copy.deepcopy(trained_tiny), path, "digits-shifted:train", tmp_path / "again",
