@@ -100,7 +100,53 @@ def check_parity(model, example: tuple, onnx_bytes: bytes, input_names, atol: fl
     feeds = {name: t.detach().cpu().numpy() for name, t in zip(input_names, example)}
     names = [o.name for o in session.get_outputs()]
     got = session.run(names, feeds)
-    return compare(dict(zip(names, refs)), dict(zip(names, got)), atol, rtol)
+    parity = compare(dict(zip(names, refs)), dict(zip(names, got)), atol, rtol)
+    if not parity:
+        exact = _exact_outputs(model, example)
+        if exact is not None and len(exact) == len(names):
+            rounding_only(parity, dict(zip(names, refs)), dict(zip(names, got)), dict(zip(names, exact)))
+    return parity
+
+
+EXACT_MAX_PARAMS = 200_000_000  # a float64 copy of a larger model costs more memory than a failed check is worth
+
+
+def _exact_outputs(model, example: tuple) -> list | None:
+    """The model's outputs computed in float64 (a copy), or None when it cannot run so (or is too large)."""
+    import copy
+
+    import torch
+
+    if sum(p.numel() for p in model.parameters()) > EXACT_MAX_PARAMS:
+        return None
+    try:
+        exact = copy.deepcopy(model).double()
+        inputs = tuple(t.double() if torch.is_tensor(t) and t.is_floating_point() else t for t in example)
+        with torch.no_grad():
+            return _flatten(exact(*inputs))
+    except Exception:  # noqa: BLE001 - a model that cannot run in float64 keeps its float32 verdict
+        return None
+
+
+def rounding_only(parity: Parity, torch_out: dict, ort_out: dict, exact: dict) -> Parity:
+    """Accept an output ONNX Runtime gets no further from the exact (float64) answer than PyTorch's float32 does.
+
+    Two float32 runtimes that sum in different orders differ by rounding; when the exact answer says ONNX
+    Runtime's error is no larger than PyTorch's own, the difference is rounding, not a mistranslated op (measured:
+    inception_v3 with BatchNorm re-estimated, outputs ~13: PyTorch float32 is 8.7e-4 from float64, ONNX Runtime
+    7.3e-4, the two 9.7e-4 apart). Each such output records both errors under `float64_check`.
+    """
+    import numpy as np
+
+    for name, out in parity.outputs.items():
+        if out["ok"] or name not in exact or "shape" in out:
+            continue
+        ref = np.asarray(exact[name], dtype=np.float64)
+        torch_err = float(np.abs(np.asarray(torch_out[name], dtype=np.float64) - ref).max(initial=0.0))
+        ort_err = float(np.abs(np.asarray(ort_out[name], dtype=np.float64) - ref).max(initial=0.0))
+        out["float64_check"] = {"onnxruntime_max_abs": ort_err, "pytorch_max_abs": torch_err}
+        out["ok"] = ort_err <= torch_err
+    return parity
 
 
 def _flatten(output) -> list:

@@ -169,6 +169,22 @@ def test_compare_judges_large_outputs_by_their_own_scale():
     assert compare(logits, {"y": np.array([10.0, -4.0, 9e-5])}, atol=1e-4, rtol=1e-3)
 
 
+def test_rounding_only_accepts_what_is_no_further_from_the_exact_answer_than_pytorch():
+    from edgeprune.exporters.onnx import rounding_only
+
+    exact = {"y": np.array([12.0, -3.0, 0.5])}
+    torch_out = {"y": np.array([12.0009, -3.0, 0.5])}  # PyTorch float32: 9e-4 from float64
+    near = {"y": np.array([11.9993, -3.0, 0.5])}  # ONNX Runtime: 7e-4 from float64, 1.6e-3 from PyTorch
+    parity = compare(torch_out, near, atol=1e-4, rtol=1e-5)
+    assert not parity
+    rounding_only(parity, torch_out, near, exact)
+    assert parity and parity.outputs["y"]["float64_check"] == {
+        "onnxruntime_max_abs": pytest.approx(7e-4), "pytorch_max_abs": pytest.approx(9e-4)}
+    far = {"y": np.array([12.0, -3.0, 0.502])}  # 2e-3 off where PyTorch is exact: a real difference
+    parity = compare(torch_out, far, atol=1e-4, rtol=1e-5)
+    assert not rounding_only(parity, torch_out, far, exact)
+
+
 def test_compare_identical_and_zero_outputs():
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     parity = compare({"a": a, "z": np.zeros(3)}, {"a": a.copy(), "z": np.zeros(3)}, atol=0.0, rtol=0.0)
