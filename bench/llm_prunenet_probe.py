@@ -32,9 +32,10 @@ def main() -> int:
     from transformers import AutoModelForCausalLM
 
     import edgeprune
-    from edgeprune.pruning.criteria import CRITERIA, Criterion
+    from edgeprune.pruning.criteria import CRITERIA, Criterion, score_groups
     from edgeprune.pruning.prunenet import first_matrix, load_policies, shape_key
-    from edgeprune.pruning.transformer import oriented, unit_parts
+    from edgeprune.pruning.space import transformer_space
+    from edgeprune.pruning.transformer import find_layout
 
     torch.set_num_threads(1)
     res = json.loads((ROOT / "bench" / "results" / "llm.json").read_text())
@@ -49,24 +50,21 @@ def main() -> int:
     if "l2-gate" not in CRITERIA:
         edgeprune.register_criterion(Criterion("l2-gate", gate_l2, summary="L2 of the first MLP matrix's row only"))
     out = {"correlation": [], "perplexity": []}
+    ignore = [f"layers.{i}.heads" for i in range(cfg["layers"])]
     for seed, model in sorted(res["models"].items()):
         model_dir = Path(model["dir"])
         module = AutoModelForCausalLM.from_pretrained(str(model_dir))
-        policy_file = cache / "policies" / f"{model_dir.name}-seed0.safetensors"
-        policies, _ = load_policies(policy_file)
-        for i, layer in enumerate(module.model.layers):
-            parts = unit_parts(layer, _layout(module), "mlp")
-            gate = oriented(parts[0][0].weight.detach(), parts[0][0]).float()
+        policies, _ = load_policies(cache / "policies" / f"{model_dir.name}-seed0.safetensors")
+        mlp = [g for g in transformer_space(find_layout(module)) if g.kind == "mlp"]
+        gate_norms, l2s = (score_groups(name, mlp, module).raw for name in ("l2-gate", "l2"))
+        for i, (group, gate_norm, l2) in enumerate(zip(mlp, gate_norms, l2s)):
+            gate = first_matrix(group)
             alpha = policies[shape_key(*gate.shape)].keep_probabilities(gate)
-            gate_norm = gate.double().pow(2).sum(1).numpy()
-            l2 = np.mean([oriented(m.weight.detach(), m).double().pow(2).numpy().sum(axis=1 if side == "out" else 0)
-                          for m, side, _ in parts], axis=0)
             out["correlation"].append({"seed": int(seed), "layer": i,
                                        "alpha_vs_gate_norm": float(spearmanr(alpha, gate_norm).statistic),
                                        "alpha_vs_l2": float(spearmanr(alpha, l2).statistic),
                                        "gate_norm_vs_l2": float(spearmanr(gate_norm, l2).statistic)})
         for ratio in bench.MLP_RATIOS:
-            ignore = [f"layers.{i}.heads" for i in range(cfg["layers"])]
             result = edgeprune.prune(str(model_dir), mode="uniform", ratio=ratio, criterion="l2-gate",
                                      seq_len=cfg["seq_len"], ignore=ignore, measure=False, search=0,
                                      cache=str(cache / "measurements.sqlite"))
@@ -83,12 +81,6 @@ def main() -> int:
     path.write_text(json.dumps(out, indent=1))
     print(json.dumps(out["summary"], indent=1))
     return 0
-
-
-def _layout(module):
-    from edgeprune.pruning.transformer import find_layout
-
-    return find_layout(module)
 
 
 if __name__ == "__main__":
