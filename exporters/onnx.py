@@ -100,11 +100,12 @@ def check_parity(model, example: tuple, onnx_bytes: bytes, input_names, atol: fl
     feeds = {name: t.detach().cpu().numpy() for name, t in zip(input_names, example)}
     names = [o.name for o in session.get_outputs()]
     got = session.run(names, feeds)
-    parity = compare(dict(zip(names, refs)), dict(zip(names, got)), atol, rtol)
+    torch_out, ort_out = dict(zip(names, refs)), dict(zip(names, got))
+    parity = compare(torch_out, ort_out, atol, rtol)
     if not parity:
         exact = _exact_outputs(model, example)
         if exact is not None and len(exact) == len(names):
-            rounding_only(parity, dict(zip(names, refs)), dict(zip(names, got)), dict(zip(names, exact)))
+            rounding_only(parity, torch_out, ort_out, dict(zip(names, exact)))
     return parity
 
 
