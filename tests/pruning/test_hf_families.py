@@ -379,8 +379,8 @@ def test_a_decode_table_drives_a_budget_in_ms_per_token(name, dirs, tmp_path, fo
     assert proc.returncode == 0, proc.stderr
     reply = json.loads(proc.stdout)
     assert reply["predicted_ms"] <= reply["budget_ms"] + 1e-9 and reply["budget_ms"] < dense
-    widths = json.loads((out / "config.json").read_text())
-    assert widths != json.loads((Path(dirs(name)) / "config.json").read_text())  # something was removed
+    config = json.loads((out / "config.json").read_text())
+    assert config != json.loads((Path(dirs(name)) / "config.json").read_text())  # something was removed
     proc = cli_in_process("prune", "--model", dirs(name), "--seq-len", "16", "--regime", "prefill", "--table",
                           str(table), "--budget", f"{budget:.4f}ms", "--out", str(tmp_path / "no"),
                           cache=tmp_path / "c.sqlite")
