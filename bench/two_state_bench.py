@@ -49,14 +49,15 @@ def rescore(table, rule) -> dict:
 
     def features(f: dict) -> dict:
         a = share(rule, f["weight_bytes"], llc)
-        return dict(f, cells_ms=(1 - a) * f["cells_warm_ms"] + a * f["cells_cold_ms"], cold_share=a)
+        # the on-step / other split of Σ cells is stored in the table's own state only: not re-mixed per rule
+        rest = {k: v for k, v in f.items() if k not in ("cells_on_step_ms", "cells_other_ms")}
+        return dict(rest, cells_ms=(1 - a) * f["cells_warm_ms"] + a * f["cells_cold_ms"], cold_share=a)
 
     points = table.memory["calibration_points"]
     cal = choose_calibration(features(points[0]["features"]), points[0]["measured_ms"],
                              [features(p["features"]) for p in points[1:]], [p["measured_ms"] for p in points[1:]])
     variants = table.fidelity["variants"]
-    predicted = [apply_calibration(cal, *(features(v["features"])[k] for k in
-                                          ("cells_ms", "layout_on_step_m", "layout_off_step_m"))) for v in variants]
+    predicted = [apply_calibration(cal, features(v["features"])) for v in variants]
     measured = [v["measured_ms"] for v in variants]
     out = error_figures(predicted, measured)
     out.update(calibration=cal["kind"], calibration_choice_mape=cal.get("choice_mape"))

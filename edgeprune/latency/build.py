@@ -737,7 +737,7 @@ def _calibrate_and_score(table: LatencyTable, graph: GraphBlocks, measured: dict
     predicted, macs_pred, meas, exact, rounds, per_variant = [], [], [], [], [], []
     for v in heldout:
         f = table.features(v["blocks"])
-        p = table.calibrate(f["cells_ms"], f["layout_on_step_m"], f["layout_off_step_m"])
+        p = table.calibrate(f)
         m = model_ms(measured[v["key"]])
         q = dense_ms * sum(b.macs for b in v["blocks"]) / graph.macs
         predicted.append(p)

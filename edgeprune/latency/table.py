@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from edgeprune.atomic import write_json
 from edgeprune.errors import BadInputError
 from edgeprune.profilers.schema import Bool, Const, Either, Int, ListOf, MapOf, Maybe, Num, Obj, Str, Tagged, check
@@ -35,7 +37,8 @@ AXIS = Obj({"aligned": ListOf(WIDTH), "off": ListOf(WIDTH)}, {"fixed": Bool()})
 # the calibration kinds `apply_calibration` reads, or {} (no calibration)
 CALIBRATION = Either(Const({}), Tagged("kind", {
     "ratio": Obj({"value": Num(min=0)}), "additive": Obj({"value": Num()}),
-    "layout": Obj({"value": Num(), "layout_on_step_ms_per_m": Num(), "layout_off_step_ms_per_m": Num()})}),
+    "layout": Obj({"value": Num(), "layout_on_step_ms_per_m": Num(), "layout_off_step_ms_per_m": Num()}),
+    "regime": Obj({"value": Num(min=0), "other_ratio": Num(min=0)})}),
     what="an object")
 # Two-state tables: the candidate's weight bytes F against the last-level cache C give its cold share
 # α = clamp((F/C − warm_below) / (cold_above − warm_below), 0, 1); warm_below == cold_above is a hard switch.
@@ -233,23 +236,28 @@ class LatencyTable:
         return sums["cells_ms"], sums["exact_share"]
 
     def _sums(self, blocks: list) -> dict:
-        """Σ cells warm and cold, the blocks' weight bytes, their cold share and Σ cells in that state."""
-        warm, exact = 0.0, 0
-        for block in blocks:
-            ms, hit = self.block_ms(block)
-            warm += ms
-            exact += hit
-        out = {"cells_ms": warm, "exact_share": exact / len(blocks) if blocks else 1.0}
+        """Σ cells (in the candidate's state), split into on-step convs and the rest; on a two-state table also
+        Σ warm, Σ cold, the blocks' weight bytes and their cold share."""
+        readings = [self.block_ms(b) for b in blocks]
+        warm = np.array([ms for ms, _ in readings], float)
+        exact = sum(hit for _, hit in readings)
+        value = warm
+        out = {"exact_share": exact / len(blocks) if blocks else 1.0}
         if self.two_state:
-            cold = sum(self.block_ms(block, "cold")[0] for block in blocks)
+            cold = np.array([self.block_ms(b, "cold")[0] for b in blocks], float)
             footprint = self.weight_bytes(blocks)
             share = self.cold_share(footprint)
-            out.update(cells_ms=(1 - share) * warm + share * cold, cells_warm_ms=warm, cells_cold_ms=cold,
-                       weight_bytes=footprint, cold_share=share)
+            value = (1 - share) * warm + share * cold
+            out.update(cells_warm_ms=float(warm.sum()), cells_cold_ms=float(cold.sum()), weight_bytes=footprint,
+                       cold_share=share)
+        on = np.array([b.kind == "conv" and b.on_step(self.step) for b in blocks], bool)
+        out.update(cells_ms=float(value.sum()), cells_on_step_ms=float(value[on].sum()) if blocks else 0.0,
+                   cells_other_ms=float(value[~on].sum()) if blocks else 0.0)
         return out
 
     def features(self, blocks: list) -> dict:
-        """What calibration reads: Σ cells, and the elements convs move through layout changes, in millions.
+        """What calibration reads: Σ cells (whole, and split into on-step convs and the rest), and the elements
+        convs move through layout changes, in millions.
 
         A micro-model pays its input/output layout conversion (e.g. ONNX Runtime's NCHW <-> NCHWc reorders)
         that an on-step conv inside the whole model does not, while an off-step conv pays them in the model too.
@@ -260,26 +268,29 @@ class LatencyTable:
                                        if b.kind == "conv" and not b.on_step(self.step)) / 1e6
         return out
 
-    def calibrate(self, raw: float, layout_on_step_m: float = 0.0, layout_off_step_m: float = 0.0) -> float:
-        """Apply the table's calibration to Σ cells (and, for the `layout` kind, the layout features)."""
-        return apply_calibration(self.calibration, raw, layout_on_step_m, layout_off_step_m)
+    def calibrate(self, features: dict) -> float:
+        """The table's calibration applied to a candidate's `features` (only `cells_ms` for ratio/additive)."""
+        return apply_calibration(self.calibration, features)
 
     def predict_ms(self, blocks: list) -> float:
         """Predicted end-to-end latency of a graph's blocks, in the table's estimator."""
-        f = self.features(blocks)
-        return self.calibrate(f["cells_ms"], f["layout_on_step_m"], f["layout_off_step_m"])
+        return self.calibrate(self.features(blocks))
 
 
-def apply_calibration(cal: dict, raw: float, layout_on_step_m: float = 0.0, layout_off_step_m: float = 0.0) -> float:
-    """ratio: r·Σ; additive: Σ + a; layout: r·Σ + b_on·L_on + b_off·L_off (fitted on measured models)."""
+def apply_calibration(cal: dict, features: dict) -> float:
+    """ratio: r·Σ; additive: Σ + a; layout: r·Σ + b_on·L_on + b_off·L_off; regime: r_on·Σ_on-step convs +
+    r_other·Σ_rest (all fitted on measured models, latency/fidelity.py)."""
+    raw = features["cells_ms"]
     if not cal:
         return raw
     if cal["kind"] == "ratio":
         return raw * cal["value"]
     if cal["kind"] == "additive":
         return raw + cal["value"]
-    return raw * cal["value"] + cal["layout_on_step_ms_per_m"] * layout_on_step_m \
-        + cal["layout_off_step_ms_per_m"] * layout_off_step_m
+    if cal["kind"] == "regime":
+        return features["cells_on_step_ms"] * cal["value"] + features["cells_other_ms"] * cal["other_ratio"]
+    return raw * cal["value"] + cal["layout_on_step_ms_per_m"] * features["layout_on_step_m"] \
+        + cal["layout_off_step_ms_per_m"] * features["layout_off_step_m"]
 
 
 def block_weight_elems(block: Block) -> int:

@@ -59,6 +59,9 @@ class CostModel:
         ms, _ = self.table.block_ms(block, state)
         if self.kind == "ratio":
             return ms * self.cal["value"]
+        if self.kind == "regime":
+            on = block.kind == "conv" and block.on_step(self.table.step)
+            return ms * (self.cal["value"] if on else self.cal["other_ratio"])
         if self.kind == "layout":
             term = ms * self.cal["value"]
             if block.kind == "conv":

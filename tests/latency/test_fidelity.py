@@ -130,6 +130,34 @@ def test_calibration_picks_layout_fit_when_layout_changes_explain_the_gap():
     assert out["layout_off_step_ms_per_m"] == pytest.approx(1.0)
 
 
+def R(on, other, on_m=0.0, off_m=0.0):
+    return dict(F(on + other, on_m, off_m), cells_on_step_ms=on, cells_other_ms=other)
+
+
+def test_calibration_picks_regime_when_on_step_convs_run_faster_in_the_model():
+    # measured = 0.6·Σ on-step convs + 1.0·Σ the rest (mobilenet_v3_small at 160 px read 0.56-0.60 and ~1.0):
+    # on-step variants follow 0.6, off-step ones 1.0, and no single ratio or constant follows both
+    dense = R(6.0, 2.0)
+    calib = [R(3.0, 1.0), R(3.5, 1.2), R(0.2, 5.0), R(0.3, 6.0), R(2.8, 0.9), R(0.1, 4.5)]
+    out = choose_calibration(dense, 0.6 * 6.0 + 2.0, calib, [0.6 * f["cells_on_step_ms"] + f["cells_other_ms"]
+                                                            for f in calib])
+    assert out["kind"] == "regime"
+    assert out["value"] == pytest.approx(0.6) and out["other_ratio"] == pytest.approx(1.0)
+    assert out["choice_mape"]["regime"] == pytest.approx(0.0, abs=1e-9)
+    assert out["choice_mape"]["ratio"] > 0.1 and out["choice_mape"]["additive"] > 0.05
+    # 0.6·3 + 1 = 2.8 ms measured for the first on-step variant: what the table will predict for it
+    from edgeprune.latency.table import apply_calibration
+    assert apply_calibration(out, calib[0]) == pytest.approx(2.8)
+
+
+def test_regime_fit_with_an_undetermined_coefficient_is_never_chosen():
+    # every point has Σ on-step 0: its coefficient comes out 0, which is no calibration
+    calib = [R(0.0, c) for c in (4.0, 5.0, 6.0)]
+    out = choose_calibration(R(0.0, 8.0), 8.8, calib, [1.1 * f["cells_other_ms"] for f in calib])
+    assert "regime" not in out["choice_mape"] and "outside" in out["regime_rejected"]
+    assert out["kind"] == "ratio" and out["value"] == pytest.approx(1.1)
+
+
 def test_layout_fit_that_discards_the_cells_is_never_chosen():
     # Measurements that only the layout terms can follow (Σ-cells coefficient near 0) are noise, not a model.
     dense = F(20.0, on=4.0)

@@ -302,11 +302,11 @@ def test_calibrate_ratio_additive_and_none():
     ratio, _ = make_table({"kind": "ratio", "value": 1.5})
     additive, _ = make_table({"kind": "additive", "value": 0.25})
     plain, _ = make_table()
-    assert ratio.calibrate(2.0) == pytest.approx(3.0)
-    assert additive.calibrate(2.0) == pytest.approx(2.25)
-    assert plain.calibrate(2.0) == 2.0
-    assert additive.calibrate(0.0) == pytest.approx(0.25)
-    assert ratio.calibrate(0.0) == 0.0
+    assert ratio.calibrate({"cells_ms": 2.0}) == pytest.approx(3.0)
+    assert additive.calibrate({"cells_ms": 2.0}) == pytest.approx(2.25)
+    assert plain.calibrate({"cells_ms": 2.0}) == 2.0
+    assert additive.calibrate({"cells_ms": 0.0}) == pytest.approx(0.25)
+    assert ratio.calibrate({"cells_ms": 0.0}) == 0.0
 
 
 def test_predict_sums_blocks_then_calibrates():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from edgeprune.pruning.solver import (
+    CostModel,
     UnreachableBudgetError,
     _mckp,
     candidate_units,
@@ -112,10 +113,25 @@ def test_cost_model_matches_the_tables_prediction_of_the_slimmed_graph(tiny_cost
     cost, groups, table = tiny_cost
     loaded = tiny_loaded()
     units = [max(1, g.units - 5 * (i + 1)) if g.units > 8 else g.units for i, g in enumerate(groups)]
+    if table.step > 1:  # every group but the last on the step: on-step convs and off-step ones in one candidate
+        units[:-1] = [max(table.step, u // table.step * table.step) for u in units[:-1]]
     clone = copy.deepcopy(loaded.module)
     apply_keep(build_space(clone, loaded.example_inputs()), {i: range(u) for i, u in enumerate(units)})
     proto, _ = export_onnx(clone, loaded.example_inputs(), None)
     blocks = extract_blocks(proto).blocks
     assert table.predict_ms(blocks) == pytest.approx(cost.predict(units), rel=1e-9)
+    features = table.features(blocks)
+    assert features["cells_on_step_ms"] > 0 and features["cells_other_ms"] > 0  # both regimes in this candidate
+    for calibration in ({"kind": "regime", "value": 0.6, "other_ratio": 1.1},
+                        {"kind": "layout", "value": 0.9, "layout_on_step_ms_per_m": -0.2,
+                         "layout_off_step_ms_per_m": 0.3},
+                        {"kind": "additive", "value": 0.05}):
+        other = copy.copy(table)
+        other.calibration = calibration
+        assert other.predict_ms(blocks) == pytest.approx(CostModel(other, cost.widths).predict(units), rel=1e-9)
+    regime = copy.copy(table)
+    regime.calibration = {"kind": "regime", "value": 0.6, "other_ratio": 1.1}
+    assert regime.predict_ms(blocks) == pytest.approx(0.6 * features["cells_on_step_ms"]
+                                                      + 1.1 * features["cells_other_ms"], rel=1e-9)
     assert sum(b.macs for b in blocks) == cost.widths.macs(units)
     assert clone(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
