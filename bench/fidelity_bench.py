@@ -68,6 +68,11 @@ def regimes(fid: dict) -> dict:
             "off_step": {k: fid.get("arbitrary", {}).get(k) for k in ("within_10", "mape")}}
 
 
+def aligned_meets(r: dict) -> bool:
+    fig = r.get("aligned") or {}
+    return fig.get("mape") is not None and fig["within_10"] >= 0.9 and fig["mape"] <= 0.05
+
+
 def pair(fig: dict | None) -> str:
     if not fig or fig.get("mape") is None:
         return "—"
@@ -107,7 +112,10 @@ def markdown(data: dict) -> str:
         out.append(f"- {threads} thread(s), held-out models only: target met on {sum(r['meets_target'] for r in judged)} of {len(judged)} "
                    f"models with a noise ceiling ≥ 90 % ({len(rows) - len(judged)} noisier); table ahead of MACs "
                    f"on {sum(r['ahead_of_macs'] for r in rows)} of {len(rows)}; {sum(r['reused_cells'] for r in rows)}"
-                   f" of {sum(r['cells'] for r in rows)} cells came from earlier models' measurements.")
+                   f" of {sum(r['cells'] for r in rows)} cells came from earlier models' measurements; on the "
+                   f"on-step variants alone (the pruner's candidates) the target is met on "
+                   f"{sum(aligned_meets(r) for r in judged)} of {len(judged)}; table cost ≤ direct-20 on "
+                   f"{sum(r['table_vs_direct_20'] <= 1 for r in rows)} of {len(rows)}.")
     return "\n".join(out) + "\n"
 
 
