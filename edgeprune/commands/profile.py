@@ -68,7 +68,8 @@ def summary_text(table, out, cached_cells: int) -> str:
         f"  {len(table.layers)} layers, {len(table.cells)} cells ({cached_cells} from cache), "
         f"{table.profile.get('table_s', 0):.1f} s measuring cells",
         f"  dense model: measured {cal['dense_measured_ms']:.3f} ms, Σ cells {cal['dense_predicted_ms']:.3f} ms, "
-        f"calibration {cal['kind']} {cal['value']:.4g}",
+        f"calibration {cal['kind']} {cal['value']:.4g}"
+        + (f" (on-step convs; {cal['other_ratio']:.4g} the rest)" if cal["kind"] == "regime" else ""),
     ]
     if fid.get("n_variants"):
         macs = fid["macs"]

@@ -6,7 +6,16 @@ from collections import defaultdict
 from pathlib import Path
 
 from .blocks import Block
-from .table import LatencyTable
+from .table import LatencyTable, block_term
+
+
+def _display_ms(table: LatencyTable, raw: float, block: Block) -> float:
+    """A layer's calibrated ms for display: its layout-conversion term (a fit over whole models, which may be
+    negative for one layer) stays out, as does an additive calibration's constant."""
+    cal = table.calibration
+    if cal.get("kind") == "layout":
+        return raw * cal["value"]
+    return block_term(cal, raw, block, table.step)
 
 
 def layer_rows(table: LatencyTable) -> list:
@@ -17,8 +26,7 @@ def layer_rows(table: LatencyTable) -> list:
         block = Block(name, layer["kind"], sig, layer["c_in"], layer["c_out"])
         raw, exact = table.block_ms(block)
         rows.append({"layer": name, "kind": layer["kind"], "c_in": layer["c_in"], "c_out": layer["c_out"],
-                     "ms": raw * table.calibration.get("value", 1.0) if table.calibration.get("kind") in
-                     ("ratio", "layout") else raw,
+                     "ms": _display_ms(table, raw, block),
                      "exact": exact, "signature": layer["signature"]})
     total = sum(r["ms"] for r in rows) or 1.0
     for r in rows:

@@ -293,6 +293,19 @@ def apply_calibration(cal: dict, features: dict) -> float:
         + cal["layout_off_step_ms_per_m"] * features["layout_off_step_m"]
 
 
+def block_term(cal: dict, ms: float, block: Block, step: int) -> float:
+    """One block's share of a calibrated prediction (an additive calibration's constant is not a block's)."""
+    kind = cal.get("kind")
+    if kind == "ratio":
+        return ms * cal["value"]
+    if kind == "regime":
+        return ms * (cal["value"] if block.kind == "conv" and block.on_step(step) else cal["other_ratio"])
+    if kind == "layout":
+        per_m = cal["layout_on_step_ms_per_m"] if block.on_step(step) else cal["layout_off_step_ms_per_m"]
+        return ms * cal["value"] + (per_m * block.io_elems / 1e6 if block.kind == "conv" else 0.0)
+    return ms
+
+
 def block_weight_elems(block: Block) -> int:
     """Weights a block holds at its widths (profilers/synth.py counts them the way it builds the cells)."""
     return weight_elems(block.signature, block.c_in, block.c_out)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeprune.errors import BadInputError
+from edgeprune.latency.table import block_term
 
 
 class UnreachableBudgetError(BadInputError):
@@ -57,19 +58,7 @@ class CostModel:
 
     def term(self, block, state: str = "warm") -> float:
         ms, _ = self.table.block_ms(block, state)
-        if self.kind == "ratio":
-            return ms * self.cal["value"]
-        if self.kind == "regime":
-            on = block.kind == "conv" and block.on_step(self.table.step)
-            return ms * (self.cal["value"] if on else self.cal["other_ratio"])
-        if self.kind == "layout":
-            term = ms * self.cal["value"]
-            if block.kind == "conv":
-                per_m = self.cal["layout_on_step_ms_per_m"] if block.on_step(self.table.step) else \
-                    self.cal["layout_off_step_ms_per_m"]
-                term += per_m * block.io_elems / 1e6
-            return term
-        return ms
+        return block_term(self.cal, ms, block, self.table.step)
 
     def parts(self, i: int, units: list) -> tuple:
         """(warm term, cold term, weight bytes) of block i at `units` (two-state tables)."""

@@ -309,6 +309,24 @@ def test_calibrate_ratio_additive_and_none():
     assert ratio.calibrate({"cells_ms": 0.0}) == 0.0
 
 
+def test_regime_calibration_prices_on_step_convs_and_the_rest_apart():
+    from edgeprune.latency.report import layer_rows
+
+    table, blocks = make_table({"kind": "regime", "value": 0.5, "other_ratio": 1.25})
+    conv, pool = blocks  # the conv at 32 -> 64 channels is on the step; a pool is never a conv
+    assert conv.on_step(STEP)
+    f = table.features(blocks)
+    assert f["cells_on_step_ms"] == pytest.approx(f_conv(32, 64)) and f["cells_other_ms"] == pytest.approx(f_pool(64))
+    assert table.predict_ms(blocks) == pytest.approx(0.5 * f_conv(32, 64) + 1.25 * f_pool(64))
+    off = Block("layer.conv", "conv", CONV, 32, 60)  # off the step: the other ratio
+    assert table.features([off])["cells_on_step_ms"] == 0.0
+    assert table.predict_ms([off]) == pytest.approx(1.25 * table.raw_ms([off])[0])
+    for block in blocks:  # what `edgeprune profile` writes beside each layer
+        table.layers[block.name]["signature"] = block.sig_key
+    rows = {r["layer"]: r["ms"] for r in layer_rows(table)}
+    assert rows == pytest.approx({"layer.conv": 0.5 * f_conv(32, 64), "pool": 1.25 * f_pool(64)})
+
+
 def test_predict_sums_blocks_then_calibrates():
     table, blocks = make_table({"kind": "additive", "value": 0.5})
     raw, exact_share = table.raw_ms(blocks)
