@@ -101,6 +101,39 @@ def _fallback(node, kind: str, index: int) -> str:
     return node.name.strip("/").replace("/", ".") or f"{kind}{index}"
 
 
+def _run_shapes(model, inputs: list) -> dict:
+    """Every tensor's shape from one ONNX Runtime run on zeros, where static inference left some unknown.
+
+    Shape arithmetic in the graph (a channel shuffle's Shape -> Div -> Reshape, a channel split's Slice ends)
+    defeats ONNX's shape inference, and every conv behind it would be left out of the table. With a static
+    input, running the graph once gives the real shapes. {} when an input is dynamic or the runtime refuses.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    feeds = {}
+    for vi in inputs:
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        if not dims or min(dims) <= 0:
+            return {}
+        feeds[vi.name] = np.zeros(dims, onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=o) for n in probe.graph.node for o in n.output
+                              if o and o not in have)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        values = session.run(None, feeds)
+    except Exception:  # noqa: BLE001 - a graph the runtime cannot run keeps the inferred shapes (and its gaps)
+        return {}
+    return {o.name: list(v.shape) for o, v in zip(session.get_outputs(), values) if hasattr(v, "shape")}
+
+
 class _Graph:
     def __init__(self, model):
         import onnx
@@ -125,6 +158,11 @@ class _Graph:
             self.shapes[vi.name] = dims
         for name, init in self.inits.items():
             self.shapes[name] = list(init.dims)
+        outputs = [o for n in self.nodes for o in n.output if o]
+        if any(None in (self.shapes.get(o) or [None]) for o in outputs):
+            for name, dims in _run_shapes(model, inputs).items():
+                if None in (self.shapes.get(name) or [None]):
+                    self.shapes[name] = dims
         self.graph_inputs = {i.name for i in g.input} - self.consts
         self.graph_outputs = {o.name for o in g.output}
         self.consumers = {}

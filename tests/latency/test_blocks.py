@@ -398,3 +398,35 @@ def test_a_depthwise_conv_cut_to_one_channel_keeps_its_signature():
     many = extract_blocks(exported(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, padding=1, groups=4)),
                                    (1, 3, 8, 8))).blocks
     assert one[1].sig_key == many[1].sig_key and one[1].signature["groups"] == "depthwise"
+
+
+class _Shuffle(nn.Module):
+    """A channel split and shuffle as ShuffleNetV2 writes it: shape arithmetic ONNX shape inference cannot follow."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.branch = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Conv2d(16, 16, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        a, b = x.chunk(2, dim=1)
+        x = torch.cat((a, torch.relu(self.branch(b))), dim=1)
+        n, c, h, w = x.size()
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        return self.head(x)
+
+
+def test_convs_behind_a_channel_shuffle_are_blocks_with_their_real_widths():
+    import onnx
+
+    proto = exported(_Shuffle())
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    known = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in inferred.graph.value_info}
+    conv_inputs = [n.input[0] for n in proto.graph.node if n.op_type == "Conv"]
+    assert any(0 in known.get(x, [0]) for x in conv_inputs[1:])  # static inference loses a conv's input shape...
+    graph = extract_blocks(proto)
+    convs = {b.name: (b.c_in, b.c_out) for b in graph.blocks if b.kind == "conv"}
+    assert convs == {"stem": (3, 16), "branch": (8, 8), "head": (16, 16)}  # ...one run on zeros recovers it
+    assert "Conv" not in graph.uncovered
