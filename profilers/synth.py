@@ -126,7 +126,8 @@ def build_gemm(sig, c_in, c_out, rng):
 
 
 def build_eltwise(sig, c_in, c_out, rng):
-    """A width-following op outside the prunable blocks: Add/Mul of two maps, or a unary activation.
+    """A width-following op outside the prunable blocks: Add/Mul of two maps, a channel Concat (of `inputs`
+    maps, whose widths sum to c), or a unary activation.
 
     Image maps are [1, c, h, w]; token sequences (signature `tokens`) are [1, tokens, c].
     """
@@ -139,7 +140,13 @@ def build_eltwise(sig, c_in, c_out, rng):
     inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, shape)]
     inits = []
     nodes = []
-    if op in ("Add", "Mul"):
+    if op == "Concat":  # the output width split as evenly as it goes over the inputs, concatenated on channels
+        n = max(1, min(int(sig.get("inputs", 2)), c_in))
+        sizes = [c_in // n + (1 if i < c_in % n else 0) for i in range(n)]
+        inputs = [helper.make_tensor_value_info("X%d" % i if i else "X", TensorProto.FLOAT,
+                                                [1, size] + shape[2:]) for i, size in enumerate(sizes)]
+        nodes.append(helper.make_node("Concat", [vi.name for vi in inputs], ["Y"], axis=1))
+    elif op in ("Add", "Mul"):
         other = ([1, c_in, 1, 1] if len(shape) == 4 else [1, 1, c_in]) if sig.get("broadcast") else shape
         inputs.append(helper.make_tensor_value_info("X2", TensorProto.FLOAT, other))
         nodes.append(helper.make_node(op, ["X", "X2"], ["Y"]))

@@ -339,6 +339,21 @@ def _eltwise_block(graph, node, index):
                  out_fixed=node.output[0] in graph.graph_outputs, nodes=(node.name,))
 
 
+def _concat_block(graph, node, index):
+    """A channel Concat of image maps (DenseNet, Inception, GhostNet, ShuffleNetV2): it copies every input into
+    the output, a cost that follows the output width, so it is a block of that one width."""
+    shapes = [graph.shapes.get(i) for i in node.input]
+    if graph.attr(node, "axis", None) not in (1, -3) or len(node.input) < 2 \
+            or any(i in graph.consts for i in node.input) \
+            or any(not x or len(x) != 4 or None in x[1:] for x in shapes):
+        return None
+    c = sum(x[1] for x in shapes)
+    signature = {"kind": "eltwise", "op": "Concat", "hw": list(shapes[0][2:]), "inputs": len(node.input)}
+    return Block(layer_name(node.name, _fallback(node, "concat", index)), "eltwise", signature, c, c,
+                 in_fixed=all(i in graph.graph_inputs for i in node.input),
+                 out_fixed=node.output[0] in graph.graph_outputs, nodes=(node.name,))
+
+
 def _token_eltwise_block(graph, node, index):
     """Residual Add / Mul of two [1, tokens, c] sequences."""
     shapes = [graph.shapes.get(i) for i in node.input]
@@ -534,6 +549,8 @@ def extract_blocks(model, head_dim: int | None = None) -> GraphBlocks:
             block = _pool_block(graph, node, index)
         elif node.op_type in ("Add", "Mul") or node.op_type in UNARY_ACTS:
             block = _eltwise_block(graph, node, index)
+        elif node.op_type == "Concat":
+            block = _concat_block(graph, node, index)
         if block is not None:
             blocks.append(block)
             covered.update(block.nodes)

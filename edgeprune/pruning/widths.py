@@ -235,7 +235,10 @@ def _concatenated_sides(proto, dense: dict, sides: dict, probes: list, codes: li
         block = dense[name]
         main = next((n for n in proto.graph.node if n.name == block.nodes[0]), None)
         data = [i for i in main.input if i and i not in consts] if main is not None else []
-        found = tensor(data[0]) if data and (attr == "c_in" or block.tied) else None
+        if main is not None and main.op_type == "Concat":  # a concat block's width is its output's: the sum
+            found = tensor(main.output[0])
+        else:
+            found = tensor(data[0]) if data and (attr == "c_in" or block.tied) else None
         deltas = _deltas(name, attr, getattr(block, attr), probes)
         base = found.delta(lambda g: removed[g]) if found is not None else 0
         if found is not None and base and deltas[-1] % base == 0 and deltas[-1] // base > 1:

@@ -430,3 +430,5 @@ def test_convs_behind_a_channel_shuffle_are_blocks_with_their_real_widths():
     convs = {b.name: (b.c_in, b.c_out) for b in graph.blocks if b.kind == "conv"}
     assert convs == {"stem": (3, 16), "branch": (8, 8), "head": (16, 16)}  # ...one run on zeros recovers it
     assert "Conv" not in graph.uncovered
+    concat = [b for b in graph.blocks if b.signature.get("op") == "Concat"]  # the copy a concat costs is a block
+    assert [(b.c_in, b.c_out, b.signature["inputs"], b.tied) for b in concat] == [(16, 16, 2, True)]

@@ -261,6 +261,16 @@ def test_eltwise_binary(op, broadcast):
     np.testing.assert_allclose(out, ref, rtol=1e-6)
 
 
+@pytest.mark.parametrize("inputs,sizes", [(2, (4, 3)), (3, (3, 2, 2)), (4, (2, 2, 2, 1))])
+def test_concat_cell_splits_its_width_over_its_inputs(inputs, sizes):
+    model = synth.build_cell({"kind": "eltwise", "op": "Concat", "hw": [3, 5], "inputs": inputs}, 7, 7)
+    onnx.checker.check_model(model, full_check=True)
+    out, feeds = run(model)
+    assert tuple(feeds[name].shape[1] for name in ["X"] + [f"X{i}" for i in range(1, inputs)]) == sizes
+    np.testing.assert_array_equal(out, np.concatenate([feeds["X"]] + [feeds[f"X{i}"] for i in range(1, inputs)],
+                                                      axis=1))
+
+
 @pytest.mark.parametrize("act", synth.ACTIVATIONS)
 def test_eltwise_unary_every_activation(act):
     model = synth.build_cell({"kind": "eltwise", "op": act, "hw": [2, 3]}, 4, 4)
