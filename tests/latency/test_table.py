@@ -241,9 +241,9 @@ def test_bench_tables_pass_their_schema():
     """Real tables written by `edgeprune profile` (every calibration kind) load unchanged."""
     from pathlib import Path
 
-    paths = sorted((Path(__file__).resolve().parents[2] / "bench" / "results" / "tables").glob("*.json"))
+    paths = sorted((Path(__file__).resolve().parents[2] / "bench" / "results" / "tables").glob("**/*.json"))
     kinds = {LatencyTable.load(p).calibration["kind"] for p in paths}
-    assert kinds == {"ratio", "additive", "layout"}
+    assert kinds == {"ratio", "additive", "layout", "regime"}
 
 
 def test_show_refuses_a_bad_table_with_one_line_exit_2(tmp_path):
