@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from profile_bench import table_cost  # one definition of a table's cost and of measuring variants directly
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "fidelity_heldout.json"
 DOC = ROOT / "docs" / "results" / "fidelity_heldout.md"
@@ -35,6 +37,7 @@ HELD_OUT = ("torchvision:mobilenet_v3_large", "torchvision:mobilenet_v3_small", 
             "torchvision:resnet34", "torchvision:efficientnet_b1", "torchvision:densenet121",
             "timm:ghostnet_100")
 TUNED = ("torchvision:mnasnet1_0", "torchvision:efficientnet_b0")  # issue 12's own cases: reported, not held out
+ORDER = HELD_OUT + TUNED
 
 
 def row(name: str, threads: int, side: int, result, wall_s: float) -> dict:
@@ -42,12 +45,8 @@ def row(name: str, threads: int, side: int, result, wall_s: float) -> dict:
     fid, prof = table.fidelity, table.profile
     macs = fid.get("macs", {})
     ceiling = fid.get("noise_ceiling")
-    n_models = max(1, prof.get("models_measured") or 1)
-    round0 = (prof.get("model_round_s") or [prof["models_s"]])[0]
-    # cost as bench/profile_bench.py counts it: the profile without its fidelity check, against exporting and
-    # timing 20 variants once each (one round), which is what a user without a table would have to do
-    direct_20 = 20 * (prof["variants_export_s"] / max(1, prof.get("variants_built") or 1) + round0 / n_models)
-    table_cost = wall_s - prof["variants_export_s"] - prof["models_s"] + round0 / n_models
+    cost, per_variant_direct = table_cost(prof, wall_s)
+    direct_20 = 20 * per_variant_direct
     meets = None
     if ceiling is not None and ceiling >= 0.9:
         meets = fid["within_10"] >= 0.9 and fid["mape"] <= 0.05
@@ -58,7 +57,7 @@ def row(name: str, threads: int, side: int, result, wall_s: float) -> dict:
             "macs_mape": macs.get("mape"), "ahead_of_macs": fid["mape"] < macs.get("mape", float("inf")),
             "meets_target": meets, "calibration": table.calibration, "machine_state": prof.get("machine_state"),
             "n_variants": fid.get("n_variants"),
-            "table_cost_s": table_cost, "direct_20_variants_s": direct_20, "table_vs_direct_20": table_cost / direct_20,
+            "table_cost_s": cost, "direct_20_variants_s": direct_20, "table_vs_direct_20": cost / direct_20,
             "uncovered": len(table.uncovered or []), **regimes(fid)}
 
 
@@ -166,8 +165,7 @@ def main() -> None:
                 print(f"   ±10% {r['within_10']:.0%} (MACs {r['macs_within_10']:.0%})  MAPE {r['mape']:.1%} "
                       f"(MACs {r['macs_mape']:.1%})  ceiling {r['noise_ceiling']}  cells {r['cells']} "
                       f"({r['reused_cells']} reused)  {r['profile_wall_s']:.0f}s", flush=True)
-                order = HELD_OUT + TUNED
-                data["rows"].sort(key=lambda x: (x["threads"], order.index(x["model"]) if x["model"] in order else 99))
+                data["rows"].sort(key=lambda x: (x["threads"], ORDER.index(x["model"]) if x["model"] in ORDER else 99))
                 RESULTS.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
                 DOC.write_text(markdown({**data, "rows": [x for x in data["rows"] if "failed" not in x]}))
 
