@@ -250,9 +250,9 @@ class LatencyTable:
             value = (1 - share) * warm + share * cold
             out.update(cells_warm_ms=float(warm.sum()), cells_cold_ms=float(cold.sum()), weight_bytes=footprint,
                        cold_share=share)
-        on = np.array([b.kind == "conv" and b.on_step(self.step) for b in blocks], bool)
-        out.update(cells_ms=float(value.sum()), cells_on_step_ms=float(value[on].sum()) if blocks else 0.0,
-                   cells_other_ms=float(value[~on].sum()) if blocks else 0.0)
+        on = np.array([on_step_conv(b, self.step) for b in blocks], bool)
+        out.update(cells_ms=float(value.sum()), cells_on_step_ms=float(value[on].sum()),
+                   cells_other_ms=float(value[~on].sum()))
         return out
 
     def features(self, blocks: list) -> dict:
@@ -263,9 +263,9 @@ class LatencyTable:
         that an on-step conv inside the whole model does not, while an off-step conv pays them in the model too.
         """
         out = dict(self._sums(blocks))
-        out["layout_on_step_m"] = sum(b.io_elems for b in blocks if b.kind == "conv" and b.on_step(self.step)) / 1e6
+        out["layout_on_step_m"] = sum(b.io_elems for b in blocks if on_step_conv(b, self.step)) / 1e6
         out["layout_off_step_m"] = sum(b.io_elems for b in blocks
-                                       if b.kind == "conv" and not b.on_step(self.step)) / 1e6
+                                       if b.kind == "conv" and not on_step_conv(b, self.step)) / 1e6
         return out
 
     def calibrate(self, features: dict) -> float:
@@ -293,13 +293,18 @@ def apply_calibration(cal: dict, features: dict) -> float:
         + cal["layout_off_step_ms_per_m"] * features["layout_off_step_m"]
 
 
+def on_step_conv(block: Block, step: int) -> bool:
+    """A conv the runtime keeps in its blocked layout inside the model: what calibration prices apart."""
+    return block.kind == "conv" and block.on_step(step)
+
+
 def block_term(cal: dict, ms: float, block: Block, step: int) -> float:
     """One block's share of a calibrated prediction (an additive calibration's constant is not a block's)."""
     kind = cal.get("kind")
     if kind == "ratio":
         return ms * cal["value"]
     if kind == "regime":
-        return ms * (cal["value"] if block.kind == "conv" and block.on_step(step) else cal["other_ratio"])
+        return ms * (cal["value"] if on_step_conv(block, step) else cal["other_ratio"])
     if kind == "layout":
         per_m = cal["layout_on_step_ms_per_m"] if block.on_step(step) else cal["layout_off_step_ms_per_m"]
         return ms * cal["value"] + (per_m * block.io_elems / 1e6 if block.kind == "conv" else 0.0)
