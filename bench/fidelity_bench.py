@@ -99,7 +99,8 @@ def markdown(data: dict) -> str:
         name = r["model"] + (" (tuned on)" if r["model"] in TUNED else "")
         out.append(f"| {name} | {r['threads']} | {r['cells']} | {r['reused_cells']} | {r['within_10']:.0%} | "
                    f"{r['mape']:.1%} | {r['spearman']:.2f} | {r['macs_within_10']:.0%} | {r['macs_mape']:.1%} | "
-                   f"{pair(r.get('aligned'))} | {pair(r.get('off_step'))} | {ceiling} | {target} | {'yes' if r['ahead_of_macs'] else '**no**'} | "
+                   f"{pair(r.get('aligned'))} | {pair(r.get('off_step'))} | {ceiling} | {target} | "
+                   f"{'yes' if r['ahead_of_macs'] else '**no**'} | "
                    f"{r['table_cost_s']:.0f} | {r['table_vs_direct_20']:.2f} |")
     by_threads = {}
     for r in data["rows"]:
@@ -108,7 +109,8 @@ def markdown(data: dict) -> str:
     out.append("")
     for threads, rows in sorted(by_threads.items()):
         judged = [r for r in rows if r["meets_target"] is not None]
-        out.append(f"- {threads} thread(s), held-out models only: target met on {sum(r['meets_target'] for r in judged)} of {len(judged)} "
+        out.append(f"- {threads} thread(s), held-out models only: target met on "
+                   f"{sum(r['meets_target'] for r in judged)} of {len(judged)} "
                    f"models with a noise ceiling ≥ 90 % ({len(rows) - len(judged)} noisier); table ahead of MACs "
                    f"on {sum(r['ahead_of_macs'] for r in rows)} of {len(rows)}; {sum(r['reused_cells'] for r in rows)}"
                    f" of {sum(r['cells'] for r in rows)} cells came from earlier models' measurements; on the "
