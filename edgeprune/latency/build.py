@@ -62,9 +62,10 @@ class ProfileOptions:
     # Cold cells (weights from memory): "auto" when the dense model's weights exceed WARM_BELOW × the device's
     # last-level cache, "never", or "always" (when the device reports its cache size).
     cold: str = "auto"
-    # Cells: 50 warm-up runs or 50 ms, whichever comes first (measured: estimates indistinguishable from a
-    # 2 s warm-up, because each estimate is built from per-pass minima; docs/profiling.md).
-    estimator: dict = field(default_factory=lambda: {"passes": 3, "runs": 20, "warmup_runs": 50, "warmup_s": 0.05,
+    # Cells: 50 warm-up runs or 10 ms, whichever comes first. A group warms all its cells before its first pass,
+    # so what a warm-up leaves in the caches is gone by then; it only absorbs first-run costs (allocation,
+    # weight packing), and each estimate is built from per-pass minima (docs/profiling.md, "Why cells warm up").
+    estimator: dict = field(default_factory=lambda: {"passes": 3, "runs": 20, "warmup_runs": 50, "warmup_s": 0.01,
                                                      "pass_s": 0.02, "max_spread": 0.10, "extra_passes": 2})
     # Whole models get longer passes: one noise burst must not decide a fidelity figure.
     model_estimator: dict = field(default_factory=lambda: {"passes": 3, "runs": 200, "warmup_runs": 50,
@@ -344,8 +345,12 @@ def plan_cells(graph: GraphBlocks, step: int, density: str) -> tuple:
         for c_in, c_out in grid.cells:
             cells.append({"key": f"{sig_key}@{c_in}x{c_out}", "kind": blocks[0].kind, "sig_key": sig_key,
                           "signature": blocks[0].signature, "c_in": c_in, "c_out": c_out})
+    # The reference sits at the 75th percentile by MACs: its readings cost the same whatever its size (passes of
+    # >= 50 ms), and a median block can be a µs-long norm or add whose own timer noise reads as drift (a tiny
+    # LLaMA's: 2.7-4.0 µs in one run, so every cell group was measured twice), while the largest blocks can take
+    # tens of ms per run (VGG's classifier).
     by_macs = sorted(graph.blocks, key=lambda b: b.macs)
-    ref_block = by_macs[len(by_macs) // 2]  # a mid-size cell: cheap to re-time, still sensitive to drift
+    ref_block = by_macs[(3 * (len(by_macs) - 1)) // 4]
     reference = {"key": "reference", "kind": ref_block.kind, "signature": ref_block.signature,
                  "c_in": ref_block.c_in, "c_out": ref_block.c_out}
     return signatures, cells, reference

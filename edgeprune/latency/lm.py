@@ -12,6 +12,14 @@ import torch
 from edgeprune.pruning.transformer import decoder_layout, kv_heads
 
 
+def cache_argument(model) -> str:
+    """The name `model.forward` takes its KV cache under: `cache` from transformers 5.24 on (where
+    `past_key_values` is deprecated with a warning on every call), `past_key_values` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 class Prefill(torch.nn.Module):
     """input_ids [1, seq_len] -> logits, with an explicit all-ones attention mask (no packed-sequence probing)."""
 
@@ -41,7 +49,8 @@ class DecodeStep(torch.nn.Module):
         for i in range(len(past) // 2):
             cache.update(past[2 * i], past[2 * i + 1], i)
         mask = torch.ones((1, past[0].shape[2] + input_ids.shape[1]), dtype=torch.long)
-        return self.inner(input_ids=input_ids, past_key_values=cache, attention_mask=mask, use_cache=False).logits
+        return self.inner(input_ids=input_ids, attention_mask=mask, use_cache=False,
+                          **{cache_argument(self.inner): cache}).logits
 
     def example_inputs(self, seq_len: int, gen: torch.Generator) -> tuple:
         layout = decoder_layout(self.inner)

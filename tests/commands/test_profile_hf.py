@@ -77,3 +77,39 @@ def test_gpt2_decode_regime_is_refused_with_the_fix(hf_models, tmp_path):
     proc = run_cli("profile", "--device", "cpu", "--model", str(hf_models / "gpt2"), "--regime", "decode",
                    "--out", str(tmp_path / "t.json"), cache=tmp_path / "c.sqlite")
     assert proc.returncode == 2 and "--regime prefill" in proc.stderr
+
+
+def test_decode_reference_cell_is_a_heavy_block_not_a_microsecond_norm(hf_models, tmp_path):
+    """The drift reference must take long enough that its own timer noise does not read as drift: a decode
+    step's median block is a norm or an add of a few µs, whose readings moved 40 % in one idle run."""
+    from edgeprune.latency.blocks import extract_blocks
+    from edgeprune.latency.build import dense_onnx, plan_cells
+    from edgeprune.models import load_model
+
+    loaded = load_model(str(hf_models / "llama"), seq_len=16, regime="decode")
+    proto, _ = dense_onnx(loaded, tmp_path)
+    graph = extract_blocks(proto, head_dim=loaded.head_dim)
+    _, _, reference = plan_cells(graph, 8, "coarse")
+    median = sorted(b.macs for b in graph.blocks)[len(graph.blocks) // 2]
+    assert reference["kind"] in ("attention", "mlp", "gemm"), reference
+    assert [b for b in graph.blocks if b.signature == reference["signature"]][0].macs > median
+
+
+def test_decode_step_passes_its_cache_under_the_name_transformers_takes(hf_models):
+    """transformers 5.24 renamed `past_key_values` to `cache` and warns on every call with the old name."""
+    import inspect
+    import warnings
+
+    import torch
+
+    from edgeprune.latency.lm import DecodeStep, cache_argument
+    from edgeprune.models import load_model
+
+    loaded = load_model(str(hf_models / "llama"), seq_len=16, regime="decode")
+    step = DecodeStep(loaded.module)
+    assert cache_argument(loaded.module) in inspect.signature(loaded.module.forward).parameters
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logits = step(*step.example_inputs(16, torch.Generator().manual_seed(0)))
+    assert logits.shape[:2] == (1, 1)
+    assert not [w for w in caught if "past_key_values" in str(w.message)], [str(w.message) for w in caught]
