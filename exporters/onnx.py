@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeprune.errors import CheckFailedError
+from edgeprune.errors import BadInputError, CheckFailedError
 
 OPSET = 17
 
@@ -41,6 +41,9 @@ def compare(reference: dict, actual: dict, atol: float, rtol: float) -> Parity:
     return Parity(compare_outputs(reference, actual, atol, rtol), atol, rtol)
 
 
+PROTOBUF_LIMIT = 2 * 1024**3  # one serialised ONNX model; larger ones need external data, which export does not write
+
+
 def _to_bytes(model, example: tuple, input_names, output_names, dynamic_axes) -> bytes:
     import torch
 
@@ -63,6 +66,12 @@ def export_onnx(model, example: tuple, path: str | Path | None = None, *, input_
     import torch
 
     model = model.eval()
+    weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    if weight_bytes >= PROTOBUF_LIMIT:
+        raise BadInputError(
+            f"the model holds {weight_bytes / 2**30:.1f} GiB of weights, and edgeprune exports a model as one ONNX "
+            "protobuf, which cannot exceed 2 GiB", "models this large (ViT-H/14, RegNetY-128GF) are not supported "
+            "yet: export with external data is not implemented (docs/coverage.md)")
     input_names = input_names or [f"input{i}" if i else "input" for i in range(len(example))]
     # nn.MultiheadAttention takes its fused inference kernel (aten::_native_multi_head_attention, which has no
     # ONNX symbolic) under no_grad; with grad enabled it traces the decomposed ops the exporter knows.

@@ -221,3 +221,17 @@ def test_compare_worst_output_sets_needed_atol():
 def test_empty_parity_is_true():
     parity = compare({}, {}, atol=0.0, rtol=0.0)
     assert parity and parity.needed_atol == 0.0
+
+
+def test_a_model_over_protobufs_2_gib_is_refused_in_one_line_before_any_export():
+    """Over 2 GiB one serialised ONNX protobuf cannot hold the weights; the exporter would fail deep inside
+    torch.onnx. The weights here live on the meta device: counted, never allocated."""
+    from edgeprune.errors import BadInputError
+
+    big = torch.nn.Linear(46341, 11586, device="meta")  # 536.9 M fp32 weights: just over 2 GiB
+    with pytest.raises(BadInputError) as err:
+        export_onnx(big, (torch.zeros(1, 46341, device="meta"),))
+    assert "2.0 GiB of weights" in err.value.message and "external data" in err.value.hint
+    small = torch.nn.Linear(8, 4)
+    proto, parity = export_onnx(small, (torch.zeros(1, 8),))
+    assert parity and len(proto.graph.initializer) == 2
