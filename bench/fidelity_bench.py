@@ -137,8 +137,9 @@ def main() -> None:
         for r in data["rows"]:
             path = TABLES / f"{r['model'].replace(':', '_')}-t{r['threads']}.json"
             if "failed" not in r and path.exists():
-                r.update(regimes(json.loads(path.read_text())["fidelity"]))
-                r.update(recost(r, path))
+                table = json.loads(path.read_text())
+                r.update(regimes(table["fidelity"]))
+                r.update(recost(r, table))
         RESULTS.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
         DOC.write_text(markdown({**data, "rows": [x for x in data["rows"] if "failed" not in x]}))
         return

@@ -51,12 +51,9 @@ def table_cost(prof: dict, wall_s: float, fidelity_variants: int) -> tuple:
     return wall_s - fidelity, per_variant_direct
 
 
-def recost(row: dict, table_path: Path) -> dict:
+def recost(row: dict, table: dict | None) -> dict:
     """`row`'s cost figures recomputed by `table_cost` from its saved table, when that table is the row's own."""
-    if not table_path.exists():
-        return row
-    table = json.loads(table_path.read_text())
-    if table.get("id") != row.get("table_id"):
+    if table is None or table.get("id") != row.get("table_id"):
         return row
     cost, per_variant = table_cost(table["profile"], row["profile_wall_s"], table["fidelity"].get("n_variants") or 0)
     direct = 20 * per_variant
@@ -134,8 +131,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.report_only:
         data = json.loads(Path(args.out).read_text())
-        data["rows"] = [recost(r, RESULTS / "tables" / f"{r['model'].replace(':', '_')}-t{r['threads']}.json")
-                        for r in data["rows"]]
+        rows = []
+        for r in data["rows"]:
+            path = RESULTS / "tables" / f"{r['model'].replace(':', '_')}-t{r['threads']}.json"
+            rows.append(recost(r, json.loads(path.read_text()) if path.exists() else None))
+        data["rows"] = rows
         Path(args.out).write_text(json.dumps(data, indent=1, sort_keys=True))
         (ROOT / "docs" / "results" / "profile.md").write_text(markdown(data["rows"], data["meta"]))
         return

@@ -12,6 +12,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeprune.exporters.bundle import MAX_SINGLE_FILE
+
 from edgeprune.errors import BadInputError, CheckFailedError
 
 OPSET = 17
@@ -41,9 +43,6 @@ def compare(reference: dict, actual: dict, atol: float, rtol: float) -> Parity:
     return Parity(compare_outputs(reference, actual, atol, rtol), atol, rtol)
 
 
-PROTOBUF_LIMIT = 2 * 1024**3  # one serialised ONNX model; larger ones need external data, which export does not write
-
-
 def _to_bytes(model, example: tuple, input_names, output_names, dynamic_axes) -> bytes:
     import torch
 
@@ -67,7 +66,7 @@ def export_onnx(model, example: tuple, path: str | Path | None = None, *, input_
 
     model = model.eval()
     weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-    if weight_bytes >= PROTOBUF_LIMIT:
+    if weight_bytes >= MAX_SINGLE_FILE:  # export writes no external data, so one protobuf must hold them
         raise BadInputError(
             f"the model holds {weight_bytes / 2**30:.1f} GiB of weights, and edgeprune exports a model as one ONNX "
             "protobuf, which cannot exceed 2 GiB", "models this large (ViT-H/14, RegNetY-128GF) are not supported "

@@ -111,7 +111,9 @@ def _run_shapes(model, inputs: list) -> dict:
     import onnx
     import onnxruntime as ort
 
-    if model.ByteSize() >= 2**31:  # protobuf cannot serialise the probe copy: keep the inferred shapes
+    from edgeprune.exporters.bundle import MAX_SINGLE_FILE
+
+    if model.ByteSize() >= MAX_SINGLE_FILE:  # protobuf cannot serialise the probe copy: keep the inferred shapes
         return {}
     feeds = {}
     for vi in inputs:

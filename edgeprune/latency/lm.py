@@ -41,6 +41,7 @@ class DecodeStep(torch.nn.Module):
     def __init__(self, inner):
         super().__init__()
         self.inner = inner
+        self.cache_argument = cache_argument(inner)
 
     def forward(self, input_ids, *past):
         from transformers import DynamicCache
@@ -50,7 +51,7 @@ class DecodeStep(torch.nn.Module):
             cache.update(past[2 * i], past[2 * i + 1], i)
         mask = torch.ones((1, past[0].shape[2] + input_ids.shape[1]), dtype=torch.long)
         return self.inner(input_ids=input_ids, attention_mask=mask, use_cache=False,
-                          **{cache_argument(self.inner): cache}).logits
+                          **{self.cache_argument: cache}).logits
 
     def example_inputs(self, seq_len: int, gen: torch.Generator) -> tuple:
         layout = decoder_layout(self.inner)

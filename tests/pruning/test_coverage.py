@@ -47,7 +47,6 @@ DEFAULT = {  # the default run: one model per kind of coupling
 # rounding alone; their BatchNorm statistics are re-estimated on random inputs first (as a trained model's are
 # estimated on data) and the result is passed as --weights.
 CALIBRATE_BN = {"torchvision:inception_v3", "timm:mobileone_s0"}
-# Over 2 GiB of fp32 weights: the ONNX exporter serialises the model in memory, which protobuf caps at 2 GiB.
 # spec -> text the refusal line must contain: over 2 GiB of weights, one ONNX protobuf cannot hold the model
 REFUSED = {"torchvision:regnet_y_128gf": "GiB of weights", "torchvision:vit_h_14": "GiB of weights"}
 PARITY = 1e-4  # growing with outputs beyond SCALE_REF in magnitude: the exporter's own rule (profilers/parity.py)
